@@ -1,0 +1,284 @@
+"""params.yaml -> frozen, typed configuration.
+
+This module is the only reader of params.yaml. Every key is declared here with
+its type and allowed range (pydantic does the checking); an unknown key, a
+wrong type or an out-of-range value raises `ConfigError` naming the key, the
+value and what is allowed, before any stage does work.
+
+Inputs: params.yaml. Outputs: `Config` objects; nothing is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
+Severity = Literal["error", "warning"]
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem, phrased for the user."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DataConfig(_Frozen):
+    source: str = Field(min_length=1)
+    format: Literal["auto", "folder", "idx"] = "auto"
+    image_size: tuple[Annotated[int, Field(ge=4, le=1024)], Annotated[int, Field(ge=4, le=1024)]]
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    seed: Annotated[int, Field(ge=0)] = 42
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> DataConfig:
+        total = self.val_fraction + self.test_fraction
+        if total >= 1.0:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction = {total:g}; "
+                "they must sum to less than 1 so that training data remains"
+            )
+        return self
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "grayscale" else 3
+
+
+class SeverityConfig(_Frozen):
+    label_set: Severity = "error"
+    class_balance: Severity = "warning"
+    min_images_per_class: Severity = "error"
+    corrupt_images: Severity = "warning"
+    image_properties: Severity = "warning"
+    duplicates: Severity = "warning"
+    split_leakage: Severity = "error"
+
+
+class ValidateConfig(_Frozen):
+    max_examples: Annotated[int, Field(ge=1, le=10_000)] = 20
+    min_images_per_class: Annotated[int, Field(ge=1)] = 10
+    max_imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0
+    min_class_share: Fraction01 = 0.0
+    max_label_divergence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    max_corrupt_fraction: Fraction01 = 0.0
+    blank_std_threshold: Annotated[float, Field(ge=0.0)] = 2.0
+    max_blank_fraction: Fraction01 = 0.01
+    max_duplicate_fraction: Fraction01 = 0.0
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] = 4
+    severity: SeverityConfig = SeverityConfig()
+
+
+class AugmentationConfig(_Frozen):
+    enabled: bool = False
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.08
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    translation: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    flip: bool = False
+
+
+class ModelConfig(_Frozen):
+    conv_filters: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(min_length=1, max_length=8)
+    kernel_size: Annotated[int, Field(ge=1, le=15)] = 3
+    dense_units: Annotated[int, Field(ge=1, le=65_536)] = 128
+    dropout: Fraction01 = 0.0
+    conv_dropout: Fraction01 = 0.0
+    l2: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class EarlyStoppingConfig(_Frozen):
+    enabled: bool = True
+    patience: Annotated[int, Field(ge=1)] = 8
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class ReduceLRConfig(_Frozen):
+    enabled: bool = False
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    patience: Annotated[int, Field(ge=1)] = 3
+
+
+class TrainConfig(_Frozen):
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 40
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.001
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    reduce_lr: ReduceLRConfig = ReduceLRConfig()
+    class_weight: Literal["off", "on", "auto"] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class VariantOverrides(_Frozen):
+    """What a variant may change: parts of `model` and `train`, nothing else."""
+
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateConfig(_Frozen):
+    overfit_relative_gap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
+    generalization_loss_threshold: Annotated[float, Field(gt=0.0)] = 10.0
+    onset_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
+    underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
+    underfit_relative_to_best: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
+    good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    feature_map_images: Annotated[int, Field(ge=1, le=16)] = 3
+    feature_map_layers: Annotated[int, Field(ge=1, le=8)] = 2
+
+
+class RegistryConfig(_Frozen):
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+class RetrainConfig(_Frozen):
+    require_validation_success: bool = True
+    reject_overfitting: bool = True
+    accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+    max_gap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
+    lock_stale_seconds: Annotated[int, Field(ge=1)] = 21_600
+
+
+class MlflowConfig(_Frozen):
+    experiment: str = Field(min_length=1)
+
+
+class Config(_Frozen):
+    data: DataConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    model: ModelConfig
+    train: TrainConfig
+    variants: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")], VariantOverrides] = Field(
+        min_length=1
+    )
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig
+    retrain: RetrainConfig = RetrainConfig()
+    mlflow: MlflowConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _variants_resolve(self) -> Config:
+        for name in self.variants:
+            self.variant(name)  # raises with the variant's key path on a bad override
+        return self
+
+    def variant(self, name: str) -> VariantConfig:
+        """The effective model and train settings of one variant."""
+        if name not in self.variants:
+            raise ConfigError(
+                f"unknown variant {name!r}; params.yaml `variants` defines: "
+                + ", ".join(sorted(self.variants))
+            )
+        overrides = self.variants[name]
+        model = _merge(self.model.model_dump(), overrides.model)
+        train = _merge(self.train.model_dump(), overrides.train)
+        try:
+            return VariantConfig(
+                name=name, model=ModelConfig(**model), train=TrainConfig(**train)
+            )
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=f"variants.{name}.")) from None
+
+    def params_hash(self) -> str:
+        """A short stable hash of the whole effective configuration."""
+        return hash_dict(self.model_dump(mode="json", by_alias=True))
+
+
+class VariantConfig(_Frozen):
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+
+    def flat(self) -> dict[str, Any]:
+        """`model.*` and `train.*` flattened to dotted keys, for MLflow params."""
+        return flatten({"model": self.model.model_dump(), "train": self.train.model_dump()})
+
+    def params_hash(self) -> str:
+        return hash_dict(self.model_dump(mode="json"))
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and tuples become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def hash_dict(tree: dict[str, Any]) -> str:
+    payload = json.dumps(tree, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:12]
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        key = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".")
+        key = key.replace("validate_", "validate")
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (value {value!r}); check the spelling against params.yaml's documented keys")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            shown = value if not isinstance(value, dict) else "{...}"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key} = {shown!r}: {msg}")
+    return "invalid params.yaml:\n  " + "\n  ".join(lines)
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate an already-parsed params mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError("invalid params.yaml: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(path: Path | str = "params.yaml") -> Config:
+    """Read and validate params.yaml; raises ConfigError on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the project root") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("params.yaml", str(path), 1)) from None

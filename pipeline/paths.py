@@ -1,0 +1,110 @@
+"""Every file the pipeline reads or writes, defined once.
+
+Paths are relative to the project root, which is the working directory that
+`dvc repro` (and `mlflow run`) gives each stage. dvc.yaml repeats them because
+DVC needs them as literals; tests/test_layout.py keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The project's file layout below `root`."""
+
+    root: Path
+
+    @classmethod
+    def here(cls) -> Paths:
+        return cls(Path.cwd())
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def digits_dir(self) -> Path:
+        return self.root / "data" / "digits"
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared_dir / "manifest.parquet"
+
+    @property
+    def prepared_meta(self) -> Path:
+        return self.prepared_dir / "meta.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def validation_json(self) -> Path:
+        return self.reports_dir / "validation.json"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.reports_dir / "data_docs"
+
+    @property
+    def evaluation_json(self) -> Path:
+        return self.reports_dir / "evaluation.json"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.reports_dir / "figures"
+
+    @property
+    def comparison_csv(self) -> Path:
+        return self.reports_dir / "comparison.csv"
+
+    @property
+    def comparison_md(self) -> Path:
+        return self.reports_dir / "comparison.md"
+
+    @property
+    def evaluation_metrics(self) -> Path:
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.reports_dir / "report.html"
+
+    @property
+    def retrain_json(self) -> Path:
+        return self.reports_dir / "retrain.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def state_dir(self) -> Path:
+        """Scratch state that must survive a killed stage (not a DVC output)."""
+        return self.root / ".pipeline_state"
+
+    def variant_dir(self, variant: str) -> Path:
+        return self.models_dir / variant
+
+    def model_file(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "model.keras"
+
+    def history_csv(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "history.csv"
+
+    def train_metrics(self, variant: str) -> Path:
+        return self.variant_dir(variant) / "metrics.json"
+
+    def run_info(self, variant: str) -> Path:
+        """Small JSON with the variant's MLflow run id, read by evaluate."""
+        return self.variant_dir(variant) / "run.json"
+
+    def backup_dir(self, variant: str) -> Path:
+        return self.state_dir / "train" / variant

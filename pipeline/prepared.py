@@ -1,0 +1,176 @@
+"""The prepared dataset on disk: what `prepare` writes and later stages read.
+
+Layout of `data/prepared/`:
+
+- `manifest.parquet`: one row per source file (usable or not), columns
+  `MANIFEST_COLUMNS` below.
+- `<split>_x.npy`: uint8 pixels, shape (n, height, width, channels), read
+  memory-mapped so a dataset larger than RAM still trains.
+- `<split>_y.npy`: int64 class indices, shape (n,).
+- `meta.json`: classes (index order), image size, channels, counts per split,
+  the source, and `manifest_hash`, the data version.
+
+Rows with `status == "ok"` have a split (train, val, test, or `unused` when
+`data.train_fraction` left them out) and an `array_index` into that split's
+arrays; other rows have split "" and array_index -1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+STATUS_OK = "ok"
+# Why a file is unusable; validate's corrupt_images check reports these.
+BAD_STATUSES = (
+    "empty_file",
+    "truncated",
+    "corrupt",
+    "not_image",
+    "decompression_bomb",
+    "symlink_outside",
+    "empty_class",
+)
+MANIFEST_COLUMNS: dict[str, str] = {
+    "id": "string",  # stable id, e.g. "cat/001.png" or "train-images-idx3-ubyte.gz#17"
+    "path": "string",  # the file as found (absolute), or the IDX file with #index
+    "label": "string",  # class name (folder name, or the IDX label as text)
+    "label_index": "int64",  # index into meta.json's classes
+    "split": "string",  # train | val | test | unused | "" (unusable)
+    "source_split": "string",  # split the source defined (IDX train/test), else ""
+    "width": "int64",  # original size and mode; 0 / "" when undecodable
+    "height": "int64",
+    "mode": "string",
+    "bytes": "int64",  # file size in bytes (IDX: bytes of one image record)
+    "pixel_hash": "string",  # sha256 of the prepared (converted, resized) pixels
+    "phash": "string",  # 64-bit perceptual hash as 16 hex digits
+    "pixel_mean": "float64",  # of the prepared pixels, for blank-image checks
+    "pixel_std": "float64",
+    "status": "string",  # "ok" or one of BAD_STATUSES
+    "error": "string",  # the reason, for unusable rows
+    "array_index": "int64",  # row in <split>_x.npy, -1 when not in an array
+}
+
+
+def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows -> a manifest DataFrame with the contract's columns and dtypes."""
+    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    return frame.astype(MANIFEST_COLUMNS)
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A content hash of a manifest, independent of parquet encoding details."""
+    digest = hashlib.sha256()
+    digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """Read access to data/prepared/."""
+
+    root: Path
+    manifest: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        height, width = self.meta["image_size"]
+        return int(height), int(width), int(self.meta["channels"])
+
+    def x(self, split: str) -> np.ndarray:
+        return np.load(self.root / f"{split}_x.npy", mmap_mode="r")
+
+    def y(self, split: str) -> np.ndarray:
+        return np.load(self.root / f"{split}_y.npy")
+
+
+def load_prepared(root: Path) -> PreparedDataset:
+    """Open a prepared dataset; raises FileNotFoundError naming what is missing."""
+    manifest_path = root / "manifest.parquet"
+    meta_path = root / "meta.json"
+    for needed in (manifest_path, meta_path):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} is missing; run the prepare stage first")
+    return PreparedDataset(
+        root=root, manifest=pd.read_parquet(manifest_path), meta=json.loads(meta_path.read_text())
+    )
+
+
+def write_prepared(
+    out_dir: Path,
+    manifest: pd.DataFrame,
+    arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    meta: Mapping[str, Any],
+) -> None:
+    """Write a whole prepared dataset atomically (build in a temp dir, then swap).
+
+    Args:
+        arrays: split -> (x uint8 (n, h, w, c), y int (n,)), for every split in SPLITS.
+        meta: must hold classes, image_size and channels; counts and
+            manifest_hash are filled in here.
+    """
+    with staging_dir(out_dir) as tmp:
+        for split in SPLITS:
+            x, y = arrays[split]
+            np.save(tmp / f"{split}_x.npy", np.asarray(x, dtype=np.uint8))
+            np.save(tmp / f"{split}_y.npy", np.asarray(y, dtype=np.int64))
+        finish_prepared(tmp, manifest, meta)
+
+
+def finish_prepared(tmp: Path, manifest: pd.DataFrame, meta: Mapping[str, Any]) -> None:
+    """Write manifest.parquet and meta.json into a staging dir whose arrays exist."""
+    manifest = manifest.astype(MANIFEST_COLUMNS)
+    manifest.to_parquet(tmp / "manifest.parquet", index=False)
+    full_meta = dict(meta)
+    full_meta["counts"] = {
+        split: int((manifest["split"] == split).sum()) for split in (*SPLITS, "unused")
+    }
+    full_meta["unusable"] = int((manifest["status"] != STATUS_OK).sum())
+    full_meta["manifest_hash"] = frame_hash(manifest)
+    (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+
+
+class staging_dir:
+    """Context manager: a temp dir beside `target` that replaces it on success.
+
+    On an exception the temp dir is removed and `target` is left as it was,
+    so a killed or failed stage never leaves a half-written dataset.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""The one module that talks to MLflow.
+
+Stages call `stage_run(...)` to get an MLflow run tagged with the stage, the
+variant, the git commit, the data version (manifest hash), the params hash and
+a `repro_id` shared by every run of one pipeline execution, so the MLflow UI
+can put one `dvc repro`'s variants side by side.
+
+Backend: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlflow.db`
+(MLflow 3's own default), artifacts in `<root>/mlartifacts`. An unreachable
+tracking server fails fast with `TrackingError` instead of hanging.
+
+`mlflow run` injects `MLFLOW_RUN_ID` into the entry point's environment. We
+never log into that run directly: it becomes the *parent* of the stage's own
+run, so two variants can never write into one run and metric names never
+collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.paths import Paths
+
+log = logging.getLogger(__name__)
+
+REPRO_ID_ENV = "PIPELINE_REPRO_ID"
+PARENT_RUN_ENV = "MLFLOW_RUN_ID"
+# Fail fast rather than retry for minutes against a dead server.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+REACHABILITY_TIMEOUT_S = 5.0
+
+
+class TrackingError(RuntimeError):
+    """MLflow is misconfigured or unreachable."""
+
+
+def tracking_uri(paths: Paths) -> str:
+    """The tracking URI in force: the environment's, else the project's sqlite file."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> None:
+    """Raise TrackingError unless an http(s) tracking server answers quickly."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.RequestException as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: "
+            f"{type(exc).__name__}. Start the server, or unset MLFLOW_TRACKING_URI "
+            "to use the local sqlite:///mlflow.db"
+        ) from None
+    if response.status_code >= 500:
+        raise TrackingError(
+            f"MLflow tracking server {uri} answered {url} with HTTP {response.status_code}"
+        )
+
+
+def configure(paths: Paths) -> str:
+    """Point the mlflow client at the project's backend; returns the URI."""
+    import mlflow
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri(paths)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_REGISTRY_URI"):
+        mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(paths: Paths, name: str) -> str:
+    """The experiment id of `name`, created on first use."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if tracking_uri(paths).startswith("sqlite:"):
+        artifact_location = (paths.root / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def data_version(paths: Paths) -> str:
+    """The prepared manifest's content hash, the dataset's version."""
+    try:
+        meta = json.loads(paths.prepared_meta.read_text())
+        return str(meta["manifest_hash"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if paths.manifest.exists():
+        return hashlib.sha256(paths.manifest.read_bytes()).hexdigest()[:12]
+    return "none"
+
+
+def repro_id(paths: Paths, cfg: Config) -> str:
+    """An id shared by all runs of one pipeline execution.
+
+    Entry scripts (quickstart, retrain, the MLproject `main`) set it in the
+    environment; under a bare `dvc repro` every stage derives the same value
+    from the commit, data version and params, which only change between runs.
+    """
+    explicit = os.environ.get(REPRO_ID_ENV, "").strip()
+    if explicit:
+        return explicit
+    key = f"{git_commit(paths.root)}|{data_version(paths)}|{cfg.params_hash()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def common_tags(paths: Paths, cfg: Config, stage: str, variant: str | None) -> dict[str, str]:
+    tags = {
+        "stage": stage,
+        "git_commit": git_commit(paths.root),
+        "data_version": data_version(paths),
+        "params_hash": cfg.params_hash(),
+        "repro_id": repro_id(paths, cfg),
+        "data_source": cfg.data.source,
+    }
+    if variant is not None:
+        tags["variant"] = variant
+        tags["variant_params_hash"] = cfg.variant(variant).params_hash()
+    return tags
+
+
+@contextlib.contextmanager
+def stage_run(
+    paths: Paths,
+    cfg: Config,
+    stage: str,
+    variant: str | None = None,
+    resume_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """An MLflow run for one stage (and variant), ended FAILED on an exception.
+
+    Args:
+        resume_run_id: continue this run instead of starting one (a resumed
+            training after a kill keeps its run and its epoch history).
+    """
+    import mlflow
+
+    configure(paths)
+    experiment_id = ensure_experiment(paths, cfg.mlflow.experiment)
+    parent = os.environ.pop(PARENT_RUN_ENV, None)
+    tags = common_tags(paths, cfg, stage, variant)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    tags.update(extra_tags or {})
+    run_name = f"{stage}-{variant}" if variant else stage
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+        mlflow.set_tags(tags)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        if parent:
+            os.environ[PARENT_RUN_ENV] = parent

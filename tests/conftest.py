@@ -1,0 +1,188 @@
+"""Shared fixtures: a project directory in tmp_path and tiny real datasets.
+
+`project` copies the real params.yaml (made small and fast) into a temp dir,
+chdirs there and points MLflow at a sqlite file inside it, so every test uses
+the real backends without touching the developer's mlflow.db.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import Config, parse_config
+from pipeline.paths import Paths
+from pipeline.prepared import SPLITS, manifest_frame, write_prepared
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def real_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def small_params(**sections) -> dict:
+    """The real params with fast training, and per-section overrides merged in."""
+    params = real_params()
+    params["train"]["epochs"] = 3
+    params["train"]["batch_size"] = 32
+    params["model"]["conv_filters"] = [4]
+    params["model"]["dense_units"] = 16
+    params["variants"] = {"baseline": {}, "dropout": {"model": {"dropout": 0.5}}}
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict) and section != "variants":
+            params[section] = _merge(params[section], values)
+        else:
+            params[section] = values
+    return params
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class Project:
+    """A throwaway project root with its own params.yaml and mlflow.db."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.paths = Paths(root)
+
+    def write_params(self, params: dict) -> Config:
+        self.paths.params.write_text(yaml.safe_dump(params, sort_keys=False))
+        return parse_config(params)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    root = tmp_path / "project"
+    root.mkdir()
+    proj = Project(root)
+    proj.write_params(small_params())
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proj.tracking_uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("PIPELINE_REPRO_ID", raising=False)
+    yield proj
+
+
+def digits_arrays(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's real digits as uint8 (n, size, size, 1) and labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    if size != 8:
+        from PIL import Image
+
+        images = np.stack(
+            [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images]
+        )
+    return images[..., None], digits.target.astype(np.int64)
+
+
+def make_prepared(
+    out_dir: Path, x: np.ndarray, y: np.ndarray, classes: list[str], seed: int = 0,
+    fractions: tuple[float, float] = (0.7, 0.15),
+) -> None:
+    """Write a prepared dataset from arrays with a stratified random split."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(y))
+    train_idx, rest = train_test_split(index, train_size=fractions[0], stratify=y, random_state=seed)
+    val_share = fractions[1] / (1.0 - fractions[0])
+    val_idx, test_idx = train_test_split(rest, train_size=val_share, stratify=y[rest], random_state=seed)
+    parts = {"train": train_idx, "val": val_idx, "test": test_idx}
+    rows = []
+    arrays = {}
+    for split in SPLITS:
+        idx = np.sort(parts[split])
+        arrays[split] = (x[idx], y[idx])
+        for pos, i in enumerate(idx):
+            pixels = x[i]
+            rows.append(
+                {
+                    "id": f"img{i:05d}",
+                    "path": f"/synthetic/{classes[y[i]]}/img{i:05d}.png",
+                    "label": classes[y[i]],
+                    "label_index": int(y[i]),
+                    "split": split,
+                    "source_split": "",
+                    "width": x.shape[2],
+                    "height": x.shape[1],
+                    "mode": "L" if x.shape[3] == 1 else "RGB",
+                    "bytes": int(pixels.nbytes),
+                    "pixel_hash": __import__("hashlib").sha256(pixels.tobytes()).hexdigest(),
+                    "phash": f"{i:016x}",
+                    "pixel_mean": float(pixels.mean()),
+                    "pixel_std": float(pixels.std()),
+                    "status": "ok",
+                    "error": "",
+                    "array_index": pos,
+                }
+            )
+    meta = {
+        "classes": classes,
+        "image_size": [int(x.shape[1]), int(x.shape[2])],
+        "channels": int(x.shape[3]),
+        "source": "synthetic",
+        "format": "arrays",
+    }
+    write_prepared(out_dir, manifest_frame(rows), arrays, meta)
+
+
+@pytest.fixture
+def digits_prepared(project: Project) -> Project:
+    """The project with data/prepared/ holding the real digits (8x8, 70/15/15)."""
+    x, y = digits_arrays()
+    make_prepared(project.paths.prepared_dir, x, y, [str(c) for c in range(10)])
+    params = small_params(data={"image_size": [8, 8]})
+    project.write_params(params)
+    return project
+
+
+def write_png_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = ("a", "b"),
+                     size: int = 8, seed: int = 0) -> Path:
+    """A root/<class>/<png> folder of small distinct random images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+def copy_project_tree(dest: Path) -> Path:
+    """The repo's pipeline code, dvc.yaml and params.yaml in `dest` (for dvc tests)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline", ".dvc"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+__all__ = ["pd", "Project", "small_params", "digits_arrays", "make_prepared", "write_png_folder",
+           "copy_project_tree", "REPO"]
