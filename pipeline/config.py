@@ -78,6 +78,7 @@ class ValidateConfig(_Frozen):
     max_blank_fraction: Fraction01 = 0.01
     max_duplicate_fraction: Fraction01 = 0.0
     near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] = 4
+    near_duplicate_max_pixel_diff: Annotated[float, Field(ge=0.0, le=255.0)] = 4.0
     severity: SeverityConfig = SeverityConfig()
 
 
@@ -186,12 +187,14 @@ class Config(_Frozen):
         overrides = self.variants[name]
         model = _merge(self.model.model_dump(), overrides.model)
         train = _merge(self.train.model_dump(), overrides.train)
-        try:
-            return VariantConfig(
-                name=name, model=ModelConfig(**model), train=TrainConfig(**train)
-            )
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc, prefix=f"variants.{name}.")) from None
+        sections = {}
+        for section, cls, values in (("model", ModelConfig, model), ("train", TrainConfig, train)):
+            try:
+                sections[section] = cls(**values)
+            except ValidationError as exc:
+                # The prefix names the override's own key, e.g. variants.x.model.dropout.
+                raise ConfigError(_describe(exc, prefix=f"variants.{name}.{section}.")) from None
+        return VariantConfig(name=name, **sections)
 
     def params_hash(self) -> str:
         """A short stable hash of the whole effective configuration."""
@@ -250,6 +253,9 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
             lines.append(f"{key}: unknown key (value {value!r}); check the spelling against params.yaml's documented keys")
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
+        elif isinstance(err.get("ctx", {}).get("error"), ConfigError):
+            # Already phrased for the user (a bad variant override): don't wrap it twice.
+            lines.append(str(err["ctx"]["error"]).removeprefix("invalid params.yaml:\n  "))
         else:
             shown = value if not isinstance(value, dict) else "{...}"
             msg = err["msg"].removeprefix("Value error, ")

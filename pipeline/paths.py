@@ -70,6 +70,11 @@ class Paths:
         return self.reports_dir / "comparison.md"
 
     @property
+    def curves_csv(self) -> Path:
+        """Long-format learning curves of all variants, for dvc plots."""
+        return self.reports_dir / "curves.csv"
+
+    @property
     def evaluation_metrics(self) -> Path:
         return self.reports_dir / "metrics.json"
 
@@ -80,6 +85,11 @@ class Paths:
     @property
     def retrain_json(self) -> Path:
         return self.reports_dir / "retrain.json"
+
+    @property
+    def retrain_lock(self) -> Path:
+        """Held by a running `pipeline.retrain`; records its pid and start time."""
+        return self.root / "retrain.lock"
 
     @property
     def models_dir(self) -> Path:

@@ -160,6 +160,7 @@ class staging_dir:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        self.tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result is ordinary data
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -80,6 +80,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proj.tracking_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("PIPELINE_REPRO_ID", raising=False)
+    # mlflow.set_registry_uri() exports MLFLOW_REGISTRY_URI, and tracking.configure
+    # respects an exported one: without this, every later test shares the first
+    # test's registry.
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     yield proj
 
 

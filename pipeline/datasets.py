@@ -1,0 +1,336 @@
+"""Sources -> records: which images exist, their labels, and why some are unusable.
+
+Inputs: `data.source` and `data.format` from params.yaml. Outputs: a `Source`
+(records in a deterministic order, plus the pixel arrays of IDX files); no
+pixels are decoded here and nothing is written.
+
+Two layouts are understood:
+
+- **Image folder** `root/<class>/<files>`: the class is the top-level folder
+  name; files in sub-folders of a class folder belong to that class (as in
+  Keras's `image_dataset_from_directory`). Image extensions are
+  `IMAGE_EXTENSIONS`, case-insensitive. Other files in a class folder become
+  `not_image` rows; a class folder without a single image file becomes one
+  `empty_class` row; a symlink whose target lies outside the source root is
+  not followed and becomes a `symlink_outside` row. Hidden files and folders
+  (names starting with ".") and loose files directly in the root are ignored.
+- **MNIST-style IDX** files in one folder: `train-images-idx3-ubyte`,
+  `train-labels-idx1-ubyte` and optionally `t10k-*` (each may be gzipped).
+  The source's own split is kept in `source_split` ("train" / "test"). Class
+  names are the label numbers as text, unless a `classes.txt` beside the
+  files names them, one per line in label order (for Fashion-MNIST:
+  T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag,
+  Ankle boot). The files carry no names, so none are guessed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cli import StageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IDX_PATTERN = re.compile(r"^(train|t10k)-(images|labels)[.-]idx([13])-ubyte(\.gz)?$")
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+IDX_SPLITS = {"train": "train", "t10k": "test"}
+CLASSES_FILE = "classes.txt"
+LAYOUTS_HELP = (
+    "allowed layouts: an image folder <source>/<class>/<image files> "
+    f"({', '.join(sorted(IMAGE_EXTENSIONS))}), or a folder of MNIST-style IDX files "
+    "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], optional t10k-*)"
+)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One source item. `status` is preset ("" = decode it) for items known to be unusable."""
+
+    id: str
+    path: str
+    label: str
+    source_split: str = ""
+    status: str = ""
+    error: str = ""
+    idx_file: str = ""  # IDX: key into Source.arrays
+    idx_pos: int = -1  # IDX: record number in that file
+
+
+@dataclass
+class Source:
+    """Everything prepare needs from a source: records, plus IDX pixel arrays."""
+
+    root: Path
+    format: str
+    records: list[SourceRecord]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def class_sort_key(name: str) -> tuple[int, int, str]:
+    """Numeric class names sort as numbers ("2" before "10"), others alphabetically."""
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
+
+
+def detect_format(root: Path, fmt: str = "auto") -> str:
+    """'auto' -> 'idx' when the folder holds *-idx3-ubyte* files, else 'folder'."""
+    if fmt != "auto":
+        return fmt
+    if root.is_dir() and any(
+        IDX_PATTERN.match(p.name) and "idx3" in p.name for p in root.iterdir()
+    ):
+        return "idx"
+    return "folder"
+
+
+def load_source(root: Path, fmt: str = "auto") -> Source:
+    """Resolve `data.source` into records; raises StageError when it cannot be read at all."""
+    if not root.exists():
+        raise StageError(f"data.source {root} does not exist; {LAYOUTS_HELP}")
+    if not root.is_dir():
+        raise StageError(f"data.source {root} is not a folder; {LAYOUTS_HELP}")
+    fmt = detect_format(root, fmt)
+    if fmt == "idx":
+        return idx_source(root)
+    return Source(root=root, format="folder", records=folder_records(root))
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def shown_path(path: Path) -> str:
+    """The path as the manifest records it: relative to the project root when
+    inside it (so the data version does not depend on where the repo is
+    cloned), else absolute."""
+    absolute = path.absolute()
+    try:
+        return absolute.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _outside(path: Path, root_real: Path) -> bool:
+    target = Path(os.path.realpath(path))
+    return target != root_real and root_real not in target.parents
+
+
+def folder_records(root: Path) -> list[SourceRecord]:
+    """Records of a root/<class>/<files> folder in sorted, deterministic order."""
+    root_real = Path(os.path.realpath(root))
+    records: list[SourceRecord] = []
+    for entry in sorted(root.iterdir(), key=lambda p: class_sort_key(p.name)):
+        if _is_hidden(entry.name):
+            continue
+        if not entry.is_dir():
+            log.info("ignoring %s: files directly in the source root have no class", entry)
+            continue
+        label = entry.name
+        if entry.is_symlink() and _outside(entry, root_real):
+            records.append(_symlink_row(entry, f"{label}/", label))
+            continue
+        class_rows = _class_records(root, entry, label, root_real)
+        if all(r.status == "not_image" for r in class_rows):
+            class_rows.append(
+                SourceRecord(
+                    id=f"{label}/",
+                    path=shown_path(entry),
+                    label=label,
+                    status="empty_class",
+                    error=f"class folder {label!r} holds no image files",
+                )
+            )
+        records.extend(class_rows)
+    return records
+
+
+def _class_records(root: Path, class_dir: Path, label: str, root_real: Path) -> list[SourceRecord]:
+    rows: list[SourceRecord] = []
+    # followlinks=False: a symlinked folder inside the root is walked where it
+    # really lives (no double counting, no loops); one outside is reported.
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        here = Path(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            if _is_hidden(name):
+                continue
+            sub = here / name
+            if sub.is_symlink():
+                if _outside(sub, root_real):
+                    rows.append(_symlink_row(sub, sub.relative_to(root).as_posix() + "/", label))
+                else:
+                    log.info("not following %s: its target is already inside the source", sub)
+                continue
+            kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if _is_hidden(name):
+                continue
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink() and _outside(path, root_real):
+                rows.append(_symlink_row(path, rel, label))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                rows.append(
+                    SourceRecord(
+                        id=rel,
+                        path=shown_path(path),
+                        label=label,
+                        status="not_image",
+                        error=f"extension {path.suffix or '(none)'!r} is not an image type; "
+                        f"allowed: {', '.join(sorted(IMAGE_EXTENSIONS))}",
+                    )
+                )
+            elif not path.exists():
+                rows.append(
+                    SourceRecord(
+                        id=rel,
+                        path=shown_path(path),
+                        label=label,
+                        status="corrupt",
+                        error="broken symlink",
+                    )
+                )
+            else:
+                rows.append(SourceRecord(id=rel, path=shown_path(path), label=label))
+    return rows
+
+
+def _symlink_row(path: Path, rel: str, label: str) -> SourceRecord:
+    return SourceRecord(
+        id=rel,
+        path=shown_path(path),
+        label=label,
+        status="symlink_outside",
+        error=f"symlink to {os.path.realpath(path)}, outside the source root; not followed",
+    )
+
+
+# ---------------------------------------------------------------- IDX files
+
+
+def find_idx_files(root: Path) -> dict[str, dict[str, Path]]:
+    """{"train": {"images": path, "labels": path}, "t10k": {...}}; plain files win over .gz."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(root.iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
+        match = IDX_PATTERN.match(path.name)
+        if not match or not path.is_file():
+            continue
+        prefix, kind, ndim, _ = match.groups()
+        if (kind == "images") != (ndim == "3"):
+            continue
+        slot = found.setdefault(prefix, {})
+        if kind in slot:
+            log.info("ignoring %s: %s is used", path.name, slot[kind].name)
+            continue
+        slot[kind] = path
+    return found
+
+
+def _open_idx(path: Path) -> bytes:
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise StageError(f"{path}: cannot read IDX file: {exc}") from None
+
+
+def read_idx(path: Path, expect_magic: int) -> np.ndarray:
+    """An IDX file -> uint8 array; StageError naming the file on any format problem."""
+    data = _open_idx(path)
+    if len(data) < 4:
+        raise StageError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expect_magic:
+        kind = "images, 3" if expect_magic == IDX_IMAGES_MAGIC else "labels, 1"
+        raise StageError(
+            f"{path}: bad IDX magic number 0x{magic:08x}; expected 0x{expect_magic:08x} "
+            f"({kind} dimension(s), unsigned bytes)"
+        )
+    ndim = expect_magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise StageError(f"{path}: IDX header is truncated")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) + header
+    if len(data) != expected:
+        raise StageError(
+            f"{path}: header says {shape[0]} items of shape {shape[1:]} ({expected} bytes) "
+            f"but the file holds {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_class_names(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if not names or any(not n for n in names):
+        raise StageError(f"{path}: needs one non-empty class name per line, in label order")
+    if len(set(names)) != len(names):
+        raise StageError(f"{path}: class names must be unique")
+    return names
+
+
+def idx_source(root: Path) -> Source:
+    """Records of an MNIST-style IDX folder: train first, then t10k, in file order."""
+    files = find_idx_files(root)
+    if "train" not in files or "images" not in files["train"]:
+        raise StageError(f"{root}: no train-images-idx3-ubyte[.gz] file; {LAYOUTS_HELP}")
+    names = read_class_names(root / CLASSES_FILE) if (root / CLASSES_FILE).is_file() else None
+    records: list[SourceRecord] = []
+    arrays: dict[str, np.ndarray] = {}
+    for prefix in ("train", "t10k"):
+        if prefix not in files:
+            continue
+        pair = files[prefix]
+        if "labels" not in pair:
+            raise StageError(
+                f"{pair['images']}: its labels file {prefix}-labels-idx1-ubyte[.gz] is missing"
+            )
+        if "images" not in pair:
+            raise StageError(
+                f"{pair['labels']}: its images file {prefix}-images-idx3-ubyte[.gz] is missing"
+            )
+        images = read_idx(pair["images"], IDX_IMAGES_MAGIC)
+        labels = read_idx(pair["labels"], IDX_LABELS_MAGIC)
+        if len(images) != len(labels):
+            raise StageError(
+                f"{pair['images']} holds {len(images)} images but {pair['labels']} holds "
+                f"{len(labels)} labels; they must match"
+            )
+        if names is not None and len(labels) and int(labels.max()) >= len(names):
+            raise StageError(
+                f"{root / CLASSES_FILE} names {len(names)} classes but {pair['labels']} "
+                f"uses label {int(labels.max())}"
+            )
+        key = pair["images"].name
+        arrays[key] = images
+        split = IDX_SPLITS[prefix]
+        base = shown_path(pair["images"])
+        text = names if names is not None else [str(i) for i in range(256)]
+        records.extend(
+            SourceRecord(
+                id=f"{key}#{i}",
+                path=f"{base}#{i}",
+                label=text[label],
+                source_split=split,
+                idx_file=key,
+                idx_pos=i,
+            )
+            for i, label in enumerate(labels.tolist())
+        )
+    return Source(root=root, format="idx", records=records, arrays=arrays)

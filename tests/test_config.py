@@ -1,0 +1,158 @@
+"""pipeline.config: the real params.yaml loads; every kind of bad value is named."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config, parse_config
+
+from .conftest import REPO, real_params
+
+
+def test_real_params_yaml_loads_and_every_variant_resolves() -> None:
+    config = load_config(REPO / "params.yaml")
+    assert isinstance(config, Config)
+    assert config.data.source == "data/digits"
+    assert "baseline" in config.variants
+    for name in config.variants:
+        variant = config.variant(name)
+        assert variant.name == name
+    assert config.variant("dropout").model.dropout == 0.5
+    assert config.variant("dropout").model.conv_filters == config.model.conv_filters
+
+
+def test_params_hash_is_stable_and_sensitive() -> None:
+    raw = real_params()
+    assert parse_config(raw).params_hash() == parse_config(copy.deepcopy(raw)).params_hash()
+    raw["train"]["epochs"] += 1
+    assert parse_config(raw).params_hash() != parse_config(real_params()).params_hash()
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    def edit(raw: dict) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return edit
+
+
+BAD = [
+    # (id, edit, fragments the message must contain: the key and the value)
+    ("unknown_top_key", _set("bogus", 1), ["bogus", "unknown key", "1"]),
+    ("unknown_nested_key", _set("model.dropuot", 0.5), ["model.dropuot", "unknown key", "0.5"]),
+    ("unknown_deep_key", _set("validate.severity.speling", "error"), ["validate.severity.speling"]),
+    ("wrong_type", _set("train.epochs", "many"), ["train.epochs", "'many'", "integer"]),
+    (
+        "wrong_type_bool",
+        _set("model.augmentation.flip", "maybe"),
+        ["model.augmentation.flip", "'maybe'"],
+    ),
+    ("dropout_too_big", _set("model.dropout", 1.5), ["model.dropout", "1.5", "less than 1"]),
+    ("negative_epochs", _set("train.epochs", -3), ["train.epochs", "-3"]),
+    ("image_size_zero", _set("data.image_size", [0, 16]), ["data.image_size", "0"]),
+    ("image_size_short", _set("data.image_size", [16]), ["data.image_size"]),
+    ("bad_format", _set("data.format", "zip"), ["data.format", "'zip'", "'idx'"]),
+    (
+        "bad_severity",
+        _set("validate.severity.label_set", "fatal"),
+        ["validate.severity.label_set", "'fatal'"],
+    ),
+    ("bad_color_mode", _set("data.color_mode", "cmyk"), ["data.color_mode", "'cmyk'"]),
+    ("train_fraction_zero", _set("data.train_fraction", 0), ["data.train_fraction", "0"]),
+    (
+        "bad_model_name",
+        _set("registry.model_name", "has space"),
+        ["registry.model_name", "'has space'"],
+    ),
+    (
+        "fractions_sum_to_one",
+        lambda raw: raw["data"].update(val_fraction=0.5, test_fraction=0.5),
+        ["data.val_fraction + data.test_fraction = 1", "less than 1"],
+    ),
+    (
+        "fractions_sum_above_one",
+        lambda raw: raw["data"].update(val_fraction=0.6, test_fraction=0.5),
+        ["= 1.1"],
+    ),
+    ("missing_section", lambda raw: raw.pop("data"), ["data", "missing"]),
+    ("no_variants", _set("variants", {}), ["variants"]),
+    (
+        "variant_bad_value",
+        _set("variants.x", {"model": {"dropout": 2}}),
+        ["variants.x.model.dropout", "2", "less than 1"],
+    ),
+    (
+        "variant_unknown_key",
+        _set("variants.x", {"model": {"nope": 2}}),
+        ["variants.x.model.nope", "unknown key"],
+    ),
+    (
+        "variant_nested_bad_value",
+        _set("variants.x", {"model": {"augmentation": {"zoom": 5}}}),
+        ["variants.x.model.augmentation.zoom", "5"],
+    ),
+    (
+        "variant_bad_train",
+        _set("variants.x", {"train": {"epochs": 0}}),
+        ["variants.x.train.epochs", "0"],
+    ),
+    (
+        "variant_overrides_other_section",
+        _set("variants.x", {"data": {"seed": 2}}),
+        ["variants.x.data", "unknown key"],
+    ),
+    ("variant_bad_name", _set("variants", {"has space": {}}), ["variants.has space"]),
+]
+
+
+@pytest.mark.parametrize("edit,fragments", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_values_fail_naming_key_and_value(edit, fragments: list[str]) -> None:
+    raw = real_params()
+    edit(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert message.startswith("invalid params.yaml:")
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "invalid params.yaml" not in message[len("invalid params.yaml:") :], "nested twice"
+
+
+def test_unknown_variant_lists_the_known_ones() -> None:
+    config = parse_config(real_params())
+    with pytest.raises(ConfigError, match=r"unknown variant 'nosuch'.*baseline"):
+        config.variant("nosuch")
+
+
+def test_top_level_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        parse_config(["data"])
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(real_params())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
+        config.data.seed = 1  # type: ignore[misc]
+
+
+def test_load_config_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "params.yaml")
+    bad_yaml = tmp_path / "params.yaml"
+    bad_yaml.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{bad_yaml}: not valid YAML"):
+        load_config(bad_yaml)
+    raw = real_params()
+    raw["model"]["dropout"] = 1.5
+
+    bad_yaml.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"invalid {bad_yaml}:\n  model.dropout = 1.5"):
+        load_config(bad_yaml)

@@ -1,0 +1,145 @@
+"""End to end: the real `dvc repro` over the real stages, MLflow and GX.
+
+One module-scoped temp git repo runs the whole pipeline once on a small slice
+of the configuration (two variants, a few epochs); the tests then check the
+outputs, DVC's rerun semantics and the MLflow records it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import copy_project_tree, small_params, write_png_folder
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # stages call `python -m ...`
+    env.pop("MLFLOW_RUN_ID", None)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    result = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def init_repo(root: Path, params: dict) -> Path:
+    copy_project_tree(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.email", "t@example.com"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.name", "t"], cwd=root, check=True)
+    if not (root / ".dvc").exists():
+        dvc(root, "init", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True)
+    return root
+
+
+def ran_stages(output: str) -> set[str]:
+    return {
+        line.split("'")[1]
+        for line in output.splitlines()
+        if line.startswith("Running stage '")
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    params = small_params(
+        data={"image_size": [8, 8]},
+        variants={"baseline": {}, "dropout": {"model": {"dropout": 0.5}}},
+    )
+    params["train"]["epochs"] = 2
+    init_repo(root, params)
+    first = dvc(root, "repro")
+    return root, first.stdout
+
+
+def test_first_repro_runs_every_stage(pipeline_repo):
+    root, output = pipeline_repo
+    assert ran_stages(output) >= {
+        "digits", "prepare", "validate", "train@baseline", "train@dropout", "evaluate", "report",
+    }
+    validation = json.loads((root / "reports/validation.json").read_text())
+    assert validation["success"] is True
+    evaluation = json.loads((root / "reports/evaluation.json").read_text())
+    assert set(evaluation["variants"]) == {"baseline", "dropout"}
+    for variant in evaluation["variants"].values():
+        assert variant["verdict"] in {"overfitting", "underfitting", "good_fit"}
+        assert 0.0 <= variant["test"]["accuracy"] <= 1.0
+    assert (root / "reports/report.html").stat().st_size > 10_000
+    assert (root / "models/baseline/model.keras").exists()
+
+
+def test_second_repro_is_a_no_op(pipeline_repo):
+    root, _ = pipeline_repo
+    second = dvc(root, "repro")
+    assert ran_stages(second.stdout) == set(), second.stdout
+    status = dvc(root, "status", "--json")
+    assert json.loads(status.stdout or "{}") == {}
+
+
+def test_changing_one_variant_retrains_only_that_variant(pipeline_repo):
+    root, _ = pipeline_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["variants"]["dropout"] = {"model": {"dropout": 0.3}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(root, "repro")
+    ran = ran_stages(result.stdout)
+    assert "train@dropout" in ran
+    assert "train@baseline" not in ran
+    assert "prepare" not in ran
+    assert {"evaluate", "report"} <= ran
+
+
+def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
+    root, _ = pipeline_repo
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(
+        yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]
+    )
+    runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
+    assert {r.data.tags["variant"] for r in runs} == {"baseline", "dropout"}
+    first_two = sorted(runs, key=lambda r: r.info.start_time)[:2]
+    assert first_two[0].data.tags["repro_id"] == first_two[1].data.tags["repro_id"]
+    history = client.get_metric_history(first_two[0].info.run_id, "val_loss")
+    assert [m.step for m in history] == list(range(1, len(history) + 1))
+    assert mlflow is not None
+
+
+def test_broken_dataset_stops_at_validate(tmp_path: Path):
+    root = tmp_path / "repo"
+    params = small_params(data={"image_size": [8, 8], "source": "images"})
+    init_repo(root, params)
+    # Three classes with enough images each, but 'c' has none in the test
+    # split's reach (only 2 images) and train/test share duplicated files.
+    write_png_folder(root / "images", per_class=12, classes=("a", "b"), seed=1)
+    write_png_folder(root / "images", per_class=2, classes=("c",), seed=2)
+    for i in range(6):  # the same picture many times: leaks across splits
+        (root / "images/a" / f"dup{i}.png").write_bytes((root / "images/a/000.png").read_bytes())
+    result = dvc(root, "repro", check=False)
+    assert result.returncode != 0
+    assert "Running stage 'validate'" in result.stdout
+    assert "train@" not in result.stdout
+    validation = json.loads((root / "reports/validation.json").read_text())
+    failed = {c["name"] for c in validation["checks"] if not c["success"]}
+    assert {"min_images_per_class", "split_leakage"} <= failed
+    assert not (root / "models").exists()

@@ -1,0 +1,249 @@
+"""pipeline.prepare: splits, the stage end to end, and failure without side effects."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import EXIT_USER_ERROR, run_stage
+from pipeline.config import parse_config
+from pipeline.prepare import (
+    assign_splits,
+    main,
+    prepare_dataset,
+    resolve_workers,
+    stratified_take,
+)
+from pipeline.prepared import MANIFEST_COLUMNS, SPLITS, load_prepared
+
+from .conftest import Project, make_prepared, small_params, write_png_folder
+from .test_datasets import idx_folder
+
+
+def _data(**overrides):
+    params = small_params(data=overrides)
+    return parse_config(params).data
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def _labels(per_class=(100, 60, 40)) -> np.ndarray:
+    return np.concatenate([np.full(n, c) for c, n in enumerate(per_class)])
+
+
+def test_splits_are_stratified_disjoint_and_cover_everything() -> None:
+    labels = _labels()
+    splits = assign_splits(labels, np.full(len(labels), "", dtype=object), _data())
+    assert set(splits) == set(SPLITS)  # disjoint by construction: one name per image
+    for c, n in enumerate((100, 60, 40)):
+        in_class = splits[labels == c]
+        assert abs((in_class == "test").sum() - 0.15 * n) <= 1
+        assert abs((in_class == "val").sum() - 0.15 * n) <= 1
+
+
+def test_splits_deterministic_for_seed_and_vary_with_it() -> None:
+    labels = _labels()
+    none = np.full(len(labels), "", dtype=object)
+    a = assign_splits(labels, none, _data(seed=7))
+    b = assign_splits(labels, none, _data(seed=7))
+    c = assign_splits(labels, none, _data(seed=8))
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+
+
+def test_source_test_split_is_kept_and_val_comes_from_train() -> None:
+    labels = _labels((50, 50))
+    source_split = np.array(["train"] * 80 + ["test"] * 20, dtype=object)
+    labels = np.concatenate([labels[:80] % 2, labels[80:] % 2])
+    splits = assign_splits(labels, source_split, _data(val_fraction=0.25))
+    assert (splits[80:] == "test").all()
+    assert (splits[:80] == "val").sum() == 20
+    assert "test" not in set(splits[:80])
+
+
+def test_train_fraction_subsamples_train_stratified() -> None:
+    labels = _labels((200, 100))
+    none = np.full(len(labels), "", dtype=object)
+    full = assign_splits(labels, none, _data())
+    half = assign_splits(labels, none, _data(train_fraction=0.5))
+    # val and test do not move when train is subsampled
+    assert ((full == "val") == (half == "val")).all()
+    assert ((full == "test") == (half == "test")).all()
+    for c in (0, 1):
+        train = (full[labels == c] == "train").sum()
+        kept = (half[labels == c] == "train").sum()
+        assert abs(kept - train / 2) <= 1
+    assert ((half == "unused") <= (full == "train")).all()
+
+
+def test_tiny_class_falls_back_with_warning(caplog: pytest.LogCaptureFixture) -> None:
+    labels = np.array([0] * 20 + [1] * 20 + [2])  # class 2 has one image
+    with caplog.at_level(logging.WARNING):
+        splits = assign_splits(labels, np.full(len(labels), "", dtype=object), _data())
+    assert splits[-1] == "train"
+    assert "stratified split not possible" in caplog.text
+    assert (splits[labels == 0] == "test").sum() == 3
+
+
+def test_stratified_take_edge_cases() -> None:
+    idx = np.arange(4)
+    labels = np.array([0, 0, 1, 1])
+    taken, kept = stratified_take(idx, labels, 0.0, 0, "x")
+    assert len(taken) == 0 and kept.tolist() == [0, 1, 2, 3]
+    taken, kept = stratified_take(idx[:0], labels, 0.5, 0, "x")
+    assert len(taken) == 0 and len(kept) == 0
+    taken, kept = stratified_take(np.arange(2), np.array([0, 1]), 0.9, 0, "x")
+    assert len(kept) == 2  # every class keeps an image
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _folder_project(project: Project, **data) -> Path:
+    root = write_png_folder(project.root / "images", per_class=12, classes=("cat", "dog", "owl"))
+    project.write_params(
+        small_params(data={"source": "images", "image_size": [8, 8], "workers": 1, **data})
+    )
+    return root
+
+
+def _tree_bytes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_stage_end_to_end_on_png_folder(project: Project, capsys: pytest.CaptureFixture) -> None:
+    root = _folder_project(project)
+    (root / "cat" / "broken.png").write_bytes(b"")
+    (root / "dog" / "notes.txt").write_text("hi")
+    assert main([]) == 0
+    assert "prepare:" in capsys.readouterr().out
+
+    data = load_prepared(project.paths.prepared_dir)
+    m = data.manifest
+    assert list(m.columns) == list(MANIFEST_COLUMNS)
+    assert data.classes == ["cat", "dog", "owl"]
+    assert data.image_shape == (8, 8, 1)
+    assert data.meta["format"] == "folder" and data.meta["source"] == "images"
+    assert (
+        data.meta["counts"]["train"] + data.meta["counts"]["val"] + data.meta["counts"]["test"]
+        == 36
+    )
+    assert data.meta["unusable"] == 2
+    bad = m[m.status != "ok"].set_index("id")
+    assert bad.loc["cat/broken.png", "status"] == "empty_file"
+    assert bad.loc["dog/notes.txt", "status"] == "not_image"
+    assert (bad.split == "").all() and (bad.array_index == -1).all()
+    assert not any(p.name.startswith(".") for p in project.paths.prepared_dir.parent.iterdir())
+
+    for split in SPLITS:
+        x, y = data.x(split), data.y(split)
+        rows = m[m.split == split].sort_values("array_index")
+        assert x.dtype == np.uint8 and x.shape == (len(rows), 8, 8, 1)
+        assert rows.array_index.tolist() == list(range(len(rows)))
+        assert y.tolist() == rows.label_index.tolist()
+        # each array row is the image its manifest row describes
+        for i, pixel_hash in enumerate(rows.pixel_hash):
+            assert hashlib.sha256(np.ascontiguousarray(x[i]).tobytes()).hexdigest() == pixel_hash
+    assert set(m.id[m.split == "train"]).isdisjoint(m.id[m.split == "test"])
+
+
+def test_stage_is_byte_identical_on_rerun_and_across_worker_counts(project: Project) -> None:
+    _folder_project(project)
+    assert main([]) == 0
+    first = _tree_bytes(project.paths.prepared_dir)
+    assert main([]) == 0
+    assert _tree_bytes(project.paths.prepared_dir) == first
+    project.write_params(
+        small_params(data={"source": "images", "image_size": [8, 8], "workers": 2})
+    )
+    assert main([]) == 0
+    assert _tree_bytes(project.paths.prepared_dir) == first
+
+
+def test_stage_rgb_and_train_fraction(project: Project) -> None:
+    _folder_project(project, color_mode="rgb", train_fraction=0.5, image_size=[6, 10])
+    assert main([]) == 0
+    data = load_prepared(project.paths.prepared_dir)
+    assert data.x("train").shape[1:] == (6, 10, 3)
+    assert data.meta["counts"]["unused"] > 0
+    assert (data.manifest.split == "unused").sum() == data.meta["counts"]["unused"]
+
+
+def test_stage_on_idx_source_keeps_its_test_split(project: Project) -> None:
+    idx_folder(project.root / "idx", gz=True, n_train=30, n_test=9)
+    config = project.write_params(
+        small_params(data={"source": "idx", "image_size": [8, 8], "workers": 2})
+    )
+    summary = prepare_dataset(config, project.paths, progress=False)
+    assert summary["format"] == "idx" and summary["classes"] == ["0", "1", "2"]
+    m = load_prepared(project.paths.prepared_dir).manifest
+    assert (m.split[m.source_split == "test"] == "test").all()
+    assert (m.split[m.source_split == "train"] != "test").all()
+    assert m["mode"].unique().tolist() == ["L"] and m.width.unique().tolist() == [4]
+
+
+def _run_stage_exit(capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        run_stage(main, [])
+    return info.value.code, capsys.readouterr().err
+
+
+def test_bad_only_input_fails_cleanly_and_keeps_old_output(
+    project: Project, capsys: pytest.CaptureFixture
+) -> None:
+    x = np.zeros((20, 8, 8, 1), dtype=np.uint8)
+    make_prepared(project.paths.prepared_dir, x, np.arange(20) % 2, ["a", "b"])
+    before = _tree_bytes(project.paths.prepared_dir)
+
+    root = project.root / "bad"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.png").write_bytes(b"\x00\x01 not an image \xff")
+        (root / name / "y.jpg").write_bytes(b"")
+    project.write_params(small_params(data={"source": "bad", "image_size": [8, 8], "workers": 1}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "0 class(es) with usable images" in err and "at least 2" in err
+    assert "corrupt: 2" in err and "empty_file: 2" in err
+    assert _tree_bytes(project.paths.prepared_dir) == before
+    assert [p.name for p in project.paths.prepared_dir.parent.iterdir()] == ["prepared"]
+
+
+def test_single_usable_class_fails(project: Project, capsys: pytest.CaptureFixture) -> None:
+    root = write_png_folder(project.root / "one", per_class=4, classes=("only",))
+    (root / "empty").mkdir()
+    project.write_params(small_params(data={"source": "one", "image_size": [8, 8], "workers": 1}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "1 class(es) with usable images (only)" in err
+    assert "empty_class: 1" in err
+    assert not project.paths.prepared_dir.exists()
+
+
+def test_missing_source_fails_naming_it(project: Project, capsys: pytest.CaptureFixture) -> None:
+    project.write_params(small_params(data={"source": "no/such/dir"}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "no/such/dir does not exist" in err and "allowed layouts" in err
+
+
+def test_source_without_class_folders_fails(
+    project: Project, capsys: pytest.CaptureFixture
+) -> None:
+    (project.root / "flat").mkdir()
+    (project.root / "flat" / "a.png").write_bytes(b"x")
+    project.write_params(small_params(data={"source": "flat"}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "holds no class folders" in err
+
+
+def test_resolve_workers() -> None:
+    assert resolve_workers(3) == 3
+    assert 1 <= resolve_workers(0) <= (os.cpu_count() or 1)
