@@ -28,7 +28,9 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_stage(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+def run_stage(
+    main: Callable[[list[str] | None], int | None], argv: list[str] | None = None
+) -> None:
     """Run a stage's main() and exit with its code; user errors exit 2 with a message."""
     from pipeline.config import ConfigError
     from pipeline.tracking import TrackingError

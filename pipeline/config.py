@@ -91,7 +91,9 @@ class AugmentationConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    conv_filters: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(min_length=1, max_length=8)
+    conv_filters: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        min_length=1, max_length=8
+    )
     kernel_size: Annotated[int, Field(ge=1, le=15)] = 3
     dense_units: Annotated[int, Field(ge=1, le=65_536)] = 128
     dropout: Fraction01 = 0.0
@@ -250,7 +252,10 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
         key = key.replace("validate_", "validate")
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (value {value!r}); check the spelling against params.yaml's documented keys")
+            lines.append(
+                f"{key}: unknown key (value {value!r}); "
+                "check the spelling against params.yaml's documented keys"
+            )
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         elif isinstance(err.get("ctx", {}).get("error"), ConfigError):

@@ -17,12 +17,13 @@ arrays; other rows have split "" and array_index -1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,31 +148,27 @@ def finish_prepared(tmp: Path, manifest: pd.DataFrame, meta: Mapping[str, Any]) 
     (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
 
 
-class staging_dir:
-    """Context manager: a temp dir beside `target` that replaces it on success.
+@contextlib.contextmanager
+def staging_dir(target: Path) -> Iterator[Path]:
+    """A temp dir beside `target` that replaces it when the block succeeds.
 
     On an exception the temp dir is removed and `target` is left as it was,
     so a killed or failed stage never leaves a half-written dataset.
     """
-
-    def __init__(self, target: Path) -> None:
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
-        self.tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result is ordinary data
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result is ordinary data
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

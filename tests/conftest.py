@@ -37,7 +37,11 @@ def small_params(**sections) -> dict:
     params["model"]["dense_units"] = 16
     params["variants"] = {"baseline": {}, "dropout": {"model": {"dropout": 0.5}}}
     for section, values in sections.items():
-        if isinstance(values, dict) and isinstance(params.get(section), dict) and section != "variants":
+        if (
+            isinstance(values, dict)
+            and isinstance(params.get(section), dict)
+            and section != "variants"
+        ):
             params[section] = _merge(params[section], values)
         else:
             params[section] = values
@@ -103,16 +107,24 @@ def digits_arrays(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_prepared(
-    out_dir: Path, x: np.ndarray, y: np.ndarray, classes: list[str], seed: int = 0,
+    out_dir: Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    seed: int = 0,
     fractions: tuple[float, float] = (0.7, 0.15),
 ) -> None:
     """Write a prepared dataset from arrays with a stratified random split."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(y))
-    train_idx, rest = train_test_split(index, train_size=fractions[0], stratify=y, random_state=seed)
+    train_idx, rest = train_test_split(
+        index, train_size=fractions[0], stratify=y, random_state=seed
+    )
     val_share = fractions[1] / (1.0 - fractions[0])
-    val_idx, test_idx = train_test_split(rest, train_size=val_share, stratify=y[rest], random_state=seed)
+    val_idx, test_idx = train_test_split(
+        rest, train_size=val_share, stratify=y[rest], random_state=seed
+    )
     parts = {"train": train_idx, "val": val_idx, "test": test_idx}
     rows = []
     arrays = {}
@@ -162,8 +174,13 @@ def digits_prepared(project: Project) -> Project:
     return project
 
 
-def write_png_folder(root: Path, per_class: int = 5, classes: tuple[str, ...] = ("a", "b"),
-                     size: int = 8, seed: int = 0) -> Path:
+def write_png_folder(
+    root: Path,
+    per_class: int = 5,
+    classes: tuple[str, ...] = ("a", "b"),
+    size: int = 8,
+    seed: int = 0,
+) -> Path:
     """A root/<class>/<png> folder of small distinct random images."""
     from PIL import Image
 
@@ -181,12 +198,24 @@ def copy_project_tree(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", ".dvc"):
         if (REPO / name).exists():
-            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+            shutil.copytree(
+                REPO / name,
+                dest / name,
+                ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"),
+            )
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
     return dest
 
 
-__all__ = ["pd", "Project", "small_params", "digits_arrays", "make_prepared", "write_png_folder",
-           "copy_project_tree", "REPO"]
+__all__ = [
+    "pd",
+    "Project",
+    "small_params",
+    "digits_arrays",
+    "make_prepared",
+    "write_png_folder",
+    "copy_project_tree",
+    "REPO",
+]

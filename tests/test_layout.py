@@ -46,7 +46,9 @@ def test_pyproject_pins_match_the_lock():
         spec = dep.split(";")[0].strip()
         name, _, version = spec.partition("==")
         assert version, f"pyproject dependency {dep!r} is not pinned"
-        assert pins.get(_norm(name)) == version, f"{name}: pyproject {version} vs lock {pins.get(_norm(name))}"
+        assert pins.get(_norm(name)) == version, (
+            f"{name}: pyproject {version} vs lock {pins.get(_norm(name))}"
+        )
 
 
 def test_dvc_yaml_paths_match_pipeline_paths():
@@ -56,7 +58,9 @@ def test_dvc_yaml_paths_match_pipeline_paths():
     stages = dvc["stages"]
     assert rel(paths.digits_dir) in stages["digits"]["outs"]
     assert rel(paths.prepared_dir) in stages["prepare"]["outs"]
-    validate_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["validate"]["outs"]]
+    validate_outs = [
+        next(iter(o)) if isinstance(o, dict) else o for o in stages["validate"]["outs"]
+    ]
     assert rel(paths.validation_json) in validate_outs
     assert rel(paths.data_docs_dir) in validate_outs
     train = stages["train"]["do"]
@@ -65,8 +69,15 @@ def test_dvc_yaml_paths_match_pipeline_paths():
     assert rel(paths.run_info("${key}")) in train_outs
     assert next(iter(train["metrics"][0])) == rel(paths.train_metrics("${key}"))
     assert next(iter(train["plots"][0])) == rel(paths.history_csv("${key}"))
-    evaluate_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["evaluate"]["outs"]]
-    for path in (paths.evaluation_json, paths.comparison_csv, paths.comparison_md, paths.figures_dir):
+    evaluate_outs = [
+        next(iter(o)) if isinstance(o, dict) else o for o in stages["evaluate"]["outs"]
+    ]
+    for path in (
+        paths.evaluation_json,
+        paths.comparison_csv,
+        paths.comparison_md,
+        paths.figures_dir,
+    ):
         assert rel(path) in evaluate_outs
     report_outs = [next(iter(o)) for o in stages["report"]["outs"]]
     assert rel(paths.report_html) in report_outs
@@ -92,12 +103,16 @@ def test_train_foreach_tracks_only_its_own_variant_params():
 
 def test_default_params_define_the_required_variants():
     cfg = load_config(REPO / "params.yaml")
-    assert {"baseline", "dropout", "l2", "augmentation", "combined", "small", "large"} <= set(cfg.variants)
+    assert {"baseline", "dropout", "l2", "augmentation", "combined", "small", "large"} <= set(
+        cfg.variants
+    )
     assert cfg.variant("baseline").model.dropout == 0.0
     assert cfg.variant("dropout").model.dropout > 0
     assert cfg.variant("l2").model.l2 > 0
     assert cfg.variant("augmentation").model.augmentation.enabled
-    assert not cfg.variant("augmentation").model.augmentation.flip  # digits: a flip changes the class
+    assert not cfg.variant(
+        "augmentation"
+    ).model.augmentation.flip  # digits: a flip changes the class
 
 
 def test_ci_runs_the_readme_test_command():

@@ -51,9 +51,7 @@ def init_repo(root: Path, params: dict) -> Path:
 
 def ran_stages(output: str) -> set[str]:
     return {
-        line.split("'")[1]
-        for line in output.splitlines()
-        if line.startswith("Running stage '")
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
     }
 
 
@@ -73,7 +71,13 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_first_repro_runs_every_stage(pipeline_repo):
     root, output = pipeline_repo
     assert ran_stages(output) >= {
-        "digits", "prepare", "validate", "train@baseline", "train@dropout", "evaluate", "report",
+        "digits",
+        "prepare",
+        "validate",
+        "train@baseline",
+        "train@dropout",
+        "evaluate",
+        "report",
     }
     validation = json.loads((root / "reports/validation.json").read_text())
     assert validation["success"] is True

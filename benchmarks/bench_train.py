@@ -1,0 +1,190 @@
+"""Benchmark: what the training stage's input pipeline and MLflow logging cost.
+
+On a Fashion-MNIST subset, with one model (the params.yaml `baseline`), batch
+size and epoch count, three ways:
+
+  (a) bare `model.fit` on in-memory float32 numpy arrays (the reference);
+  (b) pipeline.train's tf.data input from memory-mapped uint8 arrays, with
+      its callbacks (history rows, checkpoints, best weights), no MLflow;
+  (c) the full stage path `train_variant` logging to a temp sqlite MLflow
+      (per-epoch metrics, model summary, logged model, output files).
+
+Prints images/s (steady state: epochs after the first, which includes graph
+tracing) and wall times. Targets: b/a >= 0.9 images/s; c's wall time within
+5% of b's (c adds a fixed cost at the end for logging the model).
+
+Inputs: /usr/share/datasets/fashion-mnist (IDX files), params.yaml.
+Outputs: stdout only; everything else goes to a temp dir that is deleted.
+
+Run: .venv/bin/python benchmarks/bench_train.py [--train-size 10000] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline import train  # noqa: E402
+from pipeline.config import parse_config  # noqa: E402
+from pipeline.datasets import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx  # noqa: E402
+from pipeline.paths import Paths  # noqa: E402
+from pipeline.prepared import load_prepared, manifest_frame, write_prepared  # noqa: E402
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+VARIANT = "baseline"
+
+
+def load_fashion(train_size: int, val_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The first train_size + val_size Fashion-MNIST training images, uint8 (n, 28, 28, 1)."""
+    x = read_idx(FASHION / "train-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)
+    y = read_idx(FASHION / "train-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC).astype(np.int64)
+    x = x[..., None]
+    end = train_size + val_size
+    return {
+        "train": (x[:train_size], y[:train_size]),
+        "val": (x[train_size:end], y[train_size:end]),
+        "test": (x[end : end + 100], y[end : end + 100]),
+    }
+
+
+def bench_params(epochs: int, batch_size: int) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source=str(FASHION), image_size=[28, 28])
+    # Fixed epoch count and no class weights, the same for all three ways.
+    params["train"].update(
+        epochs=epochs,
+        batch_size=batch_size,
+        class_weight="off",
+        early_stopping={"enabled": False},
+        reduce_lr={"enabled": False},
+    )
+    params["variants"] = {VARIANT: {}}
+    return params
+
+
+def steady_rate(n_train: int, epoch_seconds: list[float]) -> float:
+    steady = epoch_seconds[1:] or epoch_seconds
+    return n_train * len(steady) / sum(steady)
+
+
+def run_bare(vcfg, arrays) -> tuple[float, float]:
+    """(a): model.fit on float32 numpy arrays in memory."""
+    import keras
+
+    from pipeline.models import build_model
+
+    x_train, y_train = arrays["train"]
+    x_val, y_val = arrays["val"]
+    x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
+    train.set_determinism(vcfg.train.seed)
+    model = build_model(vcfg.model, x_train.shape[1:], 10, seed=vcfg.train.seed)
+    train.compile_model(model, vcfg.train.learning_rate)
+    seconds: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.start)
+
+    start = time.perf_counter()
+    model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        batch_size=vcfg.train.batch_size,
+        epochs=vcfg.train.epochs,
+        shuffle=True,
+        callbacks=[Timer()],
+        verbose=0,
+    )
+    return steady_rate(len(y_train), seconds), time.perf_counter() - start
+
+
+def run_pipeline(vcfg, paths: Paths) -> tuple[float, float]:
+    """(b): fit_variant from the memmapped prepared arrays, without MLflow."""
+    data = load_prepared(paths.prepared_dir)
+    state = train.open_backup(paths.backup_dir("bench"), {"bench": "b"})
+    start = time.perf_counter()
+    result = train.fit_variant(vcfg, data, state, class_weight=None, log_to_mlflow=False)
+    wall = time.perf_counter() - start
+    state.discard()
+    rate = steady_rate(len(data.y("train")), [r["epoch_seconds"] for r in result.rows])
+    return rate, wall
+
+
+def run_full(cfg, paths: Paths) -> tuple[float, float]:
+    """(c): the whole stage, MLflow logging to sqlite in the temp dir."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{paths.root / 'mlflow.db'}"
+    # Create the sqlite schema outside the timing: it is a one-off per database.
+    from pipeline import tracking
+
+    tracking.configure(paths)
+    tracking.ensure_experiment(paths, cfg.mlflow.experiment)
+    start = time.perf_counter()
+    train.train_variant(paths, cfg, VARIANT)
+    wall = time.perf_counter() - start
+    rows = train.read_history(paths.history_csv(VARIANT))
+    n_train = len(load_prepared(paths.prepared_dir).y("train"))
+    return steady_rate(n_train, [r["epoch_seconds"] for r in rows]), wall
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-size", type=int, default=10_000)
+    parser.add_argument("--val-size", type=int, default=2_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+        print(f"{FASHION} not found: install the dataset-fashion-mnist package", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+
+    arrays = load_fashion(args.train_size, args.val_size)
+    cfg = parse_config(bench_params(args.epochs, args.batch_size))
+    vcfg = cfg.variant(VARIANT)
+    print(
+        f"Fashion-MNIST subset: {args.train_size} train / {args.val_size} val images 28x28, "
+        f"model {VARIANT} ({list(vcfg.model.conv_filters)} filters), batch {args.batch_size}, "
+        f"{args.epochs} epochs"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
+        paths = Paths(Path(tmp))
+        paths.params.write_text(yaml.safe_dump(bench_params(args.epochs, args.batch_size)))
+        meta = {"classes": [str(c) for c in range(10)], "image_size": [28, 28], "channels": 1}
+        write_prepared(paths.prepared_dir, manifest_frame([]), arrays, meta)
+
+        results = {
+            "a bare fit, numpy in memory": run_bare(vcfg, arrays),
+            "b tf.data from memmap, no MLflow": run_pipeline(vcfg, paths),
+            "c full stage with MLflow": run_full(cfg, paths),
+        }
+    print(f"{'way':36s} {'images/s':>10s} {'wall s':>8s}")
+    for name, (rate, wall) in results.items():
+        print(f"{name:36s} {rate:10.0f} {wall:8.1f}")
+    (a_rate, a_wall), (b_rate, b_wall), (c_rate, c_wall) = results.values()
+    print(f"b/a images/s: {b_rate / a_rate:.3f} (target >= 0.9)")
+    print(f"c/b images/s: {c_rate / b_rate:.3f} (per-epoch MLflow logging cost)")
+    print(
+        f"c vs b wall time: {100 * (c_wall / b_wall - 1):+.1f}% (target < 5%; "
+        f"fixed end-of-run cost {c_wall - b_wall:.1f} s: model logging and outputs)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,635 @@
+"""Stage `evaluate`: score every variant, diagnose it, compare, register the best.
+
+Inputs: params.yaml (`variants`, `evaluate`, `registry`), data/prepared/,
+reports/validation.json, and for every variant models/<variant>/{model.keras,
+history.csv, metrics.json, run.json} (the train stage's contract).
+
+Outputs:
+- reports/evaluation.json: per variant train/val/test scores (accuracy, loss,
+  macro precision/recall/F1), gap, best and run epochs, onset epoch, verdict,
+  evidence, MLflow run id, per-class metrics (with each class's train-vs-val
+  recall gap), confusion matrices; plus best_variant, effects (each variant vs
+  the baseline), recommendations and the registered model version.
+- reports/comparison.csv and comparison.md: one row per variant.
+- reports/curves.csv: long format (variant, epoch, loss, val_loss, accuracy,
+  val_accuracy, gap) for dvc.yaml's top-level plots.
+- reports/metrics.json: flat DVC metrics (<variant>.test_accuracy, ...).
+- reports/figures/: learning curves, all-variant curves, gaps, confusion
+  matrices, feature maps (pipeline.plots).
+- MLflow: evaluation metrics, a `verdict` tag and the evidence logged to each
+  variant's own train run; an `evaluate` run holding the comparison and the
+  figures; the best variant's model registered as a new version of
+  registry.model_name with alias "challenger" (alias "champion" is never
+  touched here: only the retrain gate moves it).
+
+Train-split scores use a fixed random sample of the train split no larger
+than the bigger of val and test (all of it when it is smaller): the train
+accuracy then has the same statistical precision as the val accuracy it is
+compared with (standard error < 0.5% at 9,000 images), and evaluation cost
+stops growing with the training set. evaluation.json records `n` per split.
+
+Loss here is plain cross-entropy of the saved model in inference mode, without
+the L2 penalty Keras adds during training, so train and val losses compare
+like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import diagnosis, plots
+from pipeline.cli import StageError, run_stage
+from pipeline.config import Config, load_config
+from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.paths import Paths
+from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
+
+log = logging.getLogger(__name__)
+
+# Inference batch: bounds memory only, results do not depend on it.
+EVAL_BATCH_SIZE = 1024
+CHALLENGER = "challenger"
+# The train-split sample is fixed, not a knob: the same rows for every variant and run.
+TRAIN_SAMPLE_SEED = 0
+EPS = 1e-7  # same clipping as Keras' cross-entropy
+CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "gap"]
+COMPARISON_COLUMNS = [
+    "variant",
+    "verdict",
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "gap",
+    "onset_epoch",
+    "best_epoch",
+    "epochs_run",
+    "delta_val_accuracy",
+    "delta_test_accuracy",
+    "delta_gap",
+]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class VariantArtifacts:
+    """What the train stage left for one variant."""
+
+    name: str
+    model_path: Path
+    history: pd.DataFrame
+    train_metrics: dict[str, Any]
+    run_info: dict[str, Any]
+
+
+def load_variant_artifacts(paths: Paths, variant: str) -> VariantArtifacts:
+    """Read models/<variant>/; raises StageError naming the variant and the missing file."""
+    needed = {
+        "model": paths.model_file(variant),
+        "history": paths.history_csv(variant),
+        "metrics": paths.train_metrics(variant),
+        "run": paths.run_info(variant),
+    }
+    missing = [str(p) for p in needed.values() if not p.exists()]
+    if missing:
+        raise StageError(
+            f"variant {variant!r} has no trained model: missing {', '.join(missing)}. "
+            f"Train it first (dvc repro train@{variant}) or remove it from params.yaml `variants`"
+        )
+    try:
+        history = diagnosis.check_history(pd.read_csv(needed["history"]))
+        train_metrics = json.loads(needed["metrics"].read_text())
+        run_info = json.loads(needed["run"].read_text())
+    except (ValueError, OSError) as exc:
+        raise StageError(f"variant {variant!r}: unreadable training output: {exc}") from None
+    return VariantArtifacts(variant, needed["model"], history, train_metrics, run_info)
+
+
+def load_validation(paths: Paths) -> dict[str, Any]:
+    path = paths.validation_json
+    if not path.exists():
+        raise StageError(f"{path} is missing; run the validate stage first (dvc repro validate)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StageError(f"{path} is not valid JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def predict_proba(model: Any, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """Class probabilities in batches; `x` may be a uint8 memmap (cast per batch)."""
+    if len(x) == 0:
+        raise StageError("cannot evaluate on an empty split")
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = np.asarray(x[start : start + batch_size], dtype=np.float32)
+        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
+    return np.concatenate(out)
+
+
+def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """Accuracy, cross-entropy, macro precision/recall/F1, per-class arrays, confusion."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if proba.shape != (len(y_true), n_classes):
+        raise ValueError(f"probabilities shape {proba.shape} != ({len(y_true)}, {n_classes})")
+    pred = proba.argmax(axis=1)
+    labels = list(range(n_classes))
+    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, average=None, zero_division=0
+    )
+    present = support > 0  # macro over the classes this split has
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "precision": float(precision[present].mean()),
+        "recall": float(recall[present].mean()),
+        "f1": float(f1[present].mean()),
+        "n": int(len(y_true)),
+        "_per_class": {
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "support": support.tolist(),
+        },
+        "_confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
+    }
+
+
+def per_class_table(scores: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> list[dict]:
+    """One row per class: precision/recall/F1 per split and the train-vs-val recall gap."""
+    rows = []
+    for i, name in enumerate(classes):
+        row: dict[str, Any] = {"class": name}
+        for split in SPLITS:
+            pc = scores[split]["_per_class"]
+            for metric in ("precision", "recall", "f1", "support"):
+                row[f"{split}_{metric}"] = pc[metric][i]
+        # Recall of a class = accuracy on that class's images.
+        row["accuracy_gap"] = row["train_recall"] - row["val_recall"]
+        rows.append(row)
+    return rows
+
+
+def feature_maps(model: Any, images: np.ndarray, n_layers: int) -> dict[str, np.ndarray]:
+    """Outputs of the first `n_layers` layers named conv_1, conv_2, ... on `images`."""
+    names = []
+    for i in range(1, n_layers + 1):
+        try:
+            model.get_layer(f"conv_{i}")
+        except ValueError:
+            break
+        names.append(f"conv_{i}")
+    if not names:
+        log.warning("model has no layer named conv_1; no feature maps")
+        return {}
+    x = np.asarray(images, dtype=np.float32)
+    try:
+        import keras
+
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        probe = keras.Model(inputs, [model.get_layer(n).output for n in names])
+        outputs = probe(x, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        return {n: np.asarray(o) for n, o in zip(names, outputs, strict=True)}
+    except (AttributeError, ValueError, TypeError):
+        # A Sequential model loaded without a defined input: walk its layers.
+        found: dict[str, np.ndarray] = {}
+        out = x
+        for layer in model.layers:
+            out = layer(out, training=False)
+            if layer.name in names:
+                found[layer.name] = np.asarray(out)
+            if len(found) == len(names):
+                break
+        return found
+
+
+@dataclass
+class VariantEvaluation:
+    name: str
+    scores: dict[str, dict[str, Any]]  # split -> split_scores()
+    feature_maps: dict[str, np.ndarray]
+
+
+def evaluation_indices(
+    data: PreparedDataset, seed: int = TRAIN_SAMPLE_SEED
+) -> dict[str, np.ndarray]:
+    """Rows scored per split: all of val and test, a fixed sample of train (module doc)."""
+    sizes = {split: len(data.y(split)) for split in SPLITS}
+    cap = max(sizes["val"], sizes["test"])
+    indices = {split: np.arange(n) for split, n in sizes.items()}
+    if sizes["train"] > cap:
+        rng = np.random.default_rng(seed)
+        indices["train"] = np.sort(rng.choice(sizes["train"], size=cap, replace=False))
+    return indices
+
+
+def evaluate_variant(
+    artifacts: VariantArtifacts,
+    data: PreparedDataset,
+    indices: Mapping[str, np.ndarray],
+    probe_images: np.ndarray,
+    n_layers: int,
+) -> VariantEvaluation:
+    import keras
+
+    model = keras.saving.load_model(artifacts.model_path, compile=False)
+    n_classes = len(data.classes)
+    scores = {}
+    for split in SPLITS:
+        x, idx = data.x(split), indices[split]
+        rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
+        scores[split] = split_scores(data.y(split)[idx], predict_proba(model, rows), n_classes)
+    maps = feature_maps(model, probe_images, n_layers)
+    keras.backend.clear_session()
+    return VariantEvaluation(artifacts.name, scores, maps)
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def public_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scores.items() if not k.startswith("_")}
+
+
+def build_evaluation(
+    cfg: Config,
+    classes: Sequence[str],
+    artifacts: Mapping[str, VariantArtifacts],
+    evaluations: Mapping[str, VariantEvaluation],
+    validation: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The evaluation.json payload (without the registry part), from pure inputs."""
+    best_train = max(e.scores["train"]["accuracy"] for e in evaluations.values())
+    variants: dict[str, Any] = {}
+    summaries = []
+    for name, ev in evaluations.items():
+        art = artifacts[name]
+        best_epoch = art.train_metrics.get("best_epoch")
+        if best_epoch not in set(art.history["epoch"]):
+            best_epoch = None
+        diag = diagnosis.diagnose(
+            name,
+            art.history,
+            diagnosis.SplitScores(ev.scores["train"]["accuracy"], ev.scores["train"]["loss"]),
+            diagnosis.SplitScores(ev.scores["val"]["accuracy"], ev.scores["val"]["loss"]),
+            n_classes=len(classes),
+            cfg=cfg.evaluate,
+            best_train_accuracy=best_train,
+            best_epoch=best_epoch,
+        )
+        variants[name] = {
+            **{split: public_scores(ev.scores[split]) for split in SPLITS},
+            "gap": diag.gap,
+            "best_epoch": diag.best_epoch,
+            "epochs_run": diag.epochs_run,
+            "onset_epoch": diag.onset_epoch,
+            "max_generalization_loss": diag.max_generalization_loss,
+            "verdict": diag.verdict,
+            "evidence": diag.evidence,
+            "rules": diag.rules,
+            "mlflow_run_id": art.run_info.get("run_id"),
+            "model_uri": art.run_info.get("model_uri"),
+            "per_class": per_class_table(ev.scores, classes),
+            "confusion": {
+                "labels": list(classes),
+                **{split: ev.scores[split]["_confusion"] for split in SPLITS},
+            },
+        }
+        summaries.append(
+            diagnosis.VariantSummary(
+                name=name,
+                verdict=diag.verdict,
+                train_accuracy=ev.scores["train"]["accuracy"],
+                val_accuracy=ev.scores["val"]["accuracy"],
+                test_accuracy=ev.scores["test"]["accuracy"],
+                gap=diag.gap["accuracy"],
+                onset_epoch=diag.onset_epoch,
+            )
+        )
+    effects = diagnosis.compare_to_baseline(summaries)
+    best, reason = diagnosis.choose_best(summaries)
+    return {
+        "variants": variants,
+        "best_variant": best,
+        "best_variant_reason": reason,
+        "reference_variant": diagnosis.reference_variant([s.name for s in summaries]),
+        "effects": effects,
+        "recommendations": diagnosis.recommend(summaries, effects, best, validation),
+        "validation_success": bool(validation.get("success", False)),
+        "classes": list(classes),
+    }
+
+
+def curves_frame(histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long format: one row per variant and epoch (dvc plots colour by `variant`)."""
+    frames = []
+    for name, history in histories.items():
+        frame = history.loc[:, ["epoch", "loss", "val_loss", "accuracy", "val_accuracy"]].copy()
+        frame.insert(0, "variant", name)
+        frame["gap"] = frame["accuracy"] - frame["val_accuracy"]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)[CURVES_COLUMNS]
+
+
+def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, v in evaluation["variants"].items():
+        eff = evaluation["effects"][name]
+        rows.append(
+            {
+                "variant": name,
+                "verdict": v["verdict"],
+                "train_accuracy": v["train"]["accuracy"],
+                "val_accuracy": v["val"]["accuracy"],
+                "test_accuracy": v["test"]["accuracy"],
+                "gap": v["gap"]["accuracy"],
+                "onset_epoch": v["onset_epoch"],
+                "best_epoch": v["best_epoch"],
+                "epochs_run": v["epochs_run"],
+                "delta_val_accuracy": eff["delta_val_accuracy"],
+                "delta_test_accuracy": eff["delta_test_accuracy"],
+                "delta_gap": eff["delta_gap"],
+            }
+        )
+    frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    frame["onset_epoch"] = frame["onset_epoch"].astype("Int64")
+    return frame
+
+
+def comparison_markdown(frame: pd.DataFrame, best: str, reference: str) -> str:
+    """A GitHub-style table; deltas vs the reference variant."""
+    head = (
+        "| variant | verdict | train acc | val acc | test acc | gap | onset | "
+        f"Δ val acc | Δ test acc | Δ gap |\n|{'---|' * 10}\n"
+    )
+    lines = []
+    for r in frame.itertuples(index=False):
+        onset = "-" if pd.isna(r.onset_epoch) else str(int(r.onset_epoch))
+        name = f"**{r.variant}** (best)" if r.variant == best else r.variant
+        lines.append(
+            f"| {name} | {r.verdict} | {r.train_accuracy:.3f} | {r.val_accuracy:.3f} | "
+            f"{r.test_accuracy:.3f} | {r.gap:+.3f} | {onset} | {r.delta_val_accuracy:+.3f} | "
+            f"{r.delta_test_accuracy:+.3f} | {r.delta_gap:+.3f} |"
+        )
+    return (
+        f"# Variant comparison\n\nΔ columns are relative to `{reference}`.\n\n"
+        + head
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """reports/metrics.json for `dvc metrics diff`: {variant: {metric: value}}."""
+    return {
+        name: {
+            "test_accuracy": v["test"]["accuracy"],
+            "val_accuracy": v["val"]["accuracy"],
+            "train_accuracy": v["train"]["accuracy"],
+            "gap": v["gap"]["accuracy"],
+        }
+        for name, v in evaluation["variants"].items()
+    }
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def write_figures(
+    figures_dir: Path,
+    evaluation: Mapping[str, Any],
+    histories: Mapping[str, pd.DataFrame],
+    evaluations: Mapping[str, VariantEvaluation],
+    probe_images: np.ndarray,
+) -> None:
+    """All PNGs into a fresh figures dir, swapped in whole (no stale variants)."""
+    with staging_dir(figures_dir) as tmp:
+        for name, history in histories.items():
+            v = evaluation["variants"][name]
+            plots.save_png(
+                plots.learning_curves(
+                    history, name, v["best_epoch"], v["onset_epoch"], v["verdict"]
+                ),
+                tmp / plots.curves_name(name),
+            )
+            plots.save_png(
+                plots.confusion_figure(
+                    np.asarray(v["confusion"]["test"]),
+                    evaluation["classes"],
+                    f"{name}: test confusion (acc {v['test']['accuracy']:.1%})",
+                ),
+                tmp / plots.confusion_name(name),
+            )
+            maps = evaluations[name].feature_maps
+            if maps:
+                plots.save_png(
+                    plots.feature_maps_figure(probe_images, maps, name),
+                    tmp / plots.feature_maps_name(name),
+                )
+        plots.save_png(plots.all_val_curves(histories), tmp / plots.VAL_CURVES)
+        plots.save_png(plots.gap_curves(histories), tmp / plots.GAP_CURVES)
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
+    metrics = {
+        f"eval_{split}_{m}": float(v[split][m])
+        for split in SPLITS
+        for m in ("accuracy", "loss", "precision", "recall", "f1")
+    }
+    metrics["eval_gap_accuracy"] = float(v["gap"]["accuracy"])
+    metrics["eval_gap_relative"] = float(v["gap"]["relative"])
+    metrics["eval_gap_loss"] = float(v["gap"]["loss"])
+    metrics["eval_max_generalization_loss"] = float(v["max_generalization_loss"])
+    if v["onset_epoch"] is not None:
+        metrics["eval_onset_epoch"] = float(v["onset_epoch"])
+    return metrics
+
+
+def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir: Path) -> None:
+    """Evaluation metrics, verdict tag, evidence and figures into each variant's train run."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    for name, v in evaluation["variants"].items():
+        run_id = v["mlflow_run_id"]
+        if not run_id:
+            raise StageError(f"{paths.run_info(name)} has no run_id; retrain variant {name!r}")
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise StageError(
+                f"variant {name!r}: MLflow run {run_id} from {paths.run_info(name)} is not in the "
+                "tracking backend (MLFLOW_TRACKING_URI or ./mlflow.db); retrain the variant"
+            ) from None
+        metrics = [Metric(k, val, now, 0) for k, val in variant_run_metrics(v).items()]
+        client.log_batch(run_id, metrics=metrics)
+        client.set_tag(run_id, "verdict", v["verdict"])
+        client.set_tag(run_id, "evaluated", "true")
+        client.log_text(
+            run_id,
+            json.dumps(
+                {k: v[k] for k in ("verdict", "evidence", "gap", "onset_epoch", "rules")}, indent=2
+            ),
+            "evaluation/diagnosis.json",
+        )
+        for fig in (
+            plots.curves_name(name),
+            plots.confusion_name(name),
+            plots.feature_maps_name(name),
+        ):
+            if (figures_dir / fig).exists():
+                client.log_artifact(run_id, str(figures_dir / fig), "evaluation")
+
+
+def register_best(
+    paths: Paths, cfg: Config, evaluation: Mapping[str, Any], validation: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The best variant's model as a new registry version, alias challenger, with tags."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    best = evaluation["best_variant"]
+    v = evaluation["variants"][best]
+    uri = v.get("model_uri")
+    if not uri:
+        raise StageError(f"{paths.run_info(best)} has no model_uri; retrain variant {best!r}")
+    name = cfg.registry.model_name
+    tags = {
+        "variant": best,
+        "test_accuracy": f"{v['test']['accuracy']:.6f}",
+        "val_accuracy": f"{v['val']['accuracy']:.6f}",
+        "train_accuracy": f"{v['train']['accuracy']:.6f}",
+        "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
+        "verdict": v["verdict"],
+        "validation_success": "true" if validation.get("success") else "false",
+        "data_version": tracking.data_version(paths),
+        "repro_id": tracking.repro_id(paths, cfg),
+    }
+    try:
+        version = mlflow.register_model(uri, name, tags=tags)
+    except MlflowException as exc:
+        raise StageError(f"could not register {uri} as {name!r}: {exc.message}") from None
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    log.info("registered %s version %s (%s) as %s", name, version.version, best, CHALLENGER)
+    return {"model_name": name, "version": int(version.version), "alias": CHALLENGER, "tags": tags}
+
+
+def log_evaluate_run(
+    paths: Paths, cfg: Config, evaluation: dict[str, Any], validation: Mapping[str, Any]
+) -> None:
+    """The evaluate stage's own run: comparison, figures, and the registration."""
+    import mlflow
+
+    from pipeline import tracking
+
+    with tracking.stage_run(
+        paths, cfg, "evaluate", extra_tags={"best_variant": evaluation["best_variant"]}
+    ) as run:
+        metrics = {}
+        for name, v in evaluation["variants"].items():
+            metrics[f"{name}.val_accuracy"] = v["val"]["accuracy"]
+            metrics[f"{name}.test_accuracy"] = v["test"]["accuracy"]
+            metrics[f"{name}.gap_accuracy"] = v["gap"]["accuracy"]
+        mlflow.log_metrics(metrics)
+        for name, v in evaluation["variants"].items():
+            mlflow.set_tag(f"verdict.{name}", v["verdict"])
+        evaluation["registered"] = register_best(paths, cfg, evaluation, validation)
+        evaluation["evaluate_run_id"] = run.info.run_id
+        mlflow.log_artifact(str(paths.comparison_csv), "comparison")
+        mlflow.log_artifact(str(paths.comparison_md), "comparison")
+        mlflow.log_text(json.dumps(evaluation, indent=2, default=str), "evaluation.json")
+        mlflow.log_artifacts(str(paths.figures_dir), "figures")
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
+    """Everything the stage does; returns the evaluation payload it wrote."""
+    from pipeline import tracking
+
+    validation = load_validation(paths)
+    data = load_prepared(paths.prepared_dir)
+    artifacts = {name: load_variant_artifacts(paths, name) for name in cfg.variants}
+    val_x = data.x("val")
+    probe = np.asarray(val_x[: cfg.evaluate.feature_map_images])
+    indices = evaluation_indices(data)
+    evaluations = {}
+    for name, art in artifacts.items():
+        log.info("evaluating %s", name)
+        evaluations[name] = evaluate_variant(
+            art, data, indices, probe, cfg.evaluate.feature_map_layers
+        )
+    evaluation = build_evaluation(cfg, data.classes, artifacts, evaluations, validation)
+    histories = {name: art.history for name, art in artifacts.items()}
+
+    log.info("writing figures to %s", paths.figures_dir)
+    write_figures(paths.figures_dir, evaluation, histories, evaluations, probe)
+    comparison = comparison_frame(evaluation)
+    write_text_atomic(paths.comparison_csv, comparison.to_csv(index=False))
+    write_text_atomic(
+        paths.comparison_md,
+        comparison_markdown(
+            comparison, evaluation["best_variant"], evaluation["reference_variant"]
+        ),
+    )
+    curves = curves_frame(histories)
+    write_text_atomic(paths.curves_csv, curves.to_csv(index=False))
+    write_json_atomic(paths.evaluation_metrics, flat_metrics(evaluation))
+
+    log.info("logging to MLflow and registering %s", evaluation["best_variant"])
+    tracking.configure(paths)
+    log_to_variant_runs(paths, evaluation, paths.figures_dir)
+    log_evaluate_run(paths, cfg, evaluation, validation)
+    write_json_atomic(paths.evaluation_json, evaluation)
+    return evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.parse_args(argv)
+    paths = Paths.here()
+    cfg = load_config(paths.params)
+    evaluation = run_evaluate(paths, cfg)
+    verdicts = ", ".join(f"{n}={v['verdict']}" for n, v in evaluation["variants"].items())
+    reg = evaluation["registered"]
+    print(
+        f"evaluated {len(evaluation['variants'])} variants ({verdicts}); best: "
+        f"{evaluation['best_variant']} -> {reg['model_name']} v{reg['version']} @{reg['alias']}; "
+        f"see {paths.evaluation_json} and {paths.comparison_md}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,159 @@
+"""Stage `report`: one self-contained HTML page that answers "is it overfitting?".
+
+Inputs: reports/evaluation.json, reports/validation.json,
+reports/comparison.csv, reports/figures/*.png, and the Jinja2 template
+pipeline/templates/report.html.j2.
+
+Output: reports/report.html. Figures are embedded as base64 data URIs and the
+CSS is inline; there is no JavaScript and nothing is fetched from the network,
+so the file opens from disk, from an e-mail attachment or an artifact store.
+
+Element ids and classes tests and readers rely on: #validation (failed checks
+carry class "failed"), #comparison (the table), #variant-<name> sections with
+a .verdict badge and .evidence list, #recommendations, #next-steps; every
+figure's alt text names the variant and the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import plots
+from pipeline.cli import StageError, run_stage
+from pipeline.io import write_text_atomic
+from pipeline.paths import Paths
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "report.html.j2"
+OBSERVED_CHARS = 400  # a check's observed value is shortened to this for the page
+
+
+def png_data_uri(path: Path) -> str | None:
+    """The PNG as a data: URI, or None when the file is absent."""
+    if not path.exists():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _read_json(path: Path, stage: str) -> dict[str, Any]:
+    if not path.exists():
+        raise StageError(f"{path} is missing; run the {stage} stage first (dvc repro {stage})")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StageError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= OBSERVED_CHARS else text[: OBSERVED_CHARS - 1] + "…"
+
+
+def validation_context(validation: Mapping[str, Any]) -> dict[str, Any]:
+    checks = []
+    for check in validation.get("checks", []):
+        checks.append(
+            {
+                "name": check.get("name", "?"),
+                "success": bool(check.get("success", False)),
+                "severity": check.get("severity", ""),
+                "observed": _short(check.get("observed", "")),
+                "examples": [str(e) for e in (check.get("examples") or [])[:5]],
+            }
+        )
+    return {
+        "success": bool(validation.get("success", False)),
+        "checks": checks,
+        "warnings": list(validation.get("warnings", [])),
+        "errors": list(validation.get("errors", [])),
+    }
+
+
+def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[str, Any]:
+    return {
+        "name": name,
+        "verdict": v["verdict"],
+        "evidence": list(v.get("evidence", [])),
+        "scores": {split: v[split] for split in ("train", "val", "test")},
+        "gap": v["gap"],
+        "best_epoch": v.get("best_epoch"),
+        "epochs_run": v.get("epochs_run"),
+        "onset_epoch": v.get("onset_epoch"),
+        "mlflow_run_id": v.get("mlflow_run_id"),
+        "per_class": v.get("per_class", []),
+        "curves": png_data_uri(figures_dir / plots.curves_name(name)),
+        "confusion": png_data_uri(figures_dir / plots.confusion_name(name)),
+        "feature_maps": png_data_uri(figures_dir / plots.feature_maps_name(name)),
+    }
+
+
+def build_context(
+    evaluation: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    comparison: pd.DataFrame,
+    figures_dir: Path,
+) -> dict[str, Any]:
+    """Everything the template shows, from the stage inputs (no I/O beyond the figures)."""
+    if not evaluation.get("variants"):
+        raise StageError("evaluation.json lists no variants; rerun the evaluate stage")
+    rows = comparison.astype(object).where(comparison.notna(), None).to_dict("records")
+    return {
+        "validation": validation_context(validation),
+        "variants": [variant_context(n, v, figures_dir) for n, v in evaluation["variants"].items()],
+        "comparison": rows,
+        "best_variant": evaluation.get("best_variant"),
+        "best_variant_reason": evaluation.get("best_variant_reason", ""),
+        "reference_variant": evaluation.get("reference_variant", "baseline"),
+        "recommendations": evaluation.get("recommendations", []),
+        "registered": evaluation.get("registered"),
+        "evaluate_run_id": evaluation.get("evaluate_run_id"),
+        "val_curves": png_data_uri(figures_dir / plots.VAL_CURVES),
+        "gap_curves": png_data_uri(figures_dir / plots.GAP_CURVES),
+    }
+
+
+def render_report(context: Mapping[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
+    env.filters["signed_pct"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f}%"
+    return env.get_template(TEMPLATE).render(**context)
+
+
+def write_report(paths: Paths) -> Path:
+    evaluation = _read_json(paths.evaluation_json, "evaluate")
+    validation = _read_json(paths.validation_json, "validate")
+    if not paths.comparison_csv.exists():
+        raise StageError(f"{paths.comparison_csv} is missing; run the evaluate stage first")
+    comparison = pd.read_csv(paths.comparison_csv)
+    html = render_report(build_context(evaluation, validation, comparison, paths.figures_dir))
+    write_text_atomic(paths.report_html, html)
+    return paths.report_html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report", description=__doc__.split("\n")[0]
+    )
+    parser.parse_args(argv)
+    out = write_report(Paths.here())
+    print(f"report written: {out} (open it in a browser; no server needed)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

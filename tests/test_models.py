@@ -1,0 +1,117 @@
+"""pipeline.models: every default variant builds from the real params.yaml."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import ModelConfig, parse_config
+from pipeline.models import AUGMENTATION_LAYERS, build_model, conv_layer_names
+
+from .conftest import real_params
+
+SHAPE = (16, 16, 1)
+
+
+@pytest.fixture(scope="module")
+def variant_models() -> dict[str, keras.Model]:
+    cfg = parse_config(real_params())
+    return {
+        name: build_model(cfg.variant(name).model, SHAPE, n_classes=10, seed=1)
+        for name in cfg.variants
+    }
+
+
+def _layers_of(model: keras.Model, kind: type) -> list[keras.layers.Layer]:
+    return [layer for layer in model.layers if isinstance(layer, kind)]
+
+
+def test_every_default_variant_follows_the_layer_contract(variant_models):
+    assert set(variant_models) >= {"baseline", "dropout", "l2", "augmentation", "combined"}
+    for name, model in variant_models.items():
+        assert model.input_shape == (None, *SHAPE), name
+        assert model.output_shape == (None, 10), name
+        assert isinstance(model.layers[1], keras.layers.Rescaling), name
+        assert model.layers[1].scale == pytest.approx(1 / 255)
+        assert conv_layer_names(model)[0] == "conv_1"
+        assert model.layers[-1].activation.__name__ == "softmax"
+        assert _layers_of(model, keras.layers.Flatten), name
+
+
+def test_baseline_is_the_plain_tutorial_cnn(variant_models):
+    kinds = [type(layer).__name__ for layer in variant_models["baseline"].layers]
+    assert kinds == [
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
+
+
+def test_regularisers_appear_only_in_their_variants(variant_models):
+    for name, model in variant_models.items():
+        has_dropout = bool(_layers_of(model, keras.layers.Dropout))
+        assert has_dropout == (name in {"dropout", "combined"}), name
+        conv = model.get_layer("conv_1")
+        assert (conv.kernel_regularizer is not None) == (name in {"l2", "combined"}), name
+        augmenting = [layer.name for layer in model.layers if layer.name in AUGMENTATION_LAYERS]
+        assert bool(augmenting) == (name in {"augmentation", "combined"}), name
+    combined = variant_models["combined"]
+    # flip is off by default: a mirrored digit is a different digit.
+    assert "augment_flip" not in [layer.name for layer in combined.layers]
+    assert combined.get_layer("dense").kernel_regularizer.l2 == pytest.approx(0.001)
+
+
+def test_parameter_counts_grow_with_width(variant_models):
+    counts = {name: model.count_params() for name, model in variant_models.items()}
+    assert counts["small"] < counts["baseline"] < counts["large"]
+
+
+def test_augmentation_acts_in_training_only(variant_models):
+    model = variant_models["augmentation"]
+    x = np.random.default_rng(0).integers(0, 256, size=(4, *SHAPE)).astype("float32")
+    first = np.asarray(model(x, training=False))
+    second = np.asarray(model(x, training=False))
+    np.testing.assert_array_equal(first, second)
+    last_aug = [layer for layer in model.layers if layer.name in AUGMENTATION_LAYERS][-1]
+    augment = keras.Model(model.input, last_aug.output)
+    np.testing.assert_allclose(np.asarray(augment(x, training=False)), x / 255.0, rtol=1e-6)
+    assert not np.allclose(np.asarray(augment(x, training=True)), x / 255.0)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    cfg = ModelConfig(conv_filters=(4,), dense_units=8, dropout=0.5)
+    a = build_model(cfg, (8, 8, 1), 3, seed=7)
+    b = build_model(cfg, (8, 8, 1), 3, seed=7)
+    c = build_model(cfg, (8, 8, 1), 3, seed=8)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
+def test_tiny_images_are_never_pooled_below_one_pixel():
+    cfg = ModelConfig(conv_filters=(2, 2, 2, 2), dense_units=4, conv_dropout=0.1)
+    model = build_model(cfg, (4, 4, 1), 2, seed=0)
+    assert conv_layer_names(model) == ["conv_1", "conv_2", "conv_3", "conv_4"]
+    assert len(_layers_of(model, keras.layers.MaxPooling2D)) == 2
+    assert model.get_layer("conv_4").output.shape[1:3] == (1, 1)
+    out = model(np.zeros((2, 4, 4, 1), dtype="float32"), training=False)
+    assert out.shape == (2, 2)
+
+
+def test_flip_is_added_when_configured():
+    cfg = ModelConfig(conv_filters=(2,), augmentation={"enabled": True, "flip": True})
+    names = [layer.name for layer in build_model(cfg, (8, 8, 3), 2, seed=0).layers]
+    assert "augment_flip" in names
+
+
+def test_a_single_class_is_rejected():
+    cfg = ModelConfig(conv_filters=(2,))
+    with pytest.raises(ValueError, match="n_classes"):
+        build_model(cfg, (8, 8, 1), 1, seed=0)

@@ -1,0 +1,625 @@
+"""pipeline.retrain: gates, lock, dvc status/repro, promotion in a real registry.
+
+The orchestration tests use the real dvc (a one-stage dvc.yaml standing in for
+the pipeline, which is tested end to end elsewhere), a real MLflow sqlite
+registry and real Keras models trained on scikit-learn's digits. Only the
+fault tests point retrain at a fake dvc, to make `dvc repro` fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import retrain, tracking
+from pipeline.config import RetrainConfig, load_config
+from pipeline.retrain import GateResult, ModelFacts, ValidationFacts
+
+from .conftest import REPO, digits_arrays
+
+CFG = RetrainConfig(
+    require_validation_success=True, reject_overfitting=True, accuracy_tolerance=0.01, max_gap=0.1
+)
+GOOD = ModelFacts(
+    version="2", variant="dropout", test_accuracy=0.90, gap_accuracy=0.03, verdict="good_fit"
+)
+CHAMP = ModelFacts(
+    version="1", variant="baseline", test_accuracy=0.88, gap_accuracy=0.05, verdict="good_fit"
+)
+VALID = ValidationFacts(success=True)
+
+
+def by_name(results: list[GateResult]) -> dict[str, GateResult]:
+    return {r.name: r for r in results}
+
+
+# --------------------------------------------------------------------------- pure gates
+
+
+def test_all_gates_pass_and_decide_promotes():
+    results = retrain.gates(CFG, GOOD, CHAMP, VALID)
+    assert [r.name for r in results] == [
+        "validation",
+        "not_overfitting",
+        "accuracy_vs_champion",
+        "gap",
+    ]
+    assert all(r.passed for r in results)
+    assert retrain.decide(results) == ("promoted", [])
+
+
+def test_no_champion_promotes_on_non_comparative_gates():
+    results = by_name(retrain.gates(CFG, GOOD, None, VALID))
+    assert results["accuracy_vs_champion"].passed
+    assert not results["accuracy_vs_champion"].applied
+    assert retrain.decide(list(results.values()))[0] == "promoted"
+
+
+def test_validation_failure_blocks_and_names_checks():
+    validation = ValidationFacts(success=False, errors=("split_leakage",), warnings=("duplicates",))
+    decision, reasons = retrain.decide(retrain.gates(CFG, GOOD, CHAMP, validation))
+    assert decision == "rejected"
+    assert len(reasons) == 1
+    assert reasons[0] == (
+        "validation: data validation failed (errors: split_leakage; warnings: duplicates)"
+    )
+
+
+def test_missing_validation_report_blocks():
+    gate = by_name(retrain.gates(CFG, GOOD, None, ValidationFacts(success=None)))["validation"]
+    assert not gate.passed and "missing" in gate.reason
+
+
+def test_validation_gate_off_lets_failed_validation_through():
+    cfg = CFG.model_copy(update={"require_validation_success": False})
+    gate = by_name(retrain.gates(cfg, GOOD, None, ValidationFacts(success=False)))["validation"]
+    assert gate.passed and not gate.applied
+
+
+def test_overfitting_verdict_blocks():
+    challenger = ModelFacts(**{**GOOD.__dict__, "verdict": "overfitting"})
+    decision, reasons = retrain.decide(retrain.gates(CFG, challenger, CHAMP, VALID))
+    assert decision == "rejected"
+    assert reasons == ["not_overfitting: challenger v2 (dropout) is diagnosed as overfitting"]
+
+
+def test_unknown_verdict_blocks_but_switch_off_allows_overfitting():
+    unknown = ModelFacts(**{**GOOD.__dict__, "verdict": None})
+    assert not by_name(retrain.gates(CFG, unknown, None, VALID))["not_overfitting"].passed
+    overfit = ModelFacts(**{**GOOD.__dict__, "verdict": "overfitting"})
+    cfg = CFG.model_copy(update={"reject_overfitting": False})
+    assert by_name(retrain.gates(cfg, overfit, None, VALID))["not_overfitting"].passed
+
+
+def test_accuracy_below_champion_minus_tolerance_blocks_with_numbers():
+    challenger = ModelFacts(**{**GOOD.__dict__, "test_accuracy": 0.8699})
+    gate = by_name(retrain.gates(CFG, challenger, CHAMP, VALID))["accuracy_vs_champion"]
+    assert not gate.passed
+    assert gate.limit == pytest.approx(0.87)
+    assert "0.8699" in gate.reason and "0.8800" in gate.reason and "0.01" in gate.reason
+
+
+def test_accuracy_within_tolerance_passes():
+    challenger = ModelFacts(**{**GOOD.__dict__, "test_accuracy": 0.875})
+    assert by_name(retrain.gates(CFG, challenger, CHAMP, VALID))["accuracy_vs_champion"].passed
+
+
+def test_champion_that_cannot_read_the_data_is_not_compared():
+    champion = ModelFacts(version="1", test_accuracy=None, note="expects (16, 16, 1)")
+    gate = by_name(retrain.gates(CFG, GOOD, champion, VALID))["accuracy_vs_champion"]
+    assert gate.passed and not gate.applied and "(16, 16, 1)" in gate.reason
+
+
+def test_gap_too_large_or_unknown_blocks():
+    wide = ModelFacts(**{**GOOD.__dict__, "gap_accuracy": 0.25})
+    gate = by_name(retrain.gates(CFG, wide, CHAMP, VALID))["gap"]
+    assert not gate.passed and "0.2500" in gate.reason and "0.1" in gate.reason
+    unknown = ModelFacts(**{**GOOD.__dict__, "gap_accuracy": None})
+    assert not by_name(retrain.gates(CFG, unknown, CHAMP, VALID))["gap"].passed
+
+
+def test_every_failed_gate_is_reported():
+    bad = ModelFacts(
+        version="3", variant="large", test_accuracy=0.5, gap_accuracy=0.4, verdict="overfitting"
+    )
+    decision, reasons = retrain.decide(retrain.gates(CFG, bad, CHAMP, ValidationFacts(False)))
+    assert decision == "rejected"
+    assert [r.split(":")[0] for r in reasons] == [
+        "validation",
+        "not_overfitting",
+        "accuracy_vs_champion",
+        "gap",
+    ]
+
+
+def test_version_facts_prefers_tags_and_falls_back_to_evaluation():
+    class Version:
+        version, run_id = 5, "r1"
+        tags = {"variant": "l2", "verdict": "good_fit"}
+
+    evaluation = {"variants": {"l2": {"verdict": "overfitting", "gap": {"accuracy": 0.07}}}}
+    facts = retrain.version_facts(Version(), evaluation)
+    assert (facts.version, facts.verdict, facts.gap_accuracy) == ("5", "good_fit", 0.07)
+
+
+def test_accuracy_and_shape_errors():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert retrain.accuracy(probs, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="do not match"):
+        retrain.accuracy(probs, np.array([0, 1]))
+
+
+def test_parse_dvc_status():
+    assert retrain.parse_dvc_status("{}\n") == {}
+    assert retrain.parse_dvc_status("") == {}
+    changed = retrain.parse_dvc_status('warning: x\n{"train": [{"changed deps": {}}]}')
+    assert list(changed) == ["train"]
+    with pytest.raises(retrain.RetrainError, match="cannot parse"):
+        retrain.parse_dvc_status("ERROR: no")
+
+
+def test_exit_codes_are_distinct_and_in_help(capsys):
+    codes = [
+        retrain.EXIT_UP_TO_DATE,
+        retrain.EXIT_FAILED,
+        2,
+        retrain.EXIT_PROMOTED,
+        retrain.EXIT_REJECTED,
+        retrain.EXIT_LOCKED,
+    ]
+    assert len(set(codes)) == len(codes)
+    with pytest.raises(SystemExit):
+        retrain.main(["--help"])
+    out = capsys.readouterr().out
+    for text in ("0 up to date", "1 failed", "3 promoted", "4 rejected", "75 locked"):
+        assert text in out
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_holder(path: Path, pid: int, started_at: float) -> None:
+    path.write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "started_at": started_at}))
+
+
+def test_stale_reason():
+    now = time.time()
+    live = retrain.LockHolder(os.getpid(), os.uname().nodename, now - 5)
+    assert retrain.stale_reason(live, 60, now) is None
+    assert retrain.stale_reason(None, 60, now) is None
+    assert "older than retrain.lock_stale_seconds = 1" in retrain.stale_reason(live, 1, now)
+    dead = retrain.LockHolder(dead_pid(), os.uname().nodename, now)
+    assert "is gone" in retrain.stale_reason(dead, 60, now)
+
+
+def test_lock_records_holder_and_blocks_a_second_taker(tmp_path):
+    path = tmp_path / "retrain.lock"
+    handle = retrain.acquire_lock(path, stale_seconds=3600)
+    try:
+        holder = retrain.read_holder(path)
+        assert holder.pid == os.getpid()
+        # flock conflicts between two open() calls even within one process.
+        with pytest.raises(retrain.LockHeldError, match=f"pid {os.getpid()}"):
+            retrain.acquire_lock(path, stale_seconds=3600)
+    finally:
+        retrain.release_lock(handle)
+    assert retrain.read_holder(path) is None  # cleared on release
+    retrain.release_lock(retrain.acquire_lock(path, stale_seconds=3600))
+
+
+def test_lock_left_by_a_dead_process_is_taken(tmp_path):
+    path = tmp_path / "retrain.lock"
+    write_holder(path, dead_pid(), time.time() - 10)
+    handle = retrain.acquire_lock(path, stale_seconds=3600)
+    try:
+        assert retrain.read_holder(path).pid == os.getpid()
+    finally:
+        retrain.release_lock(handle)
+
+
+def test_held_lock_older_than_stale_seconds_is_taken_over(tmp_path):
+    path = tmp_path / "retrain.lock"
+    old = retrain.acquire_lock(path, stale_seconds=3600)
+    try:
+        write_holder(path, os.getpid(), time.time() - 120)  # a live but hung holder
+        new = retrain.acquire_lock(path, stale_seconds=60)
+        assert retrain.read_holder(path).pid == os.getpid()
+        assert retrain.read_holder(path).started_at > time.time() - 60
+        retrain.release_lock(new)
+    finally:
+        retrain.release_lock(old)
+
+
+# --------------------------------------------------------------------------- real registry
+
+STAMP_STAGE = textwrap.dedent(
+    """\
+    stages:
+      stand_in:
+        # Stands in for the pipeline; records the repro id it was given.
+        cmd: >-
+          python -c "import os; open('stamp.txt', 'w')
+          .write(os.environ.get('PIPELINE_REPRO_ID', ''))"
+        deps:
+          - params.yaml
+        outs:
+          - stamp.txt:
+              cache: false
+    """
+)
+GOOD_TAGS = {
+    "variant": "baseline",
+    "verdict": "good_fit",
+    "gap_accuracy": "0.02",
+    "validation_success": "true",
+}
+
+
+@pytest.fixture(scope="module")
+def keras_models(tmp_path_factory) -> dict[str, Path]:
+    """A trained ("good", ~95% on digits) and an untrained ("bad") tiny model."""
+    import keras
+
+    x, y = digits_arrays()
+    out = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, epochs in (("good", 15), ("bad", 0)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input(shape=(8, 8, 1)),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Flatten(),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
+        model.compile(
+            optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        if epochs:
+            model.fit(x.astype("float32"), y, epochs=epochs, batch_size=64, verbose=0)
+        paths[name] = out / f"{name}.keras"
+        model.save(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def empty_repo(tmp_path_factory) -> Path:
+    """An initialised DVC dir and MLflow database, made once and copied per test:
+    `dvc init` and MLflow's schema migrations are most of a test's setup time."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("empty_repo")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").search_experiments()
+    return root
+
+
+@pytest.fixture
+def rproject(digits_prepared, empty_repo, monkeypatch):
+    """digits_prepared + a real DVC repo whose one stage stands in for the pipeline."""
+    root = digits_prepared.root
+    shutil.copytree(empty_repo / ".dvc", root / ".dvc")
+    shutil.copy2(empty_repo / "mlflow.db", root / "mlflow.db")
+    (root / "dvc.yaml").write_text(STAMP_STAGE)
+    write_validation(digits_prepared, success=True)
+    monkeypatch.delenv(retrain.DVC_ENV, raising=False)
+    return digits_prepared
+
+
+def write_validation(project, success: bool, errors=()) -> None:
+    report = {"success": success, "checks": [], "warnings": [], "errors": list(errors)}
+    project.paths.validation_json.parent.mkdir(parents=True, exist_ok=True)
+    project.paths.validation_json.write_text(json.dumps(report))
+
+
+def registry(project):
+    import mlflow
+
+    tracking.configure(project.paths)
+    return mlflow.MlflowClient(), load_config(project.paths.params).registry.model_name
+
+
+def register(project, model_file: Path, alias: str | None = None, sample=None, **tags) -> str:
+    """Log a Keras model in a run of the project's experiment and register it."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    client, name = registry(project)
+    cfg = load_config(project.paths.params)
+    experiment_id = tracking.ensure_experiment(project.paths, cfg.mlflow.experiment)
+    model = keras.saving.load_model(model_file, compile=False)
+    if sample is None:
+        sample = digits_arrays()[0][:4].astype("float32")
+    with mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            pip_requirements=["keras"],
+            signature=infer_signature(sample, model.predict(sample, verbose=0)),
+        )
+    version = mlflow.register_model(info.model_uri, name).version
+    for key, value in {**GOOD_TAGS, **tags}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def alias_of(project, alias: str) -> str | None:
+    client, name = registry(project)
+    return retrain.aliases(client, name).get(alias)
+
+
+def report(project) -> dict:
+    return json.loads(project.paths.retrain_json.read_text())
+
+
+def test_first_run_without_champion_promotes_and_champion_loads(rproject, keras_models, capsys):
+    import mlflow
+
+    version = register(rproject, keras_models["good"], alias="challenger")
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert "promoted" in capsys.readouterr().out
+    assert alias_of(rproject, "champion") == version
+
+    record = report(rproject)
+    assert record["decision"] == "promoted" and record["exit_code"] == 3
+    assert record["champion"] is None and record["champion_version_after"] == version
+    assert record["challenger"]["test_accuracy"] > 0.8
+    assert record["test_set_size"] == len(np.load(rproject.paths.prepared_dir / "test_y.npy"))
+    # The repro id reached the dvc stage and tags retrain's own MLflow run.
+    assert (rproject.root / "stamp.txt").read_text() == record["repro_id"]
+    run = mlflow.get_run(record["mlflow_run_id"])
+    assert run.data.tags["stage"] == "retrain" and run.data.tags["decision"] == "promoted"
+    assert run.data.tags["repro_id"] == record["repro_id"]
+    assert run.data.metrics["challenger_test_accuracy"] == record["challenger"]["test_accuracy"]
+
+    # What a serving job does (the README snippet): load the champion by alias.
+    name = load_config(rproject.paths.params).registry.model_name
+    champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    x = np.load(rproject.paths.prepared_dir / "test_x.npy")[:8].astype("float32")
+    y = np.load(rproject.paths.prepared_dir / "test_y.npy")[:8]
+    probabilities = champion.predict(x)
+    assert probabilities.shape == (8, 10)
+    assert (probabilities.argmax(axis=1) == y).mean() >= 0.75
+
+
+def test_better_challenger_replaces_champion(rproject, keras_models):
+    old = register(rproject, keras_models["bad"], alias="champion")
+    new = register(rproject, keras_models["good"], alias="challenger")
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert alias_of(rproject, "champion") == new
+    record = report(rproject)
+    assert record["champion"]["version"] == old
+    assert record["challenger"]["test_accuracy"] > record["champion"]["test_accuracy"]
+    assert all(g["passed"] for g in record["gates"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "gate"),
+    [
+        ("validation_failed", "validation"),
+        ("overfitting", "not_overfitting"),
+        ("worse_than_champion", "accuracy_vs_champion"),
+        ("gap_too_large", "gap"),
+    ],
+)
+def test_each_gate_refuses_promotion(rproject, keras_models, fault, gate):
+    champion_model, challenger_model, tags = "bad", "good", {}
+    if fault == "validation_failed":
+        write_validation(rproject, success=False, errors=["split_leakage"])
+    elif fault == "overfitting":
+        tags = {"verdict": "overfitting"}
+    elif fault == "worse_than_champion":
+        champion_model, challenger_model = "good", "bad"
+    else:
+        tags = {"gap_accuracy": "0.35"}
+    champion = register(rproject, keras_models[champion_model], alias="champion")
+    register(rproject, keras_models[challenger_model], alias="challenger", **tags)
+
+    assert retrain.main([]) == retrain.EXIT_REJECTED
+    assert alias_of(rproject, "champion") == champion
+    record = report(rproject)
+    assert record["decision"] == "rejected"
+    failed = [g["name"] for g in record["gates"] if not g["passed"]]
+    assert failed == [gate]
+    assert record["reasons"][0].startswith(f"{gate}:")
+    if fault == "worse_than_champion":
+        assert f"{record['champion']['test_accuracy']:.4f}" in record["reasons"][0]
+
+
+def test_first_run_failing_a_gate_names_no_champion(rproject, keras_models):
+    register(rproject, keras_models["good"], alias="challenger", verdict="overfitting")
+    assert retrain.main(["--exit-zero"]) == 0  # 4 mapped to 0 for launchers
+    assert alias_of(rproject, "champion") is None
+    assert report(rproject)["decision"] == "rejected"
+
+
+def test_nothing_changed_means_no_work(rproject, keras_models, capsys):
+    import mlflow
+
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "-q"],
+        cwd=rproject.root,
+        check=True,
+        env=retrain.child_env("manual"),
+    )
+    champion = register(rproject, keras_models["good"], alias="champion")
+    stamp = (rproject.root / "stamp.txt").stat().st_mtime_ns
+
+    assert retrain.main([]) == retrain.EXIT_UP_TO_DATE
+    assert "up to date" in capsys.readouterr().out
+    assert (rproject.root / "stamp.txt").stat().st_mtime_ns == stamp  # no repro
+    record = report(rproject)
+    assert record["decision"] == "up_to_date" and record["reproduced"] is False
+    assert record["champion_version_after"] == champion
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'retrain'")
+    assert len(runs) == 0  # an hourly no-op leaves no MLflow run
+
+
+def test_change_without_new_challenger_is_up_to_date(rproject, keras_models):
+    version = register(rproject, keras_models["good"], alias="champion")
+    client, name = registry(rproject)
+    client.set_registered_model_alias(name, "challenger", version)
+    assert retrain.main([]) == retrain.EXIT_UP_TO_DATE
+    record = report(rproject)
+    assert record["reproduced"] is True
+    assert "already the champion" in record["reasons"][0]
+
+
+def test_champion_that_cannot_read_new_image_size_is_not_compared(rproject, keras_models, tmp_path):
+    import keras
+
+    old = keras.Sequential(
+        [
+            keras.Input(shape=(16, 16, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    old.save(tmp_path / "old.keras")
+    register(
+        rproject,
+        tmp_path / "old.keras",
+        alias="champion",
+        sample=np.zeros((2, 16, 16, 1), dtype="float32"),
+    )
+    new = register(rproject, keras_models["good"], alias="challenger")
+
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert alias_of(rproject, "champion") == new
+    record = report(rproject)
+    assert record["champion"]["test_accuracy"] is None
+    assert "(16, 16, 1)" in record["champion"]["note"]
+    gate = next(g for g in record["gates"] if g["name"] == "accuracy_vs_champion")
+    assert gate["passed"] and not gate["applied"]
+
+
+FAKE_DVC = textwrap.dedent(
+    """\
+    import sys
+    if sys.argv[1] == "status":
+        print('{"train@baseline": [{"changed deps": {"data/prepared": "modified"}}]}')
+        sys.exit(0)
+    print("simulated stage failure", file=sys.stderr)
+    sys.exit(1)
+    """
+)
+
+
+def test_failed_repro_leaves_champion_untouched(rproject, keras_models, monkeypatch):
+    champion = register(rproject, keras_models["bad"], alias="champion")
+    register(rproject, keras_models["good"], alias="challenger")
+    fake = rproject.root / "fake_dvc.py"
+    fake.write_text(FAKE_DVC)
+    monkeypatch.setenv(retrain.DVC_ENV, f"{sys.executable} {fake}")
+
+    assert retrain.main([]) == retrain.EXIT_FAILED
+    assert alias_of(rproject, "champion") == champion
+    record = report(rproject)
+    assert record["decision"] == "failed"
+    assert "repro exited 1" in record["reasons"][0]
+    assert record["mlflow_run_id"]  # the failure is visible in MLflow too
+
+
+def test_unloadable_challenger_fails_without_promoting(rproject, keras_models):
+    champion = register(rproject, keras_models["good"], alias="champion")
+    client, name = registry(rproject)
+    broken = client.create_model_version(name, source=str(rproject.root / "no-such-model"))
+    client.set_registered_model_alias(name, "challenger", broken.version)
+
+    assert retrain.main([]) == retrain.EXIT_FAILED
+    assert alias_of(rproject, "champion") == champion
+    assert "cannot load" in report(rproject)["reasons"][0]
+
+
+def test_missing_challenger_fails(rproject):
+    assert retrain.main([]) == retrain.EXIT_FAILED
+    assert "no 'challenger' alias" in report(rproject)["reasons"][0]
+
+
+def test_concurrent_run_exits_locked(rproject):
+    handle = retrain.acquire_lock(rproject.paths.retrain_lock, stale_seconds=3600)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.retrain"],
+            cwd=rproject.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
+    finally:
+        retrain.release_lock(handle)
+    assert done.returncode == retrain.EXIT_LOCKED, done.stderr
+    assert f"another retrain is running (pid {os.getpid()}" in done.stderr
+    assert not rproject.paths.retrain_json.exists()  # the running job owns the report
+
+
+def test_stale_lock_from_dead_process_does_not_block(rproject, keras_models):
+    write_holder(rproject.paths.retrain_lock, dead_pid(), time.time() - 60)
+    register(rproject, keras_models["good"], alias="challenger")
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert retrain.read_holder(rproject.paths.retrain_lock) is None
+
+
+@pytest.mark.slow
+def test_real_pipeline_promote_then_up_to_date_then_gate(tmp_path, monkeypatch):
+    """The real stages under retrain: first promotion, a no-op, then a real change."""
+    import mlflow
+
+    from .conftest import small_params
+    from .test_pipeline_e2e import init_repo
+
+    root = tmp_path / "repo"
+    params = small_params(
+        data={"image_size": [8, 8]},
+        retrain={"reject_overfitting": False, "max_gap": 1.0, "accuracy_tolerance": 1.0},
+    )
+    params["train"]["epochs"] = 2
+    init_repo(root, params)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", retrain.DVC_ENV):
+        monkeypatch.delenv(name, raising=False)
+    name = params["registry"]["model_name"]
+
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    first = json.loads((root / "reports/retrain.json").read_text())
+    assert first["champion"] is None and first["champion_version_after"] == "1"
+    # Every run of that retrain's dvc repro carries its repro id.
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    stages = {
+        r.data.tags.get("stage") for r in runs if r.data.tags.get("repro_id") == first["repro_id"]
+    }
+    assert {"validate", "train", "evaluate", "retrain"} <= stages
+
+    assert retrain.main([]) == retrain.EXIT_UP_TO_DATE
+
+    params["variants"]["dropout"] = {"model": {"dropout": 0.3}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert retrain.main([]) == retrain.EXIT_PROMOTED  # tolerance 1.0: accuracy cannot block
+    third = json.loads((root / "reports/retrain.json").read_text())
+    assert third["champion"]["version"] == "1" and third["challenger"]["version"] == "2"
+    assert third["champion"]["test_accuracy"] is not None
+    champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "2"
