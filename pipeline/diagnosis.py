@@ -12,6 +12,9 @@ Definitions (all configurable in params.yaml `evaluate`):
 - Generalization loss (Prechelt 1998, "Early stopping - but when?", the GL
   criterion): GL(t) = 100 * (E_va(t) / E_opt(t) - 1), where E_va is the
   validation loss and E_opt(t) the lowest validation loss up to epoch t.
+- Smoothing: GL and onset read the val and train loss averaged over a centred window of
+  `smoothing_window` epochs, because a small validation set's loss jumps
+  10-30% between epochs and would trip GL on noise alone.
 - Onset epoch: the first epoch from which the val loss stays above its
   running minimum by more than `onset_tolerance` (relative) until the last
   epoch, while the train loss keeps falling (train loss at the last epoch is
@@ -157,14 +160,29 @@ def compute_gaps(history: pd.DataFrame, best_epoch: int | None = None) -> Gaps:
 # --------------------------------------------------------------------------- GL and onset
 
 
-def generalization_loss(history: pd.DataFrame) -> np.ndarray:
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over `window` epochs (1 = unchanged).
+
+    A validation set of a few hundred images gives a val loss that jumps
+    10-30% from one epoch to the next; without smoothing, GL and onset fire on
+    that noise. The window is centred because the diagnosis is made after the
+    run: a trailing window would place the onset late by half a window.
+    """
+    if window < 1:
+        raise ValueError(f"smoothing window must be >= 1, got {window}")
+    series = pd.Series(np.asarray(values, dtype=float))
+    return series.rolling(window, min_periods=1, center=True).mean().to_numpy()
+
+
+def generalization_loss(history: pd.DataFrame, window: int = 1) -> np.ndarray:
     """Prechelt's GL(t) = 100 * (E_va(t) / E_opt(t) - 1) for every epoch, in percent.
 
-    E_opt(t) is the lowest val loss up to epoch t. A non-positive minimum (a
-    perfect val loss of 0) gives GL 0 rather than dividing by zero.
+    E_opt(t) is the lowest val loss up to epoch t. The val loss is first
+    smoothed over `window` epochs. A non-positive minimum (a perfect val loss
+    of 0) gives GL 0 rather than dividing by zero.
     """
     frame = check_history(history)
-    val = frame["val_loss"].to_numpy(dtype=float)
+    val = smoothed(frame["val_loss"].to_numpy(dtype=float), window)
     running_min = np.minimum.accumulate(val)
     with np.errstate(divide="ignore", invalid="ignore"):
         gl = np.where(running_min > 0, 100.0 * (val / running_min - 1.0), 0.0)
@@ -181,13 +199,14 @@ class GeneralizationLoss:
     train_loss_change: float  # relative train-loss change from min_epoch to epoch (negative = fell)
 
 
-def max_generalization_loss(history: pd.DataFrame) -> GeneralizationLoss:
+def max_generalization_loss(history: pd.DataFrame, window: int = 1) -> GeneralizationLoss:
+    """The largest GL of the (smoothed) run and the train-loss change behind it."""
     frame = check_history(history)
-    gl = generalization_loss(frame)
+    gl = generalization_loss(frame, window)
     worst = int(np.argmax(gl))
-    val = frame["val_loss"].to_numpy(dtype=float)
+    val = smoothed(frame["val_loss"].to_numpy(dtype=float), window)
     min_pos = int(np.argmin(val[: worst + 1]))
-    loss = frame["loss"].to_numpy(dtype=float)
+    loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
     return GeneralizationLoss(
         max_gl=float(gl[worst]),
         epoch=int(frame.loc[worst, "epoch"]),
@@ -196,19 +215,21 @@ def max_generalization_loss(history: pd.DataFrame) -> GeneralizationLoss:
     )
 
 
-def onset_epoch(history: pd.DataFrame, tolerance: float) -> int | None:
+def onset_epoch(history: pd.DataFrame, tolerance: float, window: int = 1) -> int | None:
     """First epoch from which val loss stays > (1 + tolerance) x its running minimum.
 
     Only counted while the train loss keeps falling: the train loss at the last
     epoch must be below its value at the epoch of the val minimum, so a run
     that is merely diverging (train loss rising too) has no overfitting onset.
-    Returns None when there is no such epoch.
+    Both losses are smoothed over `window` epochs to decide whether the rise
+    is sustained; the onset reported is then the epoch after the raw val-loss
+    minimum that precedes it. Returns None when there is no such epoch.
     """
     if tolerance < 0:
         raise ValueError(f"onset tolerance must be >= 0, got {tolerance}")
     frame = check_history(history)
-    val = frame["val_loss"].to_numpy(dtype=float)
-    loss = frame["loss"].to_numpy(dtype=float)
+    val = smoothed(frame["val_loss"].to_numpy(dtype=float), window)
+    loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
     running_min = np.minimum.accumulate(val)
     above = val > running_min * (1.0 + tolerance)
     if not above[-1]:
@@ -220,7 +241,13 @@ def onset_epoch(history: pd.DataFrame, tolerance: float) -> int | None:
     min_pos = int(np.argmin(val[: start + 1]))
     if not loss[-1] < loss[min_pos]:
         return None
-    return int(frame.loc[start, "epoch"])
+    if window == 1:
+        return int(frame.loc[start, "epoch"])
+    # Smoothing decided that the rise is sustained; locate where it began at
+    # full resolution: the epoch after the raw val-loss minimum before it.
+    raw_val = frame["val_loss"].to_numpy(dtype=float)
+    raw_min = int(np.argmin(raw_val[: start + 1]))
+    return int(frame.loc[min(raw_min + 1, len(frame) - 1), "epoch"])
 
 
 # --------------------------------------------------------------------------- verdict
@@ -281,8 +308,8 @@ def diagnose(
             raise ValueError(f"{name} scores out of range: {scores}")
     frame = check_history(history)
     gaps = compute_gaps(frame, best_epoch)
-    gl = max_generalization_loss(frame)
-    onset = onset_epoch(frame, cfg.onset_tolerance)
+    gl = max_generalization_loss(frame, cfg.smoothing_window)
+    onset = onset_epoch(frame, cfg.onset_tolerance, cfg.smoothing_window)
     chance = 1.0 / n_classes
     reference = max(best_train_accuracy or 0.0, train.accuracy)
 
@@ -312,9 +339,16 @@ def diagnose(
         )
     if gl_rule:
         evidence.append(
-            f"val loss rose {gl.max_gl:.0f}% above its minimum (epoch {gl.min_epoch}) by epoch "
-            f"{gl.epoch} while train loss fell {-gl.train_loss_change:.0%} (generalization loss "
-            f"GL >= {cfg.generalization_loss_threshold:g})"
+            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
+            f"minimum (epoch {gl.min_epoch}) by epoch {gl.epoch} while train loss fell "
+            f"{-gl.train_loss_change:.0%} (generalization loss GL >= "
+            f"{cfg.generalization_loss_threshold:g})"
+        )
+    elif gl.max_gl >= cfg.generalization_loss_threshold:
+        evidence.append(
+            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
+            f"minimum by epoch {gl.epoch}, but train loss rose too "
+            f"({gl.train_loss_change:+.0%}): unstable training, not memorisation"
         )
     if onset is not None:
         evidence.append(
@@ -328,10 +362,14 @@ def diagnose(
         verdict = OVERFITTING
     else:
         verdict = GOOD_FIT
+        gl_note = (
+            f"max GL {gl.max_gl:.1f} < {cfg.generalization_loss_threshold:g}"
+            if gl.max_gl < cfg.generalization_loss_threshold
+            else f"max GL {gl.max_gl:.1f} without train loss falling"
+        )
         evidence.append(
             f"train {train.accuracy:.1%} vs val {val.accuracy:.1%} (relative gap {rel_gap:.1%} < "
-            f"{cfg.overfit_relative_gap:.0%}); max GL {gl.max_gl:.1f} < "
-            f"{cfg.generalization_loss_threshold:g}"
+            f"{cfg.overfit_relative_gap:.0%}); {gl_note}"
         )
         if acc_gap > cfg.good_fit_max_gap:
             evidence.append(

@@ -829,6 +829,9 @@ def log_keras_model(model, data: PreparedDataset) -> str:
             signature=signature,
             input_example=example,
             pip_requirements=model_requirements(),
+            # MLflow would reload the saved model to predict on the example; the
+            # signature above already came from predicting on it.
+            validate_serving_input=False,
         )
     return info.model_uri
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -167,8 +168,8 @@ def test_early_stopped_run_with_rising_val_loss_is_overfitting():
     assert d.rules["generalization_loss"] and not d.rules["relative_gap"]
     assert d.onset_epoch == 5 and d.best_epoch == 4 and d.epochs_run == 12
     text = " ".join(d.evidence)
-    assert "val loss rose 30% above its minimum (epoch 4) by epoch 12" in text
-    assert "train loss fell 80%" in text
+    assert re.search(r"val loss \(5-epoch mean\) rose \d+% above its minimum \(epoch [45]\)", text)
+    assert re.search(r"train loss fell [6-9]\d%", text)
     assert "onset at epoch 5" in text
 
 
@@ -290,3 +291,128 @@ def test_clean_data_gives_no_data_advice():
         s, dg.compare_to_baseline(s), "augmentation", {"success": True, "checks": []}
     )
     assert all(r["source"] != "validation" for r in recs)
+
+
+# The baseline's real val loss on the embedded digits (270 val images): it keeps
+# falling overall, but jumps 20% between neighbouring epochs. Smoothing must
+# keep that noise from reading as overfitting; unsmoothed GL trips on it.
+DIGITS_TRAIN_LOSS = [
+    2.136,
+    1.078,
+    0.401,
+    0.265,
+    0.176,
+    0.120,
+    0.114,
+    0.097,
+    0.085,
+    0.076,
+    0.055,
+    0.053,
+    0.046,
+    0.033,
+    0.026,
+    0.019,
+    0.015,
+    0.016,
+    0.013,
+    0.011,
+    0.010,
+    0.011,
+    0.010,
+    0.009,
+    0.010,
+    0.010,
+    0.007,
+    0.004,
+    0.004,
+    0.003,
+]
+DIGITS_VAL_LOSS = [
+    1.731,
+    0.590,
+    0.331,
+    0.321,
+    0.241,
+    0.223,
+    0.225,
+    0.199,
+    0.179,
+    0.150,
+    0.108,
+    0.114,
+    0.127,
+    0.103,
+    0.094,
+    0.085,
+    0.086,
+    0.071,
+    0.078,
+    0.081,
+    0.061,
+    0.062,
+    0.070,
+    0.074,
+    0.075,
+    0.061,
+    0.064,
+    0.059,
+    0.058,
+    0.063,
+]
+
+
+def noisy_but_improving() -> pd.DataFrame:
+    n = len(DIGITS_VAL_LOSS)
+    return pd.DataFrame(
+        {
+            "epoch": range(1, n + 1),
+            "loss": DIGITS_TRAIN_LOSS,
+            "accuracy": [min(1.0, 0.5 + 0.05 * i) for i in range(n)],
+            "val_loss": DIGITS_VAL_LOSS,
+            "val_accuracy": [min(0.97, 0.5 + 0.05 * i) for i in range(n)],
+        }
+    )
+
+
+def test_smoothing_keeps_val_noise_from_reading_as_overfitting():
+    history = noisy_but_improving()
+    assert dg.max_generalization_loss(history, window=1).max_gl > 10  # raw noise trips GL
+    assert dg.max_generalization_loss(history, window=5).max_gl < 10
+    assert dg.onset_epoch(history, 0.05, window=5) is None
+    cfg = CFG.model_copy(update={"smoothing_window": 5})
+    result = dg.diagnose(
+        "baseline", history, dg.SplitScores(1.0, 0.002), dg.SplitScores(0.974, 0.06), 10, cfg
+    )
+    assert result.verdict == dg.GOOD_FIT, result.evidence
+
+
+def test_smoothing_still_sees_a_sustained_rise():
+    history = noisy_but_improving()
+    rise = [0.058 * (1.0 + 0.08 * k) for k in range(1, 11)]
+    history = pd.concat(
+        [
+            history,
+            pd.DataFrame(
+                {
+                    "epoch": range(31, 41),
+                    "loss": [0.003 * 0.9**k for k in range(10)],
+                    "accuracy": [1.0] * 10,
+                    "val_loss": rise,
+                    "val_accuracy": [0.96] * 10,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    cfg = CFG.model_copy(update={"smoothing_window": 5})
+    result = dg.diagnose(
+        "baseline", history, dg.SplitScores(1.0, 0.001), dg.SplitScores(0.96, 0.1), 10, cfg
+    )
+    assert result.verdict == dg.OVERFITTING
+    assert result.onset_epoch is not None and 30 <= result.onset_epoch <= 36
+
+
+def test_smoothing_window_must_be_positive():
+    with pytest.raises(ValueError, match="window"):
+        dg.smoothed(np.ones(3), 0)
