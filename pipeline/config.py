@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
 Severity = Literal["error", "warning"]
@@ -28,7 +35,14 @@ class ConfigError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: `epochs: "10"` or `enabled: "yes"` is a mistake to report, not to
+    # coerce; NaN and infinity are never sensible knob values.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _list_to_tuple(value: Any) -> Any:
+    """YAML has lists, the config keeps tuples (frozen); strict mode wants the exact type."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class DataConfig(_Frozen):
@@ -41,6 +55,8 @@ class DataConfig(_Frozen):
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int, Field(ge=0)] = 42
     workers: Annotated[int, Field(ge=0, le=256)] = 0
+
+    _image_size_tuple = field_validator("image_size", mode="before")(_list_to_tuple)
 
     @model_validator(mode="after")
     def _split_fits(self) -> DataConfig:
@@ -100,6 +116,8 @@ class ModelConfig(_Frozen):
     conv_dropout: Fraction01 = 0.0
     l2: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     augmentation: AugmentationConfig = AugmentationConfig()
+
+    _filters_tuple = field_validator("conv_filters", mode="before")(_list_to_tuple)
 
 
 class EarlyStoppingConfig(_Frozen):
@@ -172,7 +190,9 @@ class Config(_Frozen):
     retrain: RetrainConfig = RetrainConfig()
     mlflow: MlflowConfig
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _variants_resolve(self) -> Config:
@@ -262,10 +282,12 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
         elif isinstance(err.get("ctx", {}).get("error"), ConfigError):
             # Already phrased for the user (a bad variant override): don't wrap it twice.
             lines.append(str(err["ctx"]["error"]).removeprefix("invalid params.yaml:\n  "))
+        elif isinstance(value, dict):
+            # A cross-field rule of a whole section: its message names the keys.
+            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
         else:
-            shown = value if not isinstance(value, dict) else "{...}"
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{key} = {shown!r}: {msg}")
+            lines.append(f"{key} = {value!r}: {msg}")
     return "invalid params.yaml:\n  " + "\n  ".join(lines)
 
 

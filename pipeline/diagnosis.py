@@ -238,6 +238,8 @@ def onset_epoch(history: pd.DataFrame, tolerance: float, window: int = 1) -> int
     start = len(above) - 1
     while start > 0 and above[start - 1]:
         start -= 1
+    if window > 1 and len(above) - start < window:
+        return None  # a rise shorter than the smoothing window is not yet sustained
     min_pos = int(np.argmin(val[: start + 1]))
     if not loss[-1] < loss[min_pos]:
         return None
@@ -421,6 +423,32 @@ class VariantSummary:
     test_accuracy: float
     gap: float  # train - val accuracy of the saved model
     onset_epoch: int | None = None
+    n_val: int = 0  # validation images behind val_accuracy (0: unknown, no interval)
+    augmented: bool = False  # the variant trains with data augmentation
+
+
+def accuracy_ci95(accuracy: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of an accuracy on n images.
+
+    With a few hundred validation images this is 1-3 points: differences
+    between variants smaller than that are noise, and the advice says so.
+    """
+    if n <= 0:
+        return float("nan")
+    return 1.96 * math.sqrt(max(accuracy * (1.0 - accuracy), 0.25 / n) / n)
+
+
+def difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
+    """Half-width of the 95% interval of a.val_accuracy - b.val_accuracy.
+
+    Treats the two as independent samples, which overstates the noise a little
+    for two models scored on the same images: conservative on purpose.
+    """
+    if a.n_val <= 0 or b.n_val <= 0:
+        return float("nan")
+    return math.hypot(
+        accuracy_ci95(a.val_accuracy, a.n_val), accuracy_ci95(b.val_accuracy, b.n_val)
+    )
 
 
 def reference_variant(names: Sequence[str]) -> str:
@@ -431,18 +459,28 @@ def reference_variant(names: Sequence[str]) -> str:
 
 
 def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[str, Any]]:
-    """Each variant's effect vs the reference: deltas of val/test accuracy and gap."""
+    """Each variant's effect vs the reference: deltas of val/test accuracy and gap.
+
+    `delta_val_ci95` is the half-width of the 95% interval of the val-accuracy
+    difference, and `within_noise` says whether the difference is inside it
+    (always false when the validation size is unknown).
+    """
     by_name = {s.name: s for s in summaries}
     ref = by_name[reference_variant([s.name for s in summaries])]
-    return {
-        s.name: {
+    effects = {}
+    for s in summaries:
+        delta_val = s.val_accuracy - ref.val_accuracy
+        noise = difference_ci95(s, ref)
+        effects[s.name] = {
             "reference": ref.name,
-            "delta_val_accuracy": s.val_accuracy - ref.val_accuracy,
+            "delta_val_accuracy": delta_val,
             "delta_test_accuracy": s.test_accuracy - ref.test_accuracy,
             "delta_gap": s.gap - ref.gap,
+            "val_accuracy_ci95": accuracy_ci95(s.val_accuracy, s.n_val),
+            "delta_val_ci95": noise,
+            "within_noise": bool(math.isfinite(noise) and abs(delta_val) <= noise),
         }
-        for s in summaries
-    }
+    return effects
 
 
 def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
@@ -519,35 +557,54 @@ def recommend(
     ref = reference_variant([s.name for s in summaries])
     ref_summary = by_name[ref]
     mitigations = [s for s in summaries if s.name != ref]
-    # An underfit variant "closes" the gap by learning nothing; it is no mitigation.
+
+    # A mitigation worth adopting closes the gap, is itself a good fit (an
+    # underfit variant "closes" the gap by learning nothing), and does not cost
+    # validation accuracy beyond the noise of the validation set.
+    def not_worse(s: VariantSummary) -> bool:
+        eff = effects[s.name]
+        return eff["delta_val_accuracy"] >= 0 or bool(eff["within_noise"])
+
     closing = [
-        s for s in mitigations if effects[s.name]["delta_gap"] < 0 and s.verdict != UNDERFITTING
+        s
+        for s in mitigations
+        if effects[s.name]["delta_gap"] < 0 and s.verdict == GOOD_FIT and not_worse(s)
     ]
-    if ref_summary.verdict == OVERFITTING and closing:
+    if closing:
         top = min(closing, key=lambda s: (effects[s.name]["delta_gap"], s.name))
         eff = effects[top.name]
+        noise = (
+            f" (val differences under ±{eff['delta_val_ci95']:.1%} are within the noise of "
+            f"{top.n_val} validation images)"
+            if math.isfinite(eff["delta_val_ci95"])
+            else ""
+        )
+        if ref_summary.verdict == OVERFITTING:
+            action = f"Adopt the `{top.name}` mitigation"
+            lead = f"{ref} is overfitting (gap {ref_summary.gap:.1%}); {top.name}"
+        else:
+            action = f"Consider `{top.name}` if a smaller train/val gap matters"
+            lead = f"{ref} is {ref_summary.verdict} (gap {ref_summary.gap:.1%}); {top.name}"
         recs.append(
             {
-                "action": f"Adopt the `{top.name}` mitigation",
-                "reason": f"{ref} is overfitting (gap {ref_summary.gap:.1%}); {top.name} reduced "
-                f"the gap most ({eff['delta_gap']:+.1%}) with val accuracy "
-                f"{eff['delta_val_accuracy']:+.1%} and test accuracy "
-                f"{eff['delta_test_accuracy']:+.1%} vs {ref}",
+                "action": action,
+                "reason": f"{lead} reduced the gap most ({eff['delta_gap']:+.1%}) with val "
+                f"accuracy {eff['delta_val_accuracy']:+.1%} and test accuracy "
+                f"{eff['delta_test_accuracy']:+.1%} vs {ref}{noise}",
                 "source": "comparison",
             }
         )
-    elif closing:
-        top = min(closing, key=lambda s: (effects[s.name]["delta_gap"], s.name))
-        eff = effects[top.name]
+    elif ref_summary.verdict == OVERFITTING:
         recs.append(
             {
-                "action": f"Consider `{top.name}` if the gap matters more than accuracy",
-                "reason": f"it reduced the gap most ({eff['delta_gap']:+.1%}; val accuracy "
-                f"{eff['delta_val_accuracy']:+.1%}) vs {ref}",
+                "action": "No mitigation tried here fixed the overfitting: try stronger "
+                "regularisation, more data, or a smaller model",
+                "reason": f"{ref} is overfitting (gap {ref_summary.gap:.1%}) and no variant both "
+                "reduced the gap and came out good_fit without losing val accuracy",
                 "source": "comparison",
             }
         )
-    aug = [s for s in mitigations if "augment" in s.name and s.verdict != UNDERFITTING]
+    aug = [s for s in mitigations if s.augmented and s.verdict != UNDERFITTING]
     if (
         "min_images_per_class" not in failed
         and ref_summary.verdict == OVERFITTING

@@ -21,6 +21,8 @@ Inputs: a ModelConfig and the data's shape. Outputs: a keras.Model; no I/O.
 
 from __future__ import annotations
 
+import hashlib
+
 import keras
 
 from pipeline.config import AugmentationConfig, ModelConfig
@@ -63,7 +65,7 @@ def build_model(
             model_cfg.kernel_size,
             padding="same",
             activation="relu",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.next()),
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of(f"{CONV_PREFIX}{i}")),
             kernel_regularizer=regularizer,
             name=f"{CONV_PREFIX}{i}",
         )(x)
@@ -73,23 +75,25 @@ def build_model(
             height, width = height // 2, width // 2
         if model_cfg.conv_dropout > 0:
             x = keras.layers.Dropout(
-                model_cfg.conv_dropout, seed=seeds.next(), name=f"dropout_after_conv{i}"
+                model_cfg.conv_dropout,
+                seed=seeds.of(f"dropout_after_conv{i}"),
+                name=f"dropout_after_conv{i}",
             )(x)
 
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(
         model_cfg.dense_units,
         activation="relu",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.next()),
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of("dense")),
         kernel_regularizer=regularizer,
         name="dense",
     )(x)
     if model_cfg.dropout > 0:
-        x = keras.layers.Dropout(model_cfg.dropout, seed=seeds.next(), name="dropout")(x)
+        x = keras.layers.Dropout(model_cfg.dropout, seed=seeds.of("dropout"), name="dropout")(x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.next()),
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of(OUTPUT_LAYER)),
         name=OUTPUT_LAYER,
     )(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="cnn")
@@ -101,13 +105,19 @@ def augmentation_layers(aug: AugmentationConfig, seeds: _SeedSequence) -> list[k
     if aug.rotation > 0:
         layers.append(
             keras.layers.RandomRotation(
-                aug.rotation, fill_mode="constant", seed=seeds.next(), name=AUGMENTATION_LAYERS[0]
+                aug.rotation,
+                fill_mode="constant",
+                seed=seeds.of(AUGMENTATION_LAYERS[0]),
+                name=AUGMENTATION_LAYERS[0],
             )
         )
     if aug.zoom > 0:
         layers.append(
             keras.layers.RandomZoom(
-                aug.zoom, fill_mode="constant", seed=seeds.next(), name=AUGMENTATION_LAYERS[1]
+                aug.zoom,
+                fill_mode="constant",
+                seed=seeds.of(AUGMENTATION_LAYERS[1]),
+                name=AUGMENTATION_LAYERS[1],
             )
         )
     if aug.translation > 0:
@@ -116,13 +126,15 @@ def augmentation_layers(aug: AugmentationConfig, seeds: _SeedSequence) -> list[k
                 aug.translation,
                 aug.translation,
                 fill_mode="constant",
-                seed=seeds.next(),
+                seed=seeds.of(AUGMENTATION_LAYERS[2]),
                 name=AUGMENTATION_LAYERS[2],
             )
         )
     if aug.flip:
         layers.append(
-            keras.layers.RandomFlip("horizontal", seed=seeds.next(), name=AUGMENTATION_LAYERS[3])
+            keras.layers.RandomFlip(
+                "horizontal", seed=seeds.of(AUGMENTATION_LAYERS[3]), name=AUGMENTATION_LAYERS[3]
+            )
         )
     return layers
 
@@ -138,11 +150,17 @@ def conv_layer_names(model: keras.Model) -> list[str]:
 
 
 class _SeedSequence:
-    """Distinct, reproducible per-layer seeds from one base seed."""
+    """Distinct, reproducible per-layer seeds from one base seed.
+
+    A layer's seed depends only on the base seed and the layer's name, not on
+    which layers come before it: adding dropout or augmentation to a variant
+    leaves every other layer's initial weights exactly as in the baseline, so
+    a comparison measures the mitigation and not a different initialisation.
+    """
 
     def __init__(self, base: int) -> None:
-        self._next = int(base) * 1000
+        self._base = int(base)
 
-    def next(self) -> int:
-        self._next += 1
-        return self._next % (2**31 - 1)
+    def of(self, layer_name: str) -> int:
+        digest = hashlib.sha256(f"{self._base}:{layer_name}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % (2**31 - 1)

@@ -11,7 +11,9 @@ each image in `data.workers` processes (pipeline.imagecheck) into a scratch
 memory-mapped array -> split the usable images -> copy each split's pixels
 into its own .npy. Pixels never need to fit in RAM at once.
 
-Splits are stratified by class and deterministic for `data.seed`:
+Splits are stratified by class and deterministic for `data.seed`, and stable:
+within a class, images are ordered by a hash of (seed, image id), so adding or
+removing images leaves the others in their split (see `split_rank`).
 
 - image folders: test = `test_fraction`, val = `val_fraction` of all usable
   images, the rest is train;
@@ -20,9 +22,9 @@ Splits are stratified by class and deterministic for `data.seed`:
 - then `train_fraction` < 1 keeps a stratified subsample of train; the rest
   gets split "unused".
 
-A class too small for scikit-learn's stratified split (fewer than two images,
-or fewer images to draw than classes) falls back to a per-class split that
-keeps at least one image of every class in train, with a warning.
+A class too small to contribute to a split (one image, or fewer than
+1 / fraction) keeps its images in train, with a warning; validate's label_set
+check then reports the class missing from val or test.
 
 The run fails (exit 2) only when nothing usable remains: the source is
 missing or unreadable, or fewer than two classes have a usable image.
@@ -31,12 +33,13 @@ missing or unreadable, or fewer than two classes have a usable image.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -45,7 +48,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from pipeline.cli import StageError, run_stage
@@ -164,46 +166,79 @@ def _collect(
 # ---------------------------------------------------------------- splitting
 
 
+def split_rank(keys: Sequence[str], seed: int, what: str) -> np.ndarray:
+    """A pseudo-random but stable sort key per item: sha256(seed, what, key).
+
+    An item's rank depends only on its own key (its id in the source), not on
+    which other items exist, so adding or removing images leaves every other
+    image's relative order, and so its split, as it was (give or take the one
+    image at each class's boundary). A retrained challenger and the champion
+    can then be compared on a test set the champion never trained on.
+    """
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}:{what}:{key}".encode()).digest()[:8], "big")
+            for key in keys
+        ],
+        dtype=np.uint64,
+    )
+
+
 def stratified_take(
-    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str
+    indices: np.ndarray,
+    labels: np.ndarray,
+    fraction: float,
+    seed: int,
+    what: str,
+    keys: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split `indices` into (taken ~fraction, kept), stratified by `labels[indices]`.
 
-    Uses scikit-learn's stratified split; when that cannot work (a class with a
-    single image, or fewer images to take than classes), falls back to a
-    per-class split that keeps at least one image of every class, and warns.
+    Per class, the images are ordered by `split_rank` of their key and the
+    first round(n * fraction) are taken, always keeping at least one image of
+    the class in the larger part (a class too small to split warns).
+
+    Args:
+        keys: a stable identifier per item of `labels` (the record ids); the
+            position is used when omitted.
     """
     if fraction <= 0 or len(indices) == 0:
         return indices[:0], indices
+    all_keys = [str(i) for i in range(len(labels))] if keys is None else keys
+    rank = split_rank([all_keys[i] for i in indices], seed, what)
     strata = labels[indices]
-    try:
-        kept, taken = train_test_split(
-            indices, test_size=fraction, stratify=strata, random_state=seed, shuffle=True
-        )
-        return np.sort(taken), np.sort(kept)
-    except ValueError as exc:
-        counts = Counter(strata.tolist())
-        log.warning(
-            "%s: stratified split not possible (%s; smallest class has %d image(s)); "
-            "splitting each class separately and keeping at least one image per class in the "
-            "larger part",
-            what,
-            exc,
-            min(counts.values()),
-        )
-    rng = np.random.default_rng(seed)
-    taken_parts, kept_parts = [], []
+    taken_parts, kept_parts, too_small = [], [], []
     for label in sorted(set(strata.tolist())):
-        members = indices[strata == label]
-        members = members[rng.permutation(len(members))]
+        in_class = strata == label
+        members = indices[in_class][np.argsort(rank[in_class], kind="stable")]
         n_take = min(int(round(len(members) * fraction)), len(members) - 1)
+        if n_take == 0:
+            too_small.append(label)
         taken_parts.append(members[:n_take])
         kept_parts.append(members[n_take:])
+    if too_small:
+        log.warning(
+            "%s: stratified split not possible for class index(es) %s (too few images): "
+            "none of their images go to %s",
+            what,
+            too_small,
+            what,
+        )
     return np.sort(np.concatenate(taken_parts)), np.sort(np.concatenate(kept_parts))
 
 
-def assign_splits(labels: np.ndarray, source_split: np.ndarray, data: DataConfig) -> np.ndarray:
-    """Split names for usable images (parallel arrays of label index and source split)."""
+def assign_splits(
+    labels: np.ndarray,
+    source_split: np.ndarray,
+    data: DataConfig,
+    keys: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Split names for usable images (parallel arrays of label index and source split).
+
+    Args:
+        keys: a stable id per image (the manifest id), so that an image keeps
+            its split when others are added or removed; default: position.
+    """
     n = len(labels)
     out = np.full(n, "train", dtype=object)
     everything = np.arange(n)
@@ -211,17 +246,19 @@ def assign_splits(labels: np.ndarray, source_split: np.ndarray, data: DataConfig
     if own_test.any():
         test = everything[own_test]
         val, train = stratified_take(
-            everything[~own_test], labels, data.val_fraction, data.seed, "val"
+            everything[~own_test], labels, data.val_fraction, data.seed, "val", keys
         )
     else:
-        test, rest = stratified_take(everything, labels, data.test_fraction, data.seed, "test")
+        test, rest = stratified_take(
+            everything, labels, data.test_fraction, data.seed, "test", keys
+        )
         val_share = data.val_fraction / (1.0 - data.test_fraction)
-        val, train = stratified_take(rest, labels, val_share, data.seed, "val")
+        val, train = stratified_take(rest, labels, val_share, data.seed, "val", keys)
     out[test] = "test"
     out[val] = "val"
     if data.train_fraction < 1.0:
         unused, _ = stratified_take(
-            train, labels, 1.0 - data.train_fraction, data.seed, "train_fraction"
+            train, labels, 1.0 - data.train_fraction, data.seed, "train_fraction", keys
         )
         out[unused] = "unused"
     for split in SPLITS:
@@ -293,7 +330,8 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
         usable = np.flatnonzero(ok)
         labels = np.array([class_index[source.records[i].label] for i in usable], dtype=np.int64)
         source_split = np.array([source.records[i].source_split for i in usable], dtype=object)
-        split_of_usable = assign_splits(labels, source_split, data)
+        ids = [source.records[i].id for i in usable]
+        split_of_usable = assign_splits(labels, source_split, data, keys=ids)
 
         split = np.full(n, "", dtype=object)
         split[usable] = split_of_usable

@@ -102,14 +102,21 @@ def ensure_experiment(paths: Paths, name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
+_NOT_SOURCE = tuple(
+    f":(exclude){p}" for p in ("dvc.lock", "reports", "models", "data", "mlflow.db", "retrain.log")
+)
+
+
 def git_commit(root: Path) -> str:
     """HEAD's commit, with '-dirty' when tracked files changed; 'unknown' outside git."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # dvc.lock and stage outputs change during a `dvc repro` itself; they
+        # must not flip the commit tag between the stages of one run.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_SOURCE],
             cwd=root,
             capture_output=True,
             text=True,
@@ -135,13 +142,17 @@ def data_version(paths: Paths) -> str:
 def repro_id(paths: Paths, cfg: Config) -> str:
     """An id shared by all runs of one pipeline execution.
 
-    Entry scripts (quickstart, retrain, the MLproject `main`) set it in the
-    environment; under a bare `dvc repro` every stage derives the same value
-    from the commit, data version and params, which only change between runs.
+    Entry scripts (quickstart, retrain) set it in the environment; under
+    `mlflow run` it is the entry point's run id (the parent of every stage
+    run); under a bare `dvc repro` every stage derives the same value from the
+    commit, data version and params, which only change between runs.
     """
     explicit = os.environ.get(REPRO_ID_ENV, "").strip()
     if explicit:
         return explicit
+    parent = os.environ.get(PARENT_RUN_ENV, "").strip()
+    if parent:
+        return f"mlflow-run-{parent}"
     key = f"{git_commit(paths.root)}|{data_version(paths)}|{cfg.params_hash()}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -180,8 +191,8 @@ def stage_run(
 
     configure(paths)
     experiment_id = ensure_experiment(paths, cfg.mlflow.experiment)
+    tags = common_tags(paths, cfg, stage, variant)  # before the pop: repro_id reads it
     parent = os.environ.pop(PARENT_RUN_ENV, None)
-    tags = common_tags(paths, cfg, stage, variant)
     if parent:
         tags["mlflow.parentRunId"] = parent
     tags.update(extra_tags or {})

@@ -110,6 +110,11 @@ BAD = [
         ["variants.x.data", "unknown key"],
     ),
     ("variant_bad_name", _set("variants", {"has space": {}}), ["variants.has space"]),
+    # Strings that merely look like numbers or booleans are mistakes, not values.
+    ("numeric_string", _set("train.epochs", "10"), ["train.epochs", "'10'", "integer"]),
+    ("yes_string", _set("model.augmentation.enabled", "yes"), ["augmentation.enabled", "'yes'"]),
+    ("nan_rate", _set("train.learning_rate", float("nan")), ["train.learning_rate", "finite"]),
+    ("inf_l2", _set("model.l2", float("inf")), ["model.l2", "finite"]),
 ]
 
 

@@ -416,3 +416,55 @@ def test_smoothing_still_sees_a_sustained_rise():
 def test_smoothing_window_must_be_positive():
     with pytest.raises(ValueError, match="window"):
         dg.smoothed(np.ones(3), 0)
+
+
+def test_effects_carry_the_noise_of_the_validation_set():
+    V = dg.VariantSummary
+    s = [
+        V("baseline", dg.GOOD_FIT, 1.0, 0.974, 0.98, 0.026, n_val=270),
+        V("dropout", dg.GOOD_FIT, 1.0, 0.985, 0.98, 0.015, n_val=270),
+        V("big_win", dg.GOOD_FIT, 1.0, 0.80 + 0.2, 0.98, 0.0, n_val=270),
+    ]
+    eff = dg.compare_to_baseline(s)
+    # 270 images at ~97% accuracy: each interval is about +-2 points.
+    assert 0.015 < eff["baseline"]["val_accuracy_ci95"] < 0.025
+    assert eff["dropout"]["within_noise"]  # +1.1 points on 270 images is noise
+    assert not eff["big_win"]["within_noise"]
+    recs = dg.recommend(s, eff, "dropout", {"success": True, "checks": []})
+    consider = next(r for r in recs if r["action"].startswith("Consider"))
+    assert "within the noise of 270 validation images" in consider["reason"]
+
+
+def test_an_overfitting_or_worse_variant_is_never_the_adopted_mitigation():
+    V = dg.VariantSummary
+    s = [
+        V("baseline", dg.OVERFITTING, 1.0, 0.80, 0.79, 0.20, n_val=2000),
+        # closes the gap most, but is itself overfitting
+        V("l2", dg.OVERFITTING, 0.95, 0.83, 0.82, 0.12, n_val=2000),
+        # closes the gap, good fit, but loses 10 points of val accuracy (far beyond noise)
+        V("tiny", dg.GOOD_FIT, 0.72, 0.70, 0.70, 0.02, n_val=2000),
+    ]
+    recs = dg.recommend(s, dg.compare_to_baseline(s), "l2", {"success": True, "checks": []})
+    assert not any(r["action"].startswith("Adopt") for r in recs)
+    assert recs[0]["action"].startswith("No mitigation tried here fixed the overfitting")
+
+
+def test_augmentation_advice_reads_the_variant_config_not_its_name():
+    V = dg.VariantSummary
+    s = [
+        V("baseline", dg.OVERFITTING, 1.0, 0.80, 0.79, 0.20),
+        V("rotations", dg.GOOD_FIT, 0.95, 0.86, 0.85, 0.09, augmented=True),
+        V("augment_named_but_not", dg.GOOD_FIT, 0.97, 0.70, 0.70, 0.27),
+    ]
+    recs = dg.recommend(s, dg.compare_to_baseline(s), "rotations", {"success": True})
+    more_data = next(r for r in recs if r["action"].startswith("Get more training data"))
+    assert "rotations" in more_data["reason"]
+    assert "augment_named_but_not" not in more_data["reason"]
+
+
+def test_onset_needs_a_rise_as_long_as_the_smoothing_window():
+    h = history(
+        [1.0, 0.8, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25], [1.0, 0.8, 0.6, 0.5, 0.45, 0.42, 0.40, 0.60]
+    )
+    assert dg.onset_epoch(h, 0.05, window=1) == 8  # unsmoothed: the last epoch alone
+    assert dg.onset_epoch(h, 0.05, window=5) is None  # one bad epoch is not a trend

@@ -115,3 +115,17 @@ def test_a_single_class_is_rejected():
     cfg = ModelConfig(conv_filters=(2,))
     with pytest.raises(ValueError, match="n_classes"):
         build_model(cfg, (8, 8, 1), 1, seed=0)
+
+
+def test_mitigations_start_from_the_baselines_initial_weights(variant_models):
+    """Adding dropout or augmentation layers must not re-seed the shared layers."""
+    baseline = variant_models["baseline"]
+    for name in ("dropout", "augmentation", "combined", "l2"):
+        other = variant_models[name]
+        for layer in ("conv_1", "conv_2", "dense", "output"):
+            for a, b in zip(
+                baseline.get_layer(layer).get_weights(),
+                other.get_layer(layer).get_weights(),
+                strict=True,
+            ):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}.{layer}")

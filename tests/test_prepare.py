@@ -247,3 +247,25 @@ def test_source_without_class_folders_fails(
 def test_resolve_workers() -> None:
     assert resolve_workers(3) == 3
     assert 1 <= resolve_workers(0) <= (os.cpu_count() or 1)
+
+
+def test_adding_images_leaves_existing_images_in_their_split() -> None:
+    """A retrain's new test set must not contain what the champion trained on."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, size=600)
+    ids = [f"c{label}/{i:04d}.png" for i, label in enumerate(labels)]
+    none = np.full(len(labels), "", dtype=object)
+    before = assign_splits(labels, none, _data(), keys=ids)
+    more = rng.integers(0, 5, size=60)
+    labels2 = np.concatenate([labels, more])
+    ids2 = ids + [f"c{label}/new{i:03d}.png" for i, label in enumerate(more)]
+    after = assign_splits(labels2, np.full(len(labels2), "", dtype=object), _data(), keys=ids2)
+    moved = int((before != after[: len(labels)]).sum())
+    # Only images at a class's boundary may move: at most a few per class and split.
+    assert moved <= 5 * 2 * 2, moved
+    was_train_now_test = int(((before == "train") & (after[: len(labels)] == "test")).sum())
+    assert was_train_now_test <= 5
+    # A shuffled listing order changes nothing: the split follows ids, not positions.
+    order = rng.permutation(len(labels))
+    shuffled = assign_splits(labels[order], none, _data(), keys=[ids[i] for i in order])
+    assert (shuffled == before[order]).all()
