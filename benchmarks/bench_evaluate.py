@@ -22,7 +22,6 @@ Exits 0 within the limit, 1 over it, 2 when the dataset is absent.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -53,11 +52,11 @@ CLASSES = [
 VAL_FRACTION = 0.15
 
 
-def read_idx(path: Path) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes())
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+def load_idx(path: Path) -> np.ndarray:
+    """The pipeline's own IDX reader (images or labels, by the file name)."""
+    from pipeline.datasets import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    return read_idx(path, IDX_IMAGES_MAGIC if "images" in path.name else IDX_LABELS_MAGIC)
 
 
 def prepare(root: Path) -> None:
@@ -66,10 +65,10 @@ def prepare(root: Path) -> None:
 
     from pipeline.prepared import SPLITS, manifest_frame, write_prepared
 
-    x = read_idx(FASHION / "train-images-idx3-ubyte.gz")[..., None]
-    y = read_idx(FASHION / "train-labels-idx1-ubyte.gz").astype(np.int64)
-    x_test = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")[..., None]
-    y_test = read_idx(FASHION / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+    x = load_idx(FASHION / "train-images-idx3-ubyte.gz")[..., None]
+    y = load_idx(FASHION / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    x_test = load_idx(FASHION / "t10k-images-idx3-ubyte.gz")[..., None]
+    y_test = load_idx(FASHION / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     tr, va = train_test_split(np.arange(len(y)), test_size=VAL_FRACTION, stratify=y, random_state=0)
     tr, va = np.sort(tr), np.sort(va)
     arrays = {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x_test, y_test)}

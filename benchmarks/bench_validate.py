@@ -16,7 +16,6 @@ Run: .venv/bin/python benchmarks/bench_validate.py [--keep /tmp/fashion_prepared
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import logging
 import os
@@ -60,11 +59,11 @@ def prepare_with_stage(root: Path) -> None:
     prepare_dataset(fashion_config(), Paths(root), progress=False)
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    data = gzip.decompress(path.read_bytes())
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+def load_idx(path: Path) -> np.ndarray:
+    """The pipeline's own IDX reader (images or labels, by the file name)."""
+    from pipeline.datasets import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    return read_idx(path, IDX_IMAGES_MAGIC if "images" in path.name else IDX_LABELS_MAGIC)
 
 
 def prepare_own(root: Path) -> None:
@@ -80,8 +79,8 @@ def prepare_own(root: Path) -> None:
     arrays, rows = {}, []
     xs, ys = {}, {}
     for name, (images, labels) in parts.items():
-        xs[name] = _read_idx(FASHION / images)
-        ys[name] = _read_idx(FASHION / labels).astype(np.int64)
+        xs[name] = load_idx(FASHION / images)
+        ys[name] = load_idx(FASHION / labels).astype(np.int64)
     val_mask = rng.random(len(ys["train"])) < 0.15
     members = {
         "train": ("train", np.flatnonzero(~val_mask)),

@@ -30,7 +30,19 @@ stops growing with the training set. evaluation.json records `n` per split.
 
 Loss here is plain cross-entropy of the saved model in inference mode, without
 the L2 penalty Keras adds during training, so train and val losses compare
-like for like.
+like for like. evaluation.json also records, per variant, which training-only
+behaviour the saved model has (`training_behaviour`: dropout, augmentation, L2
+penalty), read from the model's layers: the report uses it to say whose
+per-epoch train curves Keras measured with those active.
+
+Feature-map probes are one validation image per class (the first
+`feature_map_images` classes, cycling when there are more images than
+classes), each picked with a fixed seed, so the figure shows what the filters
+respond to across classes rather than N images of the sorted split's first class.
+
+MLflow is checked first: the stage configures tracking and confirms every
+variant's train run exists before any inference or write, so an unreachable
+server or a stale run.json leaves reports/ exactly as it was.
 """
 
 from __future__ import annotations
@@ -60,6 +72,10 @@ EVAL_BATCH_SIZE = 1024
 CHALLENGER = "challenger"
 # The train-split sample is fixed, not a knob: the same rows for every variant and run.
 TRAIN_SAMPLE_SEED = 0
+# Likewise the feature-map probe images.
+PROBE_SEED = 0
+# Keras layer classes that act only while training (the per-epoch train metrics include them).
+AUGMENTATION_PREFIX = "Random"
 EPS = 1e-7  # same clipping as Keras' cross-entropy
 CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "gap"]
 COMPARISON_COLUMNS = [
@@ -219,11 +235,54 @@ def feature_maps(model: Any, images: np.ndarray, n_layers: int) -> dict[str, np.
         return found
 
 
+def probe_indices(labels: np.ndarray, n: int, seed: int = PROBE_SEED) -> np.ndarray:
+    """`n` row indices, one per class in class order, cycling over classes when `n` exceeds them.
+
+    Each class's image is drawn at random with a fixed seed, so the probe is the
+    same in every run yet not always the first (often atypical) image of a class.
+    """
+    labels = np.asarray(labels)
+    if n < 1 or len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+    classes = sorted(pools)
+    picked: list[int] = []
+    round_ = 0
+    while len(picked) < min(n, len(labels)):
+        for c in classes:
+            if round_ < len(pools[c]) and len(picked) < n:
+                picked.append(int(pools[c][round_]))
+        round_ += 1
+    return np.asarray(picked, dtype=np.int64)
+
+
+def training_behaviour(model: Any) -> dict[str, bool]:
+    """Which training-only behaviour the model has: dropout, augmentation, an L2 penalty.
+
+    Keras reports the per-epoch train loss and accuracy with these active, so
+    they make the history's train curves differ from an inference-mode score.
+    """
+    import keras
+
+    layers = list(getattr(model, "layers", []))
+    return {
+        "dropout": any(
+            isinstance(layer, keras.layers.Dropout) and float(layer.rate) > 0 for layer in layers
+        ),
+        "augmentation": any(
+            type(layer).__name__.startswith(AUGMENTATION_PREFIX) for layer in layers
+        ),
+        "l2": any(getattr(layer, "kernel_regularizer", None) is not None for layer in layers),
+    }
+
+
 @dataclass
 class VariantEvaluation:
     name: str
     scores: dict[str, dict[str, Any]]  # split -> split_scores()
     feature_maps: dict[str, np.ndarray]
+    behaviour: dict[str, bool] | None = None  # training_behaviour(); None when unknown
 
 
 def evaluation_indices(
@@ -256,8 +315,9 @@ def evaluate_variant(
         rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
         scores[split] = split_scores(data.y(split)[idx], predict_proba(model, rows), n_classes)
     maps = feature_maps(model, probe_images, n_layers)
+    behaviour = training_behaviour(model)
     keras.backend.clear_session()
-    return VariantEvaluation(artifacts.name, scores, maps)
+    return VariantEvaluation(artifacts.name, scores, maps, behaviour)
 
 
 # --------------------------------------------------------------------------- assembling
@@ -305,6 +365,7 @@ def build_evaluation(
             "rules": diag.rules,
             "mlflow_run_id": art.run_info.get("run_id"),
             "model_uri": art.run_info.get("model_uri"),
+            "training_behaviour": ev.behaviour,
             "per_class": per_class_table(ev.scores, classes),
             "confusion": {
                 "labels": list(classes),
@@ -320,6 +381,8 @@ def build_evaluation(
                 test_accuracy=ev.scores["test"]["accuracy"],
                 gap=diag.gap["accuracy"],
                 onset_epoch=diag.onset_epoch,
+                n_val=int(ev.scores["val"]["n"]),
+                augmented=cfg.variant(name).model.augmentation.enabled,
             )
         )
     effects = diagnosis.compare_to_baseline(summaries)
@@ -417,8 +480,12 @@ def write_figures(
     histories: Mapping[str, pd.DataFrame],
     evaluations: Mapping[str, VariantEvaluation],
     probe_images: np.ndarray,
+    probe_labels: Sequence[str] | None = None,
 ) -> None:
     """All PNGs into a fresh figures dir, swapped in whole (no stale variants)."""
+    marks = {
+        name: (v["best_epoch"], v["onset_epoch"]) for name, v in evaluation["variants"].items()
+    }
     with staging_dir(figures_dir) as tmp:
         for name, history in histories.items():
             v = evaluation["variants"][name]
@@ -439,10 +506,10 @@ def write_figures(
             maps = evaluations[name].feature_maps
             if maps:
                 plots.save_png(
-                    plots.feature_maps_figure(probe_images, maps, name),
+                    plots.feature_maps_figure(probe_images, maps, name, probe_labels),
                     tmp / plots.feature_maps_name(name),
                 )
-        plots.save_png(plots.all_val_curves(histories), tmp / plots.VAL_CURVES)
+        plots.save_png(plots.all_val_curves(histories, marks), tmp / plots.VAL_CURVES)
         plots.save_png(plots.gap_curves(histories), tmp / plots.GAP_CURVES)
 
 
@@ -464,18 +531,17 @@ def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir: Path) -> None:
-    """Evaluation metrics, verdict tag, evidence and figures into each variant's train run."""
-    import time
+def require_variant_runs(paths: Paths, run_ids: Mapping[str, str | None]) -> None:
+    """Raise StageError unless every variant's train run (run.json) is in the tracking backend.
 
-    from mlflow.entities import Metric
+    Called before any inference or write: a stale run.json or the wrong
+    MLFLOW_TRACKING_URI must not leave reports/ half updated.
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    now = int(time.time() * 1000)
-    for name, v in evaluation["variants"].items():
-        run_id = v["mlflow_run_id"]
+    for name, run_id in run_ids.items():
         if not run_id:
             raise StageError(f"{paths.run_info(name)} has no run_id; retrain variant {name!r}")
         try:
@@ -485,6 +551,19 @@ def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir
                 f"variant {name!r}: MLflow run {run_id} from {paths.run_info(name)} is not in the "
                 "tracking backend (MLFLOW_TRACKING_URI or ./mlflow.db); retrain the variant"
             ) from None
+
+
+def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir: Path) -> None:
+    """Evaluation metrics, verdict tag, evidence and figures into each variant's train run."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    for name, v in evaluation["variants"].items():
+        run_id = v["mlflow_run_id"]
         metrics = [Metric(k, val, now, 0) for k, val in variant_run_metrics(v).items()]
         client.log_batch(run_id, metrics=metrics)
         client.set_tag(run_id, "verdict", v["verdict"])
@@ -576,11 +655,15 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     """Everything the stage does; returns the evaluation payload it wrote."""
     from pipeline import tracking
 
+    # MLflow first: nothing is computed or written unless the results can be logged.
+    tracking.configure(paths)
     validation = load_validation(paths)
-    data = load_prepared(paths.prepared_dir)
     artifacts = {name: load_variant_artifacts(paths, name) for name in cfg.variants}
-    val_x = data.x("val")
-    probe = np.asarray(val_x[: cfg.evaluate.feature_map_images])
+    require_variant_runs(paths, {n: a.run_info.get("run_id") for n, a in artifacts.items()})
+    data = load_prepared(paths.prepared_dir)
+    probe_rows = probe_indices(data.y("val"), cfg.evaluate.feature_map_images)
+    probe = np.asarray(data.x("val")[probe_rows])
+    probe_labels = [data.classes[int(c)] for c in data.y("val")[probe_rows]]
     indices = evaluation_indices(data)
     evaluations = {}
     for name, art in artifacts.items():
@@ -592,7 +675,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     histories = {name: art.history for name, art in artifacts.items()}
 
     log.info("writing figures to %s", paths.figures_dir)
-    write_figures(paths.figures_dir, evaluation, histories, evaluations, probe)
+    write_figures(paths.figures_dir, evaluation, histories, evaluations, probe, probe_labels)
     comparison = comparison_frame(evaluation)
     write_text_atomic(paths.comparison_csv, comparison.to_csv(index=False))
     write_text_atomic(
@@ -606,7 +689,6 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     write_json_atomic(paths.evaluation_metrics, flat_metrics(evaluation))
 
     log.info("logging to MLflow and registering %s", evaluation["best_variant"])
-    tracking.configure(paths)
     log_to_variant_runs(paths, evaluation, paths.figures_dir)
     log_evaluate_run(paths, cfg, evaluation, validation)
     write_json_atomic(paths.evaluation_json, evaluation)

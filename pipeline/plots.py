@@ -7,6 +7,10 @@ written atomically by `save_png`; evaluate puts them in reports/figures/.
 File names (the report looks for these): `curves_<variant>.png`,
 `val_curves_all.png`, `gap_all.png`, `confusion_<variant>.png`,
 `feature_maps_<variant>.png`.
+
+Loss axes are logarithmic: cross-entropy falls from about 2 to below 0.05, and
+on a linear axis the late-epoch rise of the val loss that decides the verdict
+is a flat line at the bottom.
 """
 
 from __future__ import annotations
@@ -71,6 +75,12 @@ def _mark_epochs(ax, best_epoch: int | None, onset_epoch: int | None) -> None:
         )
 
 
+def _log_loss_axis(ax) -> None:
+    # Cross-entropy is > 0; clip rather than drop a (theoretical) zero.
+    ax.set_yscale("log", nonpositive="clip")
+    ax.grid(alpha=0.3, which="both")
+
+
 def learning_curves(
     history: pd.DataFrame,
     variant: str,
@@ -78,7 +88,7 @@ def learning_curves(
     onset_epoch: int | None = None,
     verdict: str | None = None,
 ) -> Figure:
-    """Train and val loss (left) and accuracy (right) over epochs, best and onset marked."""
+    """Train and val loss (left, log scale) and accuracy (right), best and onset marked."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
     epochs = history["epoch"]
     for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
@@ -89,6 +99,8 @@ def learning_curves(
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    ax_loss.set_ylabel("loss (log scale)")
+    _log_loss_axis(ax_loss)
     title = f"{variant}: train vs validation"
     if verdict:
         title += f" ({verdict})"
@@ -97,16 +109,54 @@ def learning_curves(
     return fig
 
 
-def all_val_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Every variant's val loss and val accuracy on shared axes."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+def all_val_curves(
+    histories: Mapping[str, pd.DataFrame],
+    marks: Mapping[str, tuple[int | None, int | None]] | None = None,
+) -> Figure:
+    """Every variant's val loss (log scale) and val accuracy on shared axes.
+
+    Args:
+        marks: variant -> (best epoch, onset epoch); the best epoch is drawn as
+            a filled circle and the onset as an x on that variant's curves.
+    """
+    marks = marks or {}
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for name, history in histories.items():
-        ax_loss.plot(history["epoch"], history["val_loss"], label=name)
-        ax_acc.plot(history["epoch"], history["val_accuracy"], label=name)
-    for ax, label in ((ax_loss, "val loss"), (ax_acc, "val accuracy")):
+        (line,) = ax_loss.plot(history["epoch"], history["val_loss"], label=name)
+        ax_acc.plot(history["epoch"], history["val_accuracy"], label=name, color=line.get_color())
+        best, onset = marks.get(name, (None, None))
+        by_epoch = history.set_index("epoch")
+        for epoch, marker, size in ((best, "o", 6), (onset, "X", 8)):
+            if epoch is None or epoch not in by_epoch.index:
+                continue
+            for ax, col in ((ax_loss, "val_loss"), (ax_acc, "val_accuracy")):
+                ax.plot(
+                    [epoch],
+                    [by_epoch.loc[epoch, col]],
+                    marker=marker,
+                    markersize=size,
+                    color=line.get_color(),
+                    markeredgecolor="black",
+                    linestyle="none",
+                )
+    for ax, label in ((ax_loss, "val loss (log scale)"), (ax_acc, "val accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    _log_loss_axis(ax_loss)
+    if marks:
+        # Legend entries for the two marker kinds, in neutral grey.
+        for marker, size, text in (("o", 6, "best epoch"), ("X", 8, "overfitting onset")):
+            ax_acc.plot(
+                [],
+                [],
+                marker=marker,
+                markersize=size,
+                color="grey",
+                linestyle="none",
+                markeredgecolor="black",
+                label=text,
+            )
     ax_acc.legend(fontsize=7)
     fig.suptitle("Validation curves, all variants")
     fig.tight_layout()
@@ -174,7 +224,10 @@ def channel_mosaic(maps: np.ndarray, channels: int = MAX_CHANNELS) -> np.ndarray
 
 
 def feature_maps_figure(
-    images: np.ndarray, activations: Mapping[str, np.ndarray], variant: str
+    images: np.ndarray,
+    activations: Mapping[str, np.ndarray],
+    variant: str,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """Input images and the first MAX_CHANNELS channels of each conv layer's output.
 
@@ -184,6 +237,7 @@ def feature_maps_figure(
     Args:
         images: (n, h, w, c) uint8 or float inputs.
         activations: layer name -> (n, h', w', channels) outputs, in layer order.
+        labels: each image's class name, shown above it (default "image <i>").
     """
     n = len(images)
     layers = list(activations) or [None]
@@ -204,7 +258,8 @@ def feature_maps_figure(
             if k == 0:
                 shown = image[..., 0] if image.shape[-1] == 1 else image.astype(np.uint8)
                 axes[row, 0].imshow(shown, cmap="gray")
-                axes[row, 0].set_title(f"image {i + 1}", fontsize=7)
+                title = str(labels[i]) if labels is not None else f"image {i + 1}"
+                axes[row, 0].set_title(title, fontsize=7)
             if layer is None:
                 continue
             axes[row, 1].imshow(

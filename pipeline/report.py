@@ -8,10 +8,21 @@ Output: reports/report.html. Figures are embedded as base64 data URIs and the
 CSS is inline; there is no JavaScript and nothing is fetched from the network,
 so the file opens from disk, from an e-mail attachment or an artifact store.
 
-Element ids and classes tests and readers rely on: #validation (failed checks
-carry class "failed"), #comparison (the table), #variant-<name> sections with
-a .verdict badge and .evidence list, #recommendations, #next-steps; every
-figure's alt text names the variant and the plot.
+The page answers first, details later, in this order: #headline (the
+reference variant's verdict and the evidence behind it), #recommendations
+(the best variant, which mitigation moved val accuracy and the gap by how
+much, the ranked advice), #comparison (the table), #all-curves (with the
+caveat about train curves measured with dropout/augmentation/L2 active),
+#validation, then #variants with one collapsed <details id="variant-<name">
+per variant, and #next-steps.
+
+Element ids and classes tests and readers rely on: #headline with a .verdict
+badge, #best-variant, #mitigations, #recommendation-list, #comparison-table,
+#curves-caveat, #validation (failed checks carry class "failed"),
+#variant-<name> with a .verdict badge and .evidence list, #next-steps; every
+figure's alt text names the variant and the plot. When evaluation.json carries
+`val_accuracy_ci95` (per variant) and `within_noise` (per effect), the table
+shows the interval and marks effects within noise.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +68,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= OBSERVED_CHARS else text[: OBSERVED_CHARS - 1] + "…"
 
 
+def _sentence(text: str) -> str:
+    """`text` ending in a full stop, so the next sentence on the line reads as one."""
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
+
+
 def validation_context(validation: Mapping[str, Any]) -> dict[str, Any]:
     checks = []
     for check in validation.get("checks", []):
@@ -74,6 +92,73 @@ def validation_context(validation: Mapping[str, Any]) -> dict[str, Any]:
         "warnings": list(validation.get("warnings", [])),
         "errors": list(validation.get("errors", [])),
     }
+
+
+def ci_halfwidth(value: Any) -> float | None:
+    """A 95% interval as a half-width: a number as is, a [low, high] pair halved.
+
+    None for anything else, including NaN (diagnosis's "sample size unknown").
+    """
+    width = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        width = float(value)
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        width = (float(value[1]) - float(value[0])) / 2
+    elif isinstance(value, Mapping) and {"low", "high"} <= set(value):
+        width = (float(value["high"]) - float(value["low"])) / 2
+    return width if width is not None and math.isfinite(width) else None
+
+
+def noise_context(evaluation: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The variant's val-accuracy interval and whether its effect is within noise, if known.
+
+    diagnosis.compare_to_baseline puts `val_accuracy_ci95`, `delta_val_ci95` (the
+    interval of the difference to the reference) and `within_noise` in each effect.
+    """
+    v = evaluation["variants"][name]
+    effect = evaluation.get("effects", {}).get(name, {})
+    ci = v.get("val_accuracy_ci95", effect.get("val_accuracy_ci95"))
+    within = effect.get("within_noise")
+    is_reference = name == evaluation.get("reference_variant")
+    return {
+        "val_ci95": ci_halfwidth(ci),
+        "delta_ci95": None if is_reference else ci_halfwidth(effect.get("delta_val_ci95")),
+        "within_noise": None if within is None or is_reference else bool(within),
+    }
+
+
+def mitigations_context(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every non-reference variant's effect vs the reference, most val accuracy gained first."""
+    ref = evaluation.get("reference_variant")
+    rows = []
+    for name, effect in evaluation.get("effects", {}).items():
+        if name == ref or name not in evaluation["variants"]:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "verdict": evaluation["variants"][name]["verdict"],
+                "delta_val_accuracy": effect.get("delta_val_accuracy"),
+                "delta_test_accuracy": effect.get("delta_test_accuracy"),
+                "delta_gap": effect.get("delta_gap"),
+                **noise_context(evaluation, name),
+            }
+        )
+    return sorted(
+        rows, key=lambda r: (-(r["delta_val_accuracy"] or 0.0), r["delta_gap"] or 0.0, r["name"])
+    )
+
+
+def caveat_context(evaluation: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Variants whose Keras train curves include dropout/augmentation, and those with L2."""
+    out: dict[str, list[str]] = {"train_mode": [], "l2": []}
+    for name, v in evaluation["variants"].items():
+        behaviour = v.get("training_behaviour") or {}
+        if behaviour.get("dropout") or behaviour.get("augmentation"):
+            out["train_mode"].append(name)
+        if behaviour.get("l2"):
+            out["l2"].append(name)
+    return out
 
 
 def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[str, Any]:
@@ -104,13 +189,27 @@ def build_context(
     if not evaluation.get("variants"):
         raise StageError("evaluation.json lists no variants; rerun the evaluate stage")
     rows = comparison.astype(object).where(comparison.notna(), None).to_dict("records")
+    for row in rows:
+        if row["variant"] in evaluation["variants"]:
+            row.update(noise_context(evaluation, row["variant"]))
+        else:
+            row.update({"val_ci95": None, "delta_ci95": None, "within_noise": None})
+    variants = [variant_context(n, v, figures_dir) for n, v in evaluation["variants"].items()]
+    reference = evaluation.get("reference_variant")
+    headline = next((v for v in variants if v["name"] == reference), variants[0])
+    reference = headline["name"]
     return {
         "validation": validation_context(validation),
-        "variants": [variant_context(n, v, figures_dir) for n, v in evaluation["variants"].items()],
+        "variants": variants,
+        "headline": headline,
+        "mitigations": mitigations_context(evaluation),
+        "caveat": caveat_context(evaluation),
+        "show_ci": any(r["val_ci95"] is not None for r in rows),
+        "show_noise": any(r["within_noise"] is not None for r in rows),
         "comparison": rows,
         "best_variant": evaluation.get("best_variant"),
-        "best_variant_reason": evaluation.get("best_variant_reason", ""),
-        "reference_variant": evaluation.get("reference_variant", "baseline"),
+        "best_variant_reason": _sentence(evaluation.get("best_variant_reason", "")),
+        "reference_variant": reference,
         "recommendations": evaluation.get("recommendations", []),
         "registered": evaluation.get("registered"),
         "evaluate_run_id": evaluation.get("evaluate_run_id"),
@@ -131,6 +230,7 @@ def render_report(context: Mapping[str, Any]) -> str:
     )
     env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
     env.filters["signed_pct"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f}%"
+    env.filters["verdict_words"] = lambda v: str(v).replace("_", " ")
     return env.get_template(TEMPLATE).render(**context)
 
 

@@ -180,7 +180,9 @@ def test_known_truth_large_model_on_tiny_data_overfits(project):
         {"large": {"model": {"conv_filters": [32, 64], "dense_units": 256}}},
         train_size=0.012,  # 21 images, about 2 per class
     )
-    train_variant(project, cfg, "large", epochs=20, batch_size=8, learning_rate=3e-3)
+    # 30 epochs: val loss bottoms out near epoch 14; the smoothed GL rule needs the rise
+    # to last more than a smoothing window (at 20 epochs max GL was 9.7 < 10).
+    train_variant(project, cfg, "large", epochs=30, batch_size=8, learning_rate=3e-3)
     evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     large = evaluation["variants"]["large"]
     assert large["verdict"] == OVERFITTING, large["evidence"]
@@ -244,6 +246,7 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
     ):
         assert key in base
     assert len(base["per_class"]) == 10 and "accuracy_gap" in base["per_class"][0]
+    assert base["training_behaviour"] == {"dropout": False, "augmentation": False, "l2": False}
     assert np.asarray(base["confusion"]["test"]).sum() == base["test"]["n"]
     assert evaluation["effects"]["tiny"]["delta_val_accuracy"] < 0
     assert any(
@@ -319,9 +322,51 @@ def test_missing_validation_json_is_a_stage_error(digits_prepared):
 
 def test_unknown_mlflow_run_is_a_stage_error(project):
     tracking.configure(project.paths)
-    evaluation = {"variants": {"baseline": {"mlflow_run_id": "0" * 32}}}
     with pytest.raises(StageError, match="not in the tracking backend"):
-        ev.log_to_variant_runs(project.paths, evaluation, project.paths.figures_dir)
+        ev.require_variant_runs(project.paths, {"baseline": "0" * 32})
+    with pytest.raises(StageError, match="has no run_id"):
+        ev.require_variant_runs(project.paths, {"baseline": None})
+
+
+def fake_trained_variants(project, run_id: str) -> None:
+    """Contract files for every params variant, with a model that must never be loaded."""
+    paths = project.paths
+    history = "epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.8,0.6,0.9,0.5\n"
+    for variant in load_config(paths.params).variants:
+        paths.variant_dir(variant).mkdir(parents=True)
+        paths.model_file(variant).write_bytes(b"never loaded: the stage stops before inference")
+        paths.history_csv(variant).write_text(history)
+        paths.train_metrics(variant).write_text(json.dumps({"best_epoch": 2}))
+        paths.run_info(variant).write_text(json.dumps({"run_id": run_id, "model_uri": "x"}))
+
+
+def report_files(project) -> set[str]:
+    reports = project.paths.reports_dir
+    return {str(p.relative_to(reports)) for p in reports.rglob("*")}
+
+
+def test_unreachable_mlflow_exits_2_before_any_write(digits_prepared, monkeypatch, capsys):
+    from pipeline.cli import EXIT_USER_ERROR, run_stage
+
+    write_validation(digits_prepared)
+    fake_trained_variants(digits_prepared, "0" * 32)
+    before = report_files(digits_prepared)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(ev.main, [])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    assert time.perf_counter() - start < 15
+    assert "http://127.0.0.1:9" in capsys.readouterr().err
+    assert report_files(digits_prepared) == before == {"validation.json"}
+
+
+def test_stale_run_json_stops_evaluate_before_any_write(digits_prepared):
+    write_validation(digits_prepared)
+    fake_trained_variants(digits_prepared, "f" * 32)
+    with pytest.raises(StageError, match=r"variant 'baseline': MLflow run f{32} .*not in the"):
+        ev.run_evaluate(digits_prepared.paths, load_config(digits_prepared.paths.params))
+    assert report_files(digits_prepared) == {"validation.json"}
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -429,6 +474,79 @@ def test_dvc_renders_the_variants_template(tmp_path):
     assert spec["encoding"]["color"]["field"] == "variant"
     assert spec["encoding"]["y"]["field"] == "gap"
     assert {row["variant"] for row in spec["data"]["values"]} == {"a", "b"}
+
+
+def test_probe_images_are_one_per_class_and_fixed():
+    labels = np.repeat(np.arange(4), 5)  # sorted by class, like the prepared val split
+    idx = ev.probe_indices(labels, 3)
+    assert labels[idx].tolist() == [0, 1, 2]
+    assert np.array_equal(idx, ev.probe_indices(labels, 3))
+    # More images than classes: cycle over the classes, never repeat a row.
+    more = ev.probe_indices(labels, 6)
+    assert labels[more].tolist() == [0, 1, 2, 3, 0, 1] and len(set(more)) == 6
+    assert len(ev.probe_indices(labels[:2], 5)) == 2  # capped at the split's size
+    assert len(ev.probe_indices(labels, 0)) == 0
+    assert len(ev.probe_indices(np.zeros(0, dtype=int), 3)) == 0
+
+
+def test_training_behaviour_reads_the_model_layers():
+    import keras
+
+    from pipeline.config import parse_config
+    from pipeline.models import build_model
+
+    cfg = parse_config(
+        small_params(
+            variants={
+                "plain": {},
+                "all": {"model": {"dropout": 0.5, "l2": 0.001, "augmentation": {"enabled": True}}},
+            }
+        )
+    )
+    plain = build_model(cfg.variant("plain").model, (8, 8, 1), 3, seed=0)
+    assert ev.training_behaviour(plain) == {"dropout": False, "augmentation": False, "l2": False}
+    full = build_model(cfg.variant("all").model, (8, 8, 1), 3, seed=0)
+    assert ev.training_behaviour(full) == {"dropout": True, "augmentation": True, "l2": True}
+    keras.backend.clear_session()
+
+
+def test_loss_axes_are_log_scale_and_epochs_are_marked():
+    import matplotlib.pyplot as plt
+
+    from pipeline import plots
+
+    h = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4],
+            "loss": [1.0, 0.3, 0.05, 0.01],
+            "val_loss": [1.1, 0.4, 0.3, 0.5],
+            "accuracy": [0.5, 0.8, 0.95, 0.99],
+            "val_accuracy": [0.4, 0.7, 0.75, 0.72],
+        }
+    )
+    fig = plots.learning_curves(h, "a", best_epoch=3, onset_epoch=4)
+    ax_loss, ax_acc = fig.axes
+    assert ax_loss.get_yscale() == "log" and ax_acc.get_yscale() == "linear"
+    labels = ax_loss.get_legend_handles_labels()[1]
+    assert "best epoch 3" in labels and "onset 4" in labels
+    plt.close(fig)
+
+    fig = plots.all_val_curves({"a": h, "b": h}, {"a": (3, 4), "b": (2, None)})
+    ax_loss, ax_acc = fig.axes
+    assert ax_loss.get_yscale() == "log"
+    # Per variant: the curve, a best-epoch point, and (for `a` only) an onset point.
+    points = [ln for ln in ax_loss.lines if len(ln.get_xdata()) == 1]
+    assert sorted((float(ln.get_xdata()[0]), ln.get_marker()) for ln in points) == [
+        (2.0, "o"),
+        (3.0, "o"),
+        (4.0, "X"),
+    ]
+    assert {"best epoch", "overfitting onset"} <= set(ax_acc.get_legend_handles_labels()[1])
+    plt.close(fig)
+    # Without marks: only the curves, on the same log axis.
+    fig = plots.all_val_curves({"a": h})
+    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].lines) == 1
+    plt.close(fig)
 
 
 def test_train_is_scored_on_a_fixed_sample_as_large_as_val(digits_prepared):

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -122,14 +123,41 @@ def test_report_is_self_contained_and_complete(project, built):
         'id="validation"',
         'id="comparison"',
         'id="recommendations"',
+        'id="mitigations"',
+        'id="curves-caveat"',
         'id="next-steps"',
         'class="verdict overfitting"',
         "mlflow ui",
     ):
         assert marker in html, marker
     assert evaluation["variants"]["baseline"]["verdict"] == "overfitting"
+    # The answer comes first: headline, what works, table, curves; details after.
+    order = [
+        'id="headline"',
+        'id="recommendations"',
+        'id="comparison"',
+        'id="all-curves"',
+        'id="validation"',
+        'id="variants"',
+        'id="next-steps"',
+    ]
+    positions = [html.index(marker) for marker in order]
+    assert positions == sorted(positions), order
+    headline = html[positions[0] : positions[1]]
+    assert "<code>baseline</code> is" in headline and 'class="verdict overfitting"' in headline
+    for line in evaluation["variants"]["baseline"]["evidence"]:
+        assert escape(line) in headline
+    what_works = html[positions[1] : positions[2]]
+    assert 'id="best-variant">dropout<' in what_works
+    assert escape(evaluation["best_variant_reason"]) in what_works
+    delta = evaluation["effects"]["dropout"]["delta_val_accuracy"]
+    assert f"{delta * 100:+.1f}%" in what_works
+    # Per-variant details are collapsed, one <details> each, with a modest confusion matrix.
+    for name in evaluation["variants"]:
+        assert f'<details class="variant" id="variant-{name}">' in html
+    assert '<img class="confusion"' in html
     # Every figure is embedded; nothing points outside the file.
-    srcs = re.findall(r'<img src="([^"]*)"', html)
+    srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
     assert len(srcs) == 2 + 3 * 2  # all-variant curves + gap, and per variant 3 figures
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in html
@@ -141,6 +169,95 @@ def test_report_is_self_contained_and_complete(project, built):
     assert 'class="check passed" data-check="label_set"' in html
     for rec in evaluation["recommendations"]:
         assert rec["action"].split("`")[0].strip() in html
+
+
+def test_caveat_names_the_variants_trained_with_dropout_augmentation_or_l2(project, built):
+    evaluation = write_inputs(project, built)
+    caveat = _caveat(project)
+    assert "dropout and augmentation" in caveat and "weight penalty" in caveat
+    assert "here:" not in caveat  # no training_behaviour recorded: the general caveat only
+    evaluation["variants"]["baseline"]["training_behaviour"] = {
+        "dropout": False,
+        "augmentation": False,
+        "l2": False,
+    }
+    evaluation["variants"]["dropout"]["training_behaviour"] = {
+        "dropout": True,
+        "augmentation": False,
+        "l2": True,
+    }
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    caveat = _caveat(project)
+    assert "(here: dropout), so" in caveat and "weight penalty (here: dropout)" in caveat
+    assert "baseline" not in caveat
+
+
+def _caveat(project) -> str:
+    report.write_report(project.paths)
+    html = project.paths.report_html.read_text()
+    match = re.search(r'<p class="caveat" id="curves-caveat">(.*?)</p>', html, re.S)
+    assert match, "caveat missing"
+    return " ".join(match.group(1).split())
+
+
+def _comparison_table(project) -> str:
+    report.write_report(project.paths)
+    html = project.paths.report_html.read_text()
+    return html[html.index('id="comparison-table"') : html.index('id="all-curves"')]
+
+
+def _row(table: str, variant: str) -> str:
+    row = table[table.index(f'data-variant="{variant}"') :]
+    return row[: row.index("</tr>")]
+
+
+def test_intervals_and_within_noise_are_shown_when_evaluation_has_them(project, built):
+    evaluation = write_inputs(project, built)
+    effects = evaluation["effects"]
+    for name in ("baseline", "dropout"):  # diagnosis.compare_to_baseline supplies them
+        assert {"val_accuracy_ci95", "delta_val_ci95", "within_noise"} <= set(effects[name])
+    effects["dropout"]["within_noise"] = True
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    table = _comparison_table(project)
+    for name in ("baseline", "dropout"):
+        assert f"±{effects[name]['val_accuracy_ci95'] * 100:.1f}" in _row(table, name)
+    assert "within noise" in _row(table, "dropout")
+    assert "within noise</span>" not in _row(table, "baseline")  # no effect vs itself
+    html = project.paths.report_html.read_text()
+    mitigation = _row(html[html.index('id="mitigations"') :], "dropout")
+    assert f"±{effects['dropout']['delta_val_ci95'] * 100:.1f}" in mitigation
+    assert "within noise" in mitigation
+
+    effects["dropout"]["within_noise"] = False
+    effects["dropout"]["val_accuracy_ci95"] = float("nan")  # sample size unknown
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    table = _comparison_table(project)
+    assert "within noise</span>" not in table
+    assert "±" not in _row(table, "dropout") and "nan" not in table
+
+
+def test_evaluation_without_intervals_shows_none(project, built):
+    """An evaluation.json from before intervals existed: nothing is invented."""
+    evaluation = write_inputs(project, built)
+    for effect in evaluation["effects"].values():
+        for key in ("val_accuracy_ci95", "delta_val_ci95", "within_noise"):
+            effect.pop(key, None)
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    table = _comparison_table(project)
+    assert "±" not in table and "within noise" not in table
+    html = project.paths.report_html.read_text()
+    mitigations = html[html.index('id="mitigations"') : html.index('id="recommendation-list"')]
+    assert "within noise" not in mitigations and "±" not in mitigations
+
+
+def test_ci_halfwidth_accepts_number_pair_or_nothing():
+    assert report.ci_halfwidth(0.02) == 0.02
+    assert report.ci_halfwidth([0.9, 0.94]) == pytest.approx(0.02)
+    assert report.ci_halfwidth({"low": 0.9, "high": 0.96}) == pytest.approx(0.03)
+    assert report.ci_halfwidth(None) is None
+    assert report.ci_halfwidth(float("nan")) is None
+    assert report.ci_halfwidth("wide") is None
+    assert report.ci_halfwidth(True) is None
 
 
 def test_report_escapes_untrusted_text(project, built):
