@@ -5,12 +5,20 @@ Run from the project root by cron, a systemd timer or CI as
 
 1. Takes ``retrain.lock`` (an fcntl lock that vanishes with its process; the
    file records pid, host and start time). A second run exits with
-   ``EXIT_LOCKED``. A lock whose recorded process is gone, or older than
-   ``retrain.lock_stale_seconds``, is taken over.
-2. Asks ``dvc status --json`` whether data, params or code changed. Nothing
-   changed and a champion exists: exit ``EXIT_UP_TO_DATE``, no work done.
-3. Runs ``dvc repro`` (output streamed) with ``PIPELINE_REPRO_ID`` set to a
-   fresh id, so every MLflow run of this retrain shares one ``repro_id`` tag.
+   ``EXIT_LOCKED``. A lock recorded on this host is taken over only when its
+   process is gone: a live run is never overlapped, however long it takes (a
+   hung one must be stopped; cron does not). Only a lock recorded by another
+   host (a shared filesystem), whose process cannot be checked, is taken over
+   by age: once older than ``retrain.lock_stale_seconds``.
+2. Asks ``dvc status --json`` whether data, params or code changed.
+3. Only when something changed, runs ``dvc repro`` (output streamed) with
+   ``PIPELINE_REPRO_ID`` set to a fresh id, so every MLflow run of this retrain
+   shares one ``repro_id`` tag. Then, with or without a repro, there may be
+   nothing new to decide: the challenger is the champion, retrain already
+   decided on this challenger version (see 5), or nothing changed and there is
+   only a champion. That is ``EXIT_UP_TO_DATE``, with no MLflow run when there
+   was no repro. A challenger nobody decided on yet (e.g. registered by a
+   manual ``dvc repro``) is gated even when nothing changed.
 4. Scores the challenger (alias ``challenger`` of ``registry.model_name``,
    registered by evaluate) and the champion (alias ``champion``) on the same,
    current test split of data/prepared/. The aliases are resolved once to
@@ -18,7 +26,11 @@ Run from the project root by cron, a systemd timer or CI as
    mix two models.
 5. Promotes the challenger (moves alias ``champion``) only when every gate of
    params.yaml ``retrain`` passes (`gates`); otherwise keeps the champion and
-   records every failed gate with its numbers.
+   records every failed gate with its numbers. The decision is kept as tags
+   on the challenger's model version (``retrain_decision``, ``retrain_champion``,
+   ``retrain_gates``, ``retrain_reasons``, ``retrain_repro_id``): a rejected
+   version is judged again only when the champion or the gate settings have
+   changed; a version once promoted is never re-promoted over a manual rollback.
 6. Writes reports/retrain.json and an MLflow run (stage ``retrain``) with the
    decision, reasons, gates, both accuracies and versions. A run that found
    nothing to do writes only reports/retrain.json, so an hourly schedule does
@@ -30,11 +42,12 @@ leaves the champion alias untouched and writes decision ``failed``.
 Inputs: params.yaml (``retrain``, ``registry``, ``mlflow``), dvc.yaml and
 dvc.lock, data/prepared/ (test split), reports/validation.json,
 reports/evaluation.json, the registry aliases. Outputs: reports/retrain.json,
-the ``champion`` alias, an MLflow run, retrain.lock.
+the ``champion`` alias and the challenger's decision tags, an MLflow run,
+retrain.lock.
 
 Exit codes (distinct, so a scheduler can tell outcomes apart):
 
-    0   up to date: nothing changed (or no new challenger); nothing promoted
+    0   up to date: no new challenger, or one already decided on; nothing promoted
     1   failed: a step failed; champion untouched; see reports/retrain.json
     2   user error: invalid params.yaml or similar (pipeline.cli)
     3   promoted: the challenger is the new champion
@@ -53,6 +66,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -62,7 +76,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -91,6 +105,13 @@ EXIT_CODES = {
 }
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Model-version tags holding a retrain's decision on that version (see `judgement_tags`).
+DECISION_TAG = "retrain_decision"
+JUDGED_AGAINST_TAG = "retrain_champion"  # champion version then, or NO_CHAMPION
+GATES_TAG = "retrain_gates"  # gates_fingerprint of params.yaml `retrain` then
+REASONS_TAG = "retrain_reasons"
+DECIDED_BY_TAG = "retrain_repro_id"
+NO_CHAMPION = "none"
 DVC_ENV = "PIPELINE_DVC"
 PREDICT_BATCH = 1024
 
@@ -103,7 +124,7 @@ class RetrainError(RuntimeError):
 
 
 class LockHeldError(RuntimeError):
-    """Another live, recent retrain holds the lock."""
+    """Another retrain holds the lock and may not be taken over."""
 
 
 @dataclass(frozen=True)
@@ -138,30 +159,51 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_reason(holder: LockHolder | None, stale_seconds: int, now: float) -> str | None:
+def stale_reason(
+    holder: LockHolder | None, stale_seconds: int, now: float, host: str | None = None
+) -> str | None:
     """Why a *held* lock may be taken over, or None when it must be respected.
 
-    A held lock without metadata belongs to a run that has just locked and not
-    yet written its pid: respect it.
+    On this host (`host`, default this machine's name) only a dead holder is
+    taken over, however old its lock: cron does not stop a hung run, so taking
+    over a live one by age would let two retrains run at once. Age decides only
+    when the holder cannot be checked: it recorded another host (a lock file on
+    a shared filesystem). A held lock without metadata belongs to a run that
+    has just locked and not yet written its pid: respect it.
     """
     if holder is None:
         return None
-    if holder.host == socket.gethostname() and not pid_alive(holder.pid):
-        return f"its process ({holder.describe()}) is gone"
+    if holder.host == (host or socket.gethostname()):
+        return None if pid_alive(holder.pid) else f"its process ({holder.describe()}) is gone"
     age = now - holder.started_at
     if age > stale_seconds:
         return (
             f"it is {age:.0f} s old ({holder.describe()}), older than "
-            f"retrain.lock_stale_seconds = {stale_seconds}"
+            f"retrain.lock_stale_seconds = {stale_seconds}, and its host cannot be checked"
         )
     return None
+
+
+def held_message(holder: LockHolder | None, path: Path, stale_seconds: int, now: float) -> str:
+    """Why the lock is respected; names a possibly hung holder and how to end it."""
+    if holder is None:
+        return f"another retrain is running (a process that is starting); lock file {path}"
+    message = f"another retrain is running ({holder.describe()}); lock file {path}"
+    age = now - holder.started_at
+    if age > stale_seconds:
+        message += (
+            f"; it has run {age:.0f} s, longer than retrain.lock_stale_seconds = "
+            f"{stale_seconds}: if it is hung, stop it (kill {holder.pid} on {holder.host})"
+        )
+    return message
 
 
 def acquire_lock(path: Path, stale_seconds: int, attempts: int = 3) -> IO[str]:
     """Lock `path` for this process and record pid, host and start time in it.
 
     Raises:
-        LockHeldError: a live process took the lock less than `stale_seconds` ago.
+        LockHeldError: the holder lives on this host, or on another host and locked
+            less than `stale_seconds` ago (see `stale_reason`).
     """
     for _ in range(attempts):
         handle = open(path, "a+")  # noqa: SIM115 - held until release_lock
@@ -172,12 +214,10 @@ def acquire_lock(path: Path, stale_seconds: int, attempts: int = 3) -> IO[str]:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             holder = read_holder(path)
-            reason = stale_reason(holder, stale_seconds, time.time())
+            now = time.time()
+            reason = stale_reason(holder, stale_seconds, now)
             if reason is None:
-                who = holder.describe() if holder else "a process that is starting"
-                raise LockHeldError(
-                    f"another retrain is running ({who}); lock file {path}"
-                ) from None
+                raise LockHeldError(held_message(holder, path, stale_seconds, now)) from None
             # The old holder keeps its lock on the unlinked file; we lock a new one.
             log.warning("taking over %s: %s", path, reason)
             path.unlink(missing_ok=True)
@@ -590,6 +630,75 @@ def aliases(client: Any, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 
+def gates_fingerprint(cfg: RetrainConfig) -> str:
+    """Short hash of the gate settings: everything in params.yaml `retrain` but the lock's.
+
+    params.yaml `retrain` is no DVC dependency, so `dvc status` cannot tell that a
+    gate changed; this hash, kept with each decision, can.
+    """
+    settings = cfg.model_dump(mode="json", exclude={"lock_stale_seconds"})
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def judgement_tags(
+    decision: str,
+    reasons: Sequence[str],
+    champion_version: str | None,
+    fingerprint: str,
+    repro_id: str,
+) -> dict[str, str]:
+    """The model-version tags that remember a retrain's decision on a challenger."""
+    return {
+        DECISION_TAG: decision,
+        JUDGED_AGAINST_TAG: champion_version or NO_CHAMPION,
+        GATES_TAG: fingerprint,
+        REASONS_TAG: "\n".join(reasons)[:4000],
+        DECIDED_BY_TAG: repro_id,
+    }
+
+
+def earlier_judgement(
+    tags: Mapping[str, str], champion_version: str | None, fingerprint: str
+) -> list[str] | None:
+    """Why the challenger with these tags needs no new decision, or None when it does.
+
+    A rejected version is judged again only when the champion or the gate
+    settings differ from when it was rejected: the data, code and params it was
+    scored on are the ones `dvc status` checks. A version once promoted is never
+    judged again: it is not the champion now only because someone moved the
+    alias (a rollback), and retrain must not undo that.
+    """
+    decision = tags.get(DECISION_TAG) or ("promoted" if "promoted_at" in tags else None)
+    by = tags.get(DECIDED_BY_TAG) or tags.get("promoted_by_repro_id") or "?"
+    if decision == "promoted":
+        return [
+            f"was promoted by retrain {by} and the champion alias has been moved "
+            "since (a rollback?); that choice is kept"
+        ]
+    if decision != "rejected":
+        return None
+    if tags.get(JUDGED_AGAINST_TAG) != (champion_version or NO_CHAMPION):
+        return None
+    if tags.get(GATES_TAG) != fingerprint:
+        return None
+    against = f"champion v{champion_version}" if champion_version else "no champion"
+    earlier = [r for r in (tags.get(REASONS_TAG) or "").split("\n") if r]
+    return [
+        f"was already rejected by retrain {by} (against {against}, same gates); "
+        "it is judged again with another champion or other gates",
+        *earlier,
+    ]
+
+
+def tag_version(client: Any, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Best effort: the decision is already made; a missing tag costs one re-judgement."""
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    except Exception as exc:
+        log.warning("could not tag %s v%s with the retrain decision: %s", name, version, exc)
+
+
 # --------------------------------------------------------------------------- orchestration
 
 
@@ -656,29 +765,43 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
     tracking.configure(paths)
     client = mlflow.MlflowClient()
     name = cfg.registry.model_name
-    before = aliases(client, name)
-    if not outcome.dvc_changes and CHAMPION in before:
-        outcome.decision = "up_to_date"
-        outcome.reasons = [f"data, params and code unchanged; champion is v{before[CHAMPION]}"]
-        outcome.champion_version_after = before[CHAMPION]
-        return
-
+    current = aliases(client, name)
+    champion_version = current.get(CHAMPION)
+    outcome.champion_version_after = champion_version
     if outcome.dvc_changes:
         log.info("changed stages: %s", ", ".join(outcome.dvc_changes))
-    dvc_repro(paths.root, dvc, env)
-    outcome.reproduced = True
+        dvc_repro(paths.root, dvc, env)
+        outcome.reproduced = True
+        current = aliases(client, name)
+    unchanged = "" if outcome.reproduced else "data, params and code unchanged; "
 
-    now = aliases(client, name)
-    champion_version = before.get(CHAMPION)
-    outcome.champion_version_after = champion_version
-    if CHALLENGER not in now:
+    if CHALLENGER not in current:
+        if not outcome.reproduced and champion_version is not None:
+            outcome.decision = "up_to_date"
+            outcome.reasons = [f"{unchanged}champion is v{champion_version}"]
+            return
+        hint = "" if outcome.reproduced else " (dvc status is clean: `dvc repro -f evaluate`)"
         raise RetrainError(
-            f"registered model {name!r} has no {CHALLENGER!r} alias after dvc repro; "
-            "the evaluate stage registers it"
+            f"registered model {name!r} has no {CHALLENGER!r} alias"
+            f"{' after dvc repro' if outcome.reproduced else ''}; "
+            f"the evaluate stage registers it{hint}"
         )
-    if champion_version is not None and now[CHALLENGER] == champion_version:
+    if current[CHALLENGER] == champion_version:
         outcome.decision = "up_to_date"
-        outcome.reasons = [f"no new challenger: v{champion_version} is already the champion"]
+        outcome.reasons = [
+            f"{unchanged}champion is v{champion_version}"
+            if unchanged
+            else f"no new challenger: v{champion_version} is already the champion"
+        ]
+        return
+
+    version = client.get_model_version(name, current[CHALLENGER])
+    fingerprint = gates_fingerprint(cfg.retrain)
+    earlier = earlier_judgement(dict(version.tags or {}), champion_version, fingerprint)
+    if earlier is not None:
+        # Scoring it again would only repeat the decision (and an MLflow run) every hour.
+        outcome.decision = "up_to_date"
+        outcome.reasons = [f"{unchanged}challenger v{version.version} {earlier[0]}", *earlier[1:]]
         return
 
     from pipeline.prepared import load_prepared
@@ -692,7 +815,7 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
     _quiet_keras()
 
     evaluation = read_json(paths.evaluation_json)
-    challenger = version_facts(client.get_model_version(name, now[CHALLENGER]), evaluation)
+    challenger = version_facts(version, evaluation)
     acc, note = score(f"models:/{name}/{challenger.version}", x, y)
     if acc is None:
         raise RetrainError(f"challenger cannot score the current test set: {note}")
@@ -705,15 +828,26 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
 
     outcome.gates = gates(cfg.retrain, challenger, champion, read_validation(paths.validation_json))
     outcome.decision, outcome.reasons = decide(outcome.gates)
+    extra = {}
     if outcome.decision == "promoted":
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        client.set_model_version_tag(name, challenger.version, "promoted_at", _now())
-        client.set_model_version_tag(
-            name, challenger.version, "promoted_by_repro_id", outcome.repro_id
-        )
         outcome.champion_version_after = challenger.version
         previous = f" (was v{champion_version})" if champion_version else ""
         outcome.reasons = [f"every gate passed; v{challenger.version} is the champion{previous}"]
+        extra = {"promoted_at": _now(), "promoted_by_repro_id": outcome.repro_id}
+    # Remembered on the version itself (not in reports/retrain.json) so that a
+    # fresh CI checkout sharing the registry knows it too.
+    tag_version(
+        client,
+        name,
+        challenger.version,
+        {
+            **judgement_tags(
+                outcome.decision, outcome.reasons, champion_version, fingerprint, outcome.repro_id
+            ),
+            **extra,
+        },
+    )
 
 
 def _with_accuracy(facts: ModelFacts, acc: float | None, note: str) -> ModelFacts:

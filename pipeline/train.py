@@ -871,6 +871,7 @@ class _KerasFlavorWithExample:
         import mlflow.keras
 
         os.makedirs(path, exist_ok=True)
+        kwargs.pop("validate_serving_input", None)  # Model.log's option, not save_model's
         return mlflow.keras.save_model(path=path, **kwargs)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,35 @@ def test_parse_dvc_status():
         retrain.parse_dvc_status("ERROR: no")
 
 
+def test_gates_fingerprint_follows_gates_not_the_lock():
+    base = retrain.gates_fingerprint(CFG)
+    assert retrain.gates_fingerprint(CFG.model_copy(update={"lock_stale_seconds": 5})) == base
+    assert retrain.gates_fingerprint(CFG.model_copy(update={"max_gap": 0.2})) != base
+
+
+def test_earlier_judgement_skips_only_a_matching_decision():
+    fingerprint = retrain.gates_fingerprint(CFG)
+    rejected = retrain.judgement_tags(
+        "rejected", ["gap: too large", "validation: failed"], None, fingerprint, "r1"
+    )
+    reasons = retrain.earlier_judgement(rejected, None, fingerprint)
+    assert "already rejected by retrain r1 (against no champion" in reasons[0]
+    assert reasons[1:] == ["gap: too large", "validation: failed"]
+    # Judged again: a champion appeared, the gates changed, or it was never judged.
+    assert retrain.earlier_judgement(rejected, "4", fingerprint) is None
+    assert retrain.earlier_judgement(rejected, None, "0" * 12) is None
+    assert retrain.earlier_judgement({"variant": "baseline"}, None, fingerprint) is None
+    failed = {**rejected, retrain.DECISION_TAG: "failed"}
+    assert retrain.earlier_judgement(failed, None, fingerprint) is None
+    against_4 = retrain.judgement_tags("rejected", [], "4", fingerprint, "r2")
+    assert "against champion v4" in retrain.earlier_judgement(against_4, "4", fingerprint)[0]
+    # Once promoted (also by a retrain older than these tags): a rollback is kept.
+    promoted = retrain.judgement_tags("promoted", [], "1", fingerprint, "r3")
+    assert "moved since" in retrain.earlier_judgement(promoted, "1", "other")[0]
+    legacy = {"promoted_at": "2026-01-01T00:00:00+00:00", "promoted_by_repro_id": "r0"}
+    assert "retrain r0" in retrain.earlier_judgement(legacy, "1", fingerprint)[0]
+
+
 def test_exit_codes_are_distinct_and_in_help(capsys):
     codes = [
         retrain.EXIT_UP_TO_DATE,
@@ -194,18 +224,27 @@ def dead_pid() -> int:
     return child.pid
 
 
-def write_holder(path: Path, pid: int, started_at: float) -> None:
-    path.write_text(json.dumps({"pid": pid, "host": os.uname().nodename, "started_at": started_at}))
+def write_holder(path: Path, pid: int, started_at: float, host: str | None = None) -> None:
+    host = host or socket.gethostname()
+    path.write_text(json.dumps({"pid": pid, "host": host, "started_at": started_at}))
 
 
 def test_stale_reason():
     now = time.time()
-    live = retrain.LockHolder(os.getpid(), os.uname().nodename, now - 5)
+    here = socket.gethostname()
+    live = retrain.LockHolder(os.getpid(), here, now - 5)
     assert retrain.stale_reason(live, 60, now) is None
     assert retrain.stale_reason(None, 60, now) is None
-    assert "older than retrain.lock_stale_seconds = 1" in retrain.stale_reason(live, 1, now)
-    dead = retrain.LockHolder(dead_pid(), os.uname().nodename, now)
+    # A live holder on this host is never stale, however old: it may just be slow.
+    assert retrain.stale_reason(live, 1, now) is None
+    dead = retrain.LockHolder(dead_pid(), here, now)
     assert "is gone" in retrain.stale_reason(dead, 60, now)
+    # Another host's pid cannot be checked: only age counts there.
+    remote = retrain.LockHolder(os.getpid(), "other-host", now - 120)
+    assert retrain.stale_reason(remote, 600, now) is None
+    reason = retrain.stale_reason(remote, 60, now)
+    assert "older than retrain.lock_stale_seconds = 60" in reason
+    assert "host cannot be checked" in reason
 
 
 def test_lock_records_holder_and_blocks_a_second_taker(tmp_path):
@@ -233,14 +272,31 @@ def test_lock_left_by_a_dead_process_is_taken(tmp_path):
         retrain.release_lock(handle)
 
 
-def test_held_lock_older_than_stale_seconds_is_taken_over(tmp_path):
+def test_live_lock_older_than_stale_seconds_is_respected(tmp_path):
+    path = tmp_path / "retrain.lock"
+    held = retrain.acquire_lock(path, stale_seconds=3600)
+    try:
+        write_holder(path, os.getpid(), time.time() - 120)  # live, maybe hung
+        with pytest.raises(retrain.LockHeldError) as caught:
+            retrain.acquire_lock(path, stale_seconds=60)
+        assert f"if it is hung, stop it (kill {os.getpid()} on" in str(caught.value)
+        assert retrain.read_holder(path).started_at < time.time() - 100  # untouched
+    finally:
+        retrain.release_lock(held)
+
+
+def test_old_lock_of_another_host_is_taken_over(tmp_path):
     path = tmp_path / "retrain.lock"
     old = retrain.acquire_lock(path, stale_seconds=3600)
     try:
-        write_holder(path, os.getpid(), time.time() - 120)  # a live but hung holder
+        # The holder's pid is live here, but it names another host: age decides.
+        write_holder(path, os.getpid(), time.time() - 120, host="other-host")
+        with pytest.raises(retrain.LockHeldError, match="other-host"):
+            retrain.acquire_lock(path, stale_seconds=600)
         new = retrain.acquire_lock(path, stale_seconds=60)
-        assert retrain.read_holder(path).pid == os.getpid()
-        assert retrain.read_holder(path).started_at > time.time() - 60
+        holder = retrain.read_holder(path)
+        assert holder.host == socket.gethostname()
+        assert holder.started_at > time.time() - 60
         retrain.release_lock(new)
     finally:
         retrain.release_lock(old)
@@ -486,6 +542,77 @@ def test_change_without_new_challenger_is_up_to_date(rproject, keras_models):
     assert "already the champion" in record["reasons"][0]
 
 
+def retrain_runs() -> int:
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'retrain'")
+    return len(runs)
+
+
+def test_rejected_first_challenger_is_not_judged_again(rproject, keras_models, capsys):
+    """No champion, the challenger rejected, nothing changed: an hourly run is a no-op."""
+    version = register(rproject, keras_models["good"], alias="challenger", verdict="overfitting")
+    assert retrain.main([]) == retrain.EXIT_REJECTED
+    first = report(rproject)
+    client, name = registry(rproject)
+    tags = client.get_model_version(name, version).tags
+    assert tags[retrain.DECISION_TAG] == "rejected"
+    assert tags[retrain.JUDGED_AGAINST_TAG] == retrain.NO_CHAMPION
+    assert tags[retrain.DECIDED_BY_TAG] == first["repro_id"]
+    assert retrain_runs() == 1
+    stamp = (rproject.root / "stamp.txt").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert retrain.main([]) == retrain.EXIT_UP_TO_DATE
+    assert "already rejected" in capsys.readouterr().out
+    record = report(rproject)
+    assert record["decision"] == "up_to_date" and record["reproduced"] is False
+    assert record["challenger"] is None and record["champion_version_after"] is None
+    assert f"already rejected by retrain {first['repro_id']}" in record["reasons"][0]
+    assert record["reasons"][1:] == first["reasons"]  # why, still in reports/retrain.json
+    assert retrain_runs() == 1  # no new MLflow run
+    assert (rproject.root / "stamp.txt").stat().st_mtime_ns == stamp
+    assert alias_of(rproject, "champion") is None
+
+
+def test_rejected_challenger_is_judged_again_when_gates_change(rproject, keras_models):
+    register(rproject, keras_models["good"], alias="challenger", verdict="overfitting")
+    assert retrain.main([]) == retrain.EXIT_REJECTED
+    params = yaml.safe_load(rproject.paths.params.read_text())
+    params["retrain"]["reject_overfitting"] = False
+    rproject.write_params(params)
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert retrain_runs() == 2
+
+
+def test_undecided_challenger_is_gated_when_nothing_changed(rproject, keras_models):
+    """A challenger from a manual `dvc repro` is judged by the next retrain, without a repro."""
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "-q"],
+        cwd=rproject.root,
+        check=True,
+        env=retrain.child_env("manual"),
+    )
+    stamp = (rproject.root / "stamp.txt").stat().st_mtime_ns
+    register(rproject, keras_models["bad"], alias="champion")
+    new = register(rproject, keras_models["good"], alias="challenger")
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    assert alias_of(rproject, "champion") == new
+    assert report(rproject)["reproduced"] is False
+    assert (rproject.root / "stamp.txt").stat().st_mtime_ns == stamp
+
+
+def test_rollback_of_a_promoted_challenger_is_kept(rproject, keras_models):
+    old = register(rproject, keras_models["bad"], alias="champion")
+    register(rproject, keras_models["good"], alias="challenger")
+    assert retrain.main([]) == retrain.EXIT_PROMOTED
+    client, name = registry(rproject)
+    client.set_registered_model_alias(name, "champion", old)  # a human rolls back
+    assert retrain.main([]) == retrain.EXIT_UP_TO_DATE
+    assert alias_of(rproject, "champion") == old
+    assert "moved since (a rollback?); that choice is kept" in report(rproject)["reasons"][0]
+
+
 def test_champion_that_cannot_read_new_image_size_is_not_compared(rproject, keras_models, tmp_path):
     import keras
 
@@ -573,6 +700,18 @@ def test_concurrent_run_exits_locked(rproject):
     assert done.returncode == retrain.EXIT_LOCKED, done.stderr
     assert f"another retrain is running (pid {os.getpid()}" in done.stderr
     assert not rproject.paths.retrain_json.exists()  # the running job owns the report
+
+
+def test_hung_run_holding_an_old_lock_still_blocks(rproject, capsys):
+    """A live holder past retrain.lock_stale_seconds is not overlapped (cron never kills it)."""
+    handle = retrain.acquire_lock(rproject.paths.retrain_lock, stale_seconds=3600)
+    try:
+        write_holder(rproject.paths.retrain_lock, os.getpid(), time.time() - 7 * 3600)
+        assert retrain.main([]) == retrain.EXIT_LOCKED  # lock_stale_seconds is 6 h
+    finally:
+        retrain.release_lock(handle)
+    assert "if it is hung, stop it" in capsys.readouterr().err
+    assert not rproject.paths.retrain_json.exists()
 
 
 def test_stale_lock_from_dead_process_does_not_block(rproject, keras_models):

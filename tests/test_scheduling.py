@@ -69,6 +69,16 @@ def test_crontab_has_one_valid_job_calling_retrain():
     assert (REPO / (module.replace(".", "/") + ".py")).is_file()
 
 
+def test_cron_and_systemd_stop_a_hung_run_after_the_same_time():
+    """retrain never overlaps a live run, so each scheduler must end a hung one."""
+    command = cron_jobs((DEPLOY / "crontab").read_text())[0][1]
+    cron_limit = re.search(r"\btimeout (?:-k \S+ )?(\S+) \.venv/bin/python", command)
+    service = (DEPLOY / "cnn-retrain.service").read_text()
+    service_limit = re.search(r"^TimeoutStartSec=(\S+)$", service, re.M)
+    assert cron_limit and service_limit
+    assert cron_limit.group(1) == service_limit.group(1)
+
+
 def test_cron_parser_rejects_broken_lines():
     with pytest.raises(ValueError, match="5 schedule fields"):
         cron_jobs("17 * * *")
