@@ -1,0 +1,156 @@
+"""pipeline.tracking: run grouping, parent runs, and a real MLflow tracking server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import tracking
+from pipeline.config import parse_config
+
+from .conftest import Project, small_params
+
+
+def test_repro_id_prefers_the_explicit_id_then_the_mlflow_run(project: Project, monkeypatch):
+    cfg = parse_config(small_params())
+    derived = tracking.repro_id(project.paths, cfg)
+    assert derived == tracking.repro_id(project.paths, cfg)  # stable under a bare dvc repro
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
+    assert tracking.repro_id(project.paths, cfg) == "mlflow-run-abc123"
+    monkeypatch.setenv("PIPELINE_REPRO_ID", "nightly-7")
+    assert tracking.repro_id(project.paths, cfg) == "nightly-7"
+
+
+def test_mlflow_run_id_becomes_the_parent_and_is_restored(project: Project, monkeypatch):
+    from mlflow import MlflowClient
+
+    cfg = project.write_params(small_params())
+    tracking.configure(project.paths)
+    parent_exp = tracking.ensure_experiment(project.paths, cfg.mlflow.experiment)
+    client = MlflowClient(project.tracking_uri)
+    parent = client.create_run(parent_exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent)
+    with tracking.stage_run(project.paths, cfg, stage="train", variant="baseline") as run:
+        assert run.info.run_id != parent  # never logs into the injected run
+        assert "MLFLOW_RUN_ID" not in os.environ
+    assert os.environ["MLFLOW_RUN_ID"] == parent
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["repro_id"] == f"mlflow-run-{parent}"
+    assert tags["stage"] == "train" and tags["variant"] == "baseline"
+
+
+def test_a_failing_stage_marks_its_run_failed(project: Project):
+    from mlflow import MlflowClient
+
+    cfg = project.write_params(small_params())
+    with (
+        pytest.raises(RuntimeError),
+        tracking.stage_run(project.paths, cfg, stage="validate") as run,
+    ):
+        raise RuntimeError("boom")
+    assert MlflowClient(project.tracking_uri).get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_dvc_lock_and_outputs_do_not_make_the_commit_dirty(tmp_path: Path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
+    (root / "dvc.lock").write_text("a\n")
+    (root / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=root, check=True)
+    clean = tracking.git_commit(root)
+    assert len(clean) == 40
+    (root / "dvc.lock").write_text("b\n")  # what `dvc repro` does between stages
+    assert tracking.git_commit(root) == clean
+    (root / "code.py").write_text("x = 2\n")
+    assert tracking.git_commit(root) == clean + "-dirty"
+
+
+def test_unreachable_server_is_reported_quickly(monkeypatch):
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match="unreachable"):
+        tracking.check_reachable("http://127.0.0.1:9", timeout=2)
+    assert time.monotonic() - start < 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path):
+    """A real `mlflow server` on loopback with its own sqlite store and artifacts."""
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                tracking.check_reachable(uri, timeout=1)
+                break
+            except tracking.TrackingError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_train_logs_to_a_tracking_server(digits_prepared: Project, tracking_server, monkeypatch):
+    """The same stage against MLFLOW_TRACKING_URI=http://...: runs, curves and model land there."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from pipeline import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
+    assert train.main(["--variant", "baseline"]) == 0
+    run_info = json.loads(digits_prepared.paths.run_info("baseline").read_text())
+    client = MlflowClient(tracking_server)
+    run = client.get_run(run_info["run_id"])
+    assert run.data.tags["variant"] == "baseline" and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [1, 2, 3]
+    assert not (digits_prepared.root / "mlflow.db").exists()  # nothing went to the local default
+    mlflow.set_tracking_uri(tracking_server)
+    model = mlflow.pyfunc.load_model(run_info["model_uri"])
+    images = np.load(digits_prepared.paths.prepared_dir / "test_x.npy")[:4].astype("float32")
+    assert model.predict(images).shape == (4, 10)
