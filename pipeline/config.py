@@ -154,6 +154,7 @@ class EvaluateConfig(_Frozen):
     generalization_loss_threshold: Annotated[float, Field(gt=0.0)] = 10.0
     onset_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
     smoothing_window: Annotated[int, Field(ge=1, le=50)] = 5
+    min_noise_z: Annotated[float, Field(ge=0.0)] = 4.0
     underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
     underfit_relative_to_best: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
     good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05

@@ -31,9 +31,11 @@ Verdict rules, in order of precedence (the first that matches wins):
 2. overfitting: the relative accuracy gap of the saved model is at least
    `overfit_relative_gap`, or the run's maximum GL reached
    `generalization_loss_threshold` while the train loss was still below its
-   value at the val-loss minimum. The GL rule reads the whole history, so
-   early stopping restoring the best epoch does not hide a val loss that
-   turned up afterwards.
+   value at the val-loss minimum, and the rise is at least `min_noise_z`
+   times the smoothed val loss's own epoch-to-epoch noise (a few hundred
+   validation images make a 10-20% wobble of a small loss common). The GL
+   rule reads the whole history, so early stopping restoring the best epoch
+   does not hide a val loss that turned up afterwards.
 3. good_fit: everything else. A gap above `good_fit_max_gap` (but below the
    overfitting threshold) is reported in the evidence as borderline.
 
@@ -197,21 +199,35 @@ class GeneralizationLoss:
     epoch: int  # epoch of the maximum GL
     min_epoch: int  # epoch of the val-loss minimum it is measured against
     train_loss_change: float  # relative train-loss change from min_epoch to epoch (negative = fell)
+    # The rise of the (smoothed) val loss over its minimum, in units of the
+    # smoothed curve's own noise; inf for a noiseless curve.
+    noise_z: float = math.inf
 
 
 def max_generalization_loss(history: pd.DataFrame, window: int = 1) -> GeneralizationLoss:
-    """The largest GL of the (smoothed) run and the train-loss change behind it."""
+    """The largest GL of the (smoothed) run, the train-loss change behind it, and
+    how far the rise stands above the val loss's epoch-to-epoch noise.
+
+    The noise is the standard deviation of the raw val loss around its
+    smoothed curve from the minimum on (the whole run when that stretch is
+    shorter than 4 epochs), divided by sqrt(window) for the smoothed curve.
+    """
     frame = check_history(history)
     gl = generalization_loss(frame, window)
     worst = int(np.argmax(gl))
-    val = smoothed(frame["val_loss"].to_numpy(dtype=float), window)
+    raw = frame["val_loss"].to_numpy(dtype=float)
+    val = smoothed(raw, window)
     min_pos = int(np.argmin(val[: worst + 1]))
     loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
+    residual = (raw - val)[min_pos:] if len(raw) - min_pos >= 4 else raw - val
+    noise = float(residual.std()) / math.sqrt(window)
+    rise = float(val[worst] - val[min_pos])
     return GeneralizationLoss(
         max_gl=float(gl[worst]),
         epoch=int(frame.loc[worst, "epoch"]),
         min_epoch=int(frame.loc[min_pos, "epoch"]),
         train_loss_change=_relative_change(loss[min_pos], loss[worst]),
+        noise_z=rise / noise if noise > 0 else (math.inf if rise > 0 else 0.0),
     )
 
 
@@ -320,7 +336,11 @@ def diagnose(
     near_chance = train.accuracy <= chance + cfg.underfit_chance_margin
     behind_best = train.accuracy < (1.0 - cfg.underfit_relative_to_best) * reference
     gap_rule = rel_gap >= cfg.overfit_relative_gap
-    gl_rule = gl.max_gl >= cfg.generalization_loss_threshold and gl.train_loss_change < 0
+    gl_rule = (
+        gl.max_gl >= cfg.generalization_loss_threshold
+        and gl.train_loss_change < 0
+        and gl.noise_z >= cfg.min_noise_z
+    )
 
     evidence: list[str] = []
     if near_chance:
@@ -346,6 +366,12 @@ def diagnose(
             f"{-gl.train_loss_change:.0%} (generalization loss GL >= "
             f"{cfg.generalization_loss_threshold:g})"
         )
+    elif gl.max_gl >= cfg.generalization_loss_threshold and gl.noise_z < cfg.min_noise_z:
+        evidence.append(
+            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
+            f"minimum by epoch {gl.epoch}, but only {gl.noise_z:.1f}x its epoch-to-epoch noise "
+            f"(< min_noise_z {cfg.min_noise_z:g}): too small to call on this validation set"
+        )
     elif gl.max_gl >= cfg.generalization_loss_threshold:
         evidence.append(
             f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
@@ -367,7 +393,7 @@ def diagnose(
         gl_note = (
             f"max GL {gl.max_gl:.1f} < {cfg.generalization_loss_threshold:g}"
             if gl.max_gl < cfg.generalization_loss_threshold
-            else f"max GL {gl.max_gl:.1f} without train loss falling"
+            else f"max GL {gl.max_gl:.1f}, not a sustained divergence (see above)"
         )
         evidence.append(
             f"train {train.accuracy:.1%} vs val {val.accuracy:.1%} (relative gap {rel_gap:.1%} < "

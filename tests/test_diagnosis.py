@@ -468,3 +468,73 @@ def test_onset_needs_a_rise_as_long_as_the_smoothing_window():
     )
     assert dg.onset_epoch(h, 0.05, window=1) == 8  # unsmoothed: the last epoch alone
     assert dg.onset_epoch(h, 0.05, window=5) is None  # one bad epoch is not a trend
+
+
+def test_a_rise_within_the_val_noise_is_not_called_overfitting():
+    """The dropout variant's real tail on digits: val loss ~0.05 wobbling by 20%."""
+    val = [
+        0.051,
+        0.048,
+        0.053,
+        0.047,
+        0.050,
+        0.050,
+        0.051,
+        0.043,
+        0.040,
+        0.040,
+        0.047,
+        0.041,
+        0.039,
+        0.045,
+        0.050,
+        0.051,
+        0.052,
+        0.043,
+        0.044,
+        0.055,
+        0.058,
+        0.041,
+        0.043,
+        0.058,
+        0.048,
+    ]
+    train = [
+        0.043,
+        0.051,
+        0.065,
+        0.054,
+        0.052,
+        0.046,
+        0.044,
+        0.042,
+        0.044,
+        0.037,
+        0.042,
+        0.037,
+        0.038,
+        0.043,
+        0.029,
+        0.043,
+        0.037,
+        0.040,
+        0.042,
+        0.028,
+        0.041,
+        0.034,
+        0.033,
+        0.033,
+        0.031,
+    ]
+    h = history(train, val, [0.99] * len(val), [0.99] * len(val))
+    gl = dg.max_generalization_loss(h, window=5)
+    assert gl.max_gl >= 10 and gl.noise_z < 4
+    cfg = CFG.model_copy(update={"smoothing_window": 5})
+    d = dg.diagnose("dropout", h, S(1.0, 0.03), S(0.993, 0.05), 10, cfg)
+    assert d.verdict == dg.GOOD_FIT
+    assert any("epoch-to-epoch noise" in e for e in d.evidence)
+    # With the noise test off, the same history reads as overfitting: the test has teeth.
+    loose = cfg.model_copy(update={"min_noise_z": 0.0})
+    assert dg.diagnose("dropout", h, S(1.0, 0.03), S(0.993, 0.05), 10, loose).verdict == (
+        dg.OVERFITTING
+    )
