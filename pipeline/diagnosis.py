@@ -328,6 +328,8 @@ def diagnose(
     gaps = compute_gaps(frame, best_epoch)
     gl = max_generalization_loss(frame, cfg.smoothing_window)
     onset = onset_epoch(frame, cfg.onset_tolerance, cfg.smoothing_window)
+    if gl.noise_z < cfg.min_noise_z:
+        onset = None  # a rise inside the val loss's own noise has no onset either
     chance = 1.0 / n_classes
     reference = max(best_train_accuracy or 0.0, train.accuracy)
 

@@ -538,3 +538,40 @@ def test_a_rise_within_the_val_noise_is_not_called_overfitting():
     assert dg.diagnose("dropout", h, S(1.0, 0.03), S(0.993, 0.05), 10, loose).verdict == (
         dg.OVERFITTING
     )
+
+
+def test_no_onset_is_reported_for_a_rise_within_the_noise():
+    val = [
+        0.051,
+        0.048,
+        0.053,
+        0.047,
+        0.050,
+        0.050,
+        0.051,
+        0.043,
+        0.040,
+        0.040,
+        0.047,
+        0.041,
+        0.039,
+        0.045,
+        0.050,
+        0.051,
+        0.052,
+        0.043,
+        0.044,
+        0.055,
+        0.058,
+        0.041,
+        0.043,
+        0.058,
+        0.048,
+    ]
+    train = [0.04 - 0.0004 * i for i in range(len(val))]
+    h = history(train, val, [0.99] * len(val), [0.99] * len(val))
+    cfg = CFG.model_copy(update={"smoothing_window": 5})
+    assert dg.onset_epoch(h, 0.05, window=5) is not None  # the raw rule alone finds one
+    d = dg.diagnose("dropout", h, S(1.0, 0.03), S(0.993, 0.05), 10, cfg)
+    assert d.onset_epoch is None
+    assert not any("onset" in e for e in d.evidence)
