@@ -61,14 +61,19 @@ import pandas as pd
 from pipeline import diagnosis, plots
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
-from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
-from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
+from pipeline.prepared import (
+    SPLITS,
+    PreparedDataset,
+    load_prepared,
+    predict_in_batches,
+    staging_dir,
+)
 
 log = logging.getLogger(__name__)
 
 # Inference batch: bounds memory only, results do not depend on it.
-EVAL_BATCH_SIZE = 1024
 CHALLENGER = "challenger"
 # The train-split sample is fixed, not a knob: the same rows for every variant and run.
 TRAIN_SAMPLE_SEED = 0
@@ -132,27 +137,17 @@ def load_variant_artifacts(paths: Paths, variant: str) -> VariantArtifacts:
 
 
 def load_validation(paths: Paths) -> dict[str, Any]:
-    path = paths.validation_json
-    if not path.exists():
-        raise StageError(f"{path} is missing; run the validate stage first (dvc repro validate)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise StageError(f"{path} is not valid JSON: {exc}") from None
+    return read_stage_json(paths.validation_json, "validate")
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def predict_proba(model: Any, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+def predict_proba(model: Any, x: np.ndarray) -> np.ndarray:
     """Class probabilities in batches; `x` may be a uint8 memmap (cast per batch)."""
     if len(x) == 0:
         raise StageError("cannot evaluate on an empty split")
-    out = []
-    for start in range(0, len(x), batch_size):
-        batch = np.asarray(x[start : start + batch_size], dtype=np.float32)
-        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))
-    return np.concatenate(out)
+    return predict_in_batches(model.predict_on_batch, x)
 
 
 def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,25 @@ class PreparedDataset:
 
     def y(self, split: str) -> np.ndarray:
         return np.load(self.root / f"{split}_y.npy")
+
+
+MODEL_INPUT_BATCH = 1024
+
+
+def predict_in_batches(
+    predict: Callable[[np.ndarray], Any], x: np.ndarray, batch: int = MODEL_INPUT_BATCH
+) -> np.ndarray:
+    """Class probabilities for prepared pixels, a batch at a time.
+
+    Models take float32 raw pixels; `x` is usually a uint8 memmap, so each
+    batch is cast as it is read and the whole split never sits in RAM as
+    float32. Shared by evaluate (Keras models) and retrain (MLflow models).
+    """
+    parts = [
+        np.asarray(predict(np.asarray(x[i : i + batch], dtype=np.float32)), dtype=np.float64)
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
 def load_prepared(root: Path) -> PreparedDataset:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.cli import StageError, run_stage
-from pipeline.io import write_text_atomic
+from pipeline.io import read_stage_json, write_text_atomic
 from pipeline.paths import Paths
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -52,15 +52,6 @@ def png_data_uri(path: Path) -> str | None:
     if not path.exists():
         return None
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _read_json(path: Path, stage: str) -> dict[str, Any]:
-    if not path.exists():
-        raise StageError(f"{path} is missing; run the {stage} stage first (dvc repro {stage})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise StageError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _short(value: Any) -> str:
@@ -235,8 +226,8 @@ def render_report(context: Mapping[str, Any]) -> str:
 
 
 def write_report(paths: Paths) -> Path:
-    evaluation = _read_json(paths.evaluation_json, "evaluate")
-    validation = _read_json(paths.validation_json, "validate")
+    evaluation = read_stage_json(paths.evaluation_json, "evaluate")
+    validation = read_stage_json(paths.validation_json, "validate")
     if not paths.comparison_csv.exists():
         raise StageError(f"{paths.comparison_csv} is missing; run the evaluate stage first")
     comparison = pd.read_csv(paths.comparison_csv)

@@ -88,6 +88,7 @@ from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, RetrainConfig, load_config
 from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
+from pipeline.prepared import predict_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ REASONS_TAG = "retrain_reasons"
 DECIDED_BY_TAG = "retrain_repro_id"
 NO_CHAMPION = "none"
 DVC_ENV = "PIPELINE_DVC"
-PREDICT_BATCH = 1024
 
 
 class RetrainError(RuntimeError):
@@ -520,13 +520,9 @@ def expected_input_shape(model: Any) -> tuple[int, ...] | None:
     return shape[1:] if len(shape) > 1 else None
 
 
-def predict(model: Any, x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
-    """Class probabilities for float32 raw pixels, in chunks (x may be memory-mapped)."""
-    parts = [
-        np.asarray(model.predict(np.asarray(x[i : i + batch], dtype=np.float32)))
-        for i in range(0, len(x), batch)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, 0))
+def predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities for raw pixels, in chunks (x may be memory-mapped)."""
+    return predict_in_batches(model.predict, x)
 
 
 def score(model_uri: str, x: np.ndarray, y: np.ndarray) -> tuple[float | None, str]:
