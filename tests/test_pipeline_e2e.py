@@ -129,6 +129,83 @@ def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     assert mlflow is not None
 
 
+def test_dvc_metrics_and_plots_read_the_declared_outputs(pipeline_repo):
+    root, _ = pipeline_repo
+    metrics = json.loads(dvc(root, "metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert {"models/baseline/metrics.json", "reports/metrics.json"} <= set(files)
+    assert "best_epoch" in files["models/baseline/metrics.json"]["data"]
+    plots = json.loads(dvc(root, "plots", "show", "--json").stdout)["data"]
+    assert {
+        "train_vs_val_loss",
+        "train_vs_val_accuracy",
+        "val_accuracy_all_variants",
+        "gap_all_variants",
+        "models/baseline/history.csv",
+    } <= set(plots)
+    # Across commits: the workspace against the first commit (which had no results).
+    diff = json.loads(dvc(root, "metrics", "diff", "HEAD", "--json").stdout or "{}")
+    assert "reports/metrics.json" in diff.get("diff", diff)
+    plot_diff = json.loads(dvc(root, "plots", "diff", "HEAD", "--json").stdout)["data"]
+    panel = plot_diff["train_vs_val_loss"][0]
+    assert panel["revisions"] == ["workspace"]  # HEAD predates any results
+    values = panel["content"]["data"]["values"]
+    assert {v["variant"] for v in values} == {"baseline", "dropout"}
+
+
+@pytest.mark.parametrize(
+    "entry,extra",
+    [("validate", []), ("train", ["-P", "variant=baseline"]), ("evaluate", [])],
+)
+def test_mlproject_entry_points_run_in_the_project_experiment(pipeline_repo, entry, extra):
+    """`mlflow run . -e <entry> --env-manager local`: the stage's run is a child of mlflow's."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from .conftest import REPO
+
+    root, _ = pipeline_repo
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    experiment = yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    env.pop("MLFLOW_RUN_ID", None)
+    done = subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            ".",
+            "-e",
+            entry,
+            *extra,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment,
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    children = client.search_runs(
+        [exp.experiment_id],
+        f"tags.stage = '{entry}' and tags.repro_id LIKE 'mlflow-run-%'",
+    )
+    assert children, f"no {entry} run made under mlflow run"
+    parent_id = children[0].data.tags["mlflow.parentRunId"]
+    parent = client.get_run(parent_id)
+    assert parent.info.experiment_id == exp.experiment_id
+    assert parent.info.status == "FINISHED"
+
+
 def test_broken_dataset_stops_at_validate(tmp_path: Path):
     root = tmp_path / "repo"
     params = small_params(data={"image_size": [8, 8], "source": "images"})
