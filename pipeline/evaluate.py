@@ -64,6 +64,7 @@ from pipeline.config import Config, load_config
 from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
 from pipeline.prepared import (
+    MODEL_INPUT_BATCH,
     SPLITS,
     PreparedDataset,
     load_prepared,
@@ -143,11 +144,11 @@ def load_validation(paths: Paths) -> dict[str, Any]:
 # --------------------------------------------------------------------------- scoring
 
 
-def predict_proba(model: Any, x: np.ndarray) -> np.ndarray:
+def predict_proba(model: Any, x: np.ndarray, batch_size: int = MODEL_INPUT_BATCH) -> np.ndarray:
     """Class probabilities in batches; `x` may be a uint8 memmap (cast per batch)."""
     if len(x) == 0:
         raise StageError("cannot evaluate on an empty split")
-    return predict_in_batches(model.predict_on_batch, x)
+    return predict_in_batches(model.predict_on_batch, x, batch_size)
 
 
 def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:
