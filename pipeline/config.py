@@ -150,16 +150,21 @@ class VariantOverrides(_Frozen):
 
 
 class EvaluateConfig(_Frozen):
-    overfit_relative_gap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
-    generalization_loss_threshold: Annotated[float, Field(gt=0.0)] = 10.0
-    onset_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
-    smoothing_window: Annotated[int, Field(ge=1, le=50)] = 5
-    min_noise_z: Annotated[float, Field(ge=0.0)] = 4.0
-    underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
-    underfit_relative_to_best: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
-    good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    feature_map_images: Annotated[int, Field(ge=1, le=16)] = 3
-    feature_map_layers: Annotated[int, Field(ge=1, le=8)] = 2
+    """Verdict thresholds; their values live in params.yaml only (no defaults here)."""
+
+    noise_z: Annotated[float, Field(gt=0.0, le=10.0)]
+    overfit_gap: Annotated[float, Field(gt=0.0, le=1.0)]
+    divergence_share: Annotated[float, Field(gt=0.0)]
+    divergence_gap_widening: Annotated[float, Field(gt=0.0, le=1.0)]
+    onset_tolerance: Annotated[float, Field(ge=0.0)]
+    smoothing_window: Annotated[int, Field(ge=1, le=50)]
+    min_noise_z: Annotated[float, Field(ge=0.0)]
+    memorization_min_rise: Annotated[float, Field(gt=0.0, le=1.0)]
+    underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)]
+    underfit_gap_to_best: Annotated[float, Field(gt=0.0, le=1.0)]
+    good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)]
+    feature_map_images: Annotated[int, Field(ge=1, le=16)]
+    feature_map_layers: Annotated[int, Field(ge=1, le=8)]
 
 
 class RegistryConfig(_Frozen):
@@ -186,7 +191,7 @@ class Config(_Frozen):
     variants: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")], VariantOverrides] = Field(
         min_length=1
     )
-    evaluate: EvaluateConfig = EvaluateConfig()
+    evaluate: EvaluateConfig
     registry: RegistryConfig
     retrain: RetrainConfig = RetrainConfig()
     mlflow: MlflowConfig

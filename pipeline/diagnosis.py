@@ -21,27 +21,47 @@ Definitions (all configurable in params.yaml `evaluate`):
   below its value at the epoch of that val minimum). None when that never
   happens.
 
+Two questions are kept apart (Zhang et al. 2017 and Prechelt 1998 behind them):
+
+1. Is the saved model overfit? The saved weights are what the registry
+   serves: their train-val accuracy gap, scored by evaluate in inference mode,
+   is material when it is at least `overfit_gap` accuracy points AND beyond
+   `noise_z` standard errors of the two split sizes (binomial).
+2. Does the training setup overfit if left running? The `training` block:
+   the run diverged when, after its minimum, the smoothed val loss climbed
+   back by `divergence_share` of what training had gained (or the accuracy
+   gap widened by `divergence_gap_widening` points beyond the val noise),
+   standing `min_noise_z` above its own epoch-to-epoch noise, while the train
+   loss kept falling. A percentage of a tiny loss is never material on its own.
+
 Verdict rules, in order of precedence (the first that matches wins):
 
-1. underfitting: the train accuracy of the saved model is within
-   `underfit_chance_margin` of chance (1 / n_classes) or below, or it is below
-   (1 - `underfit_relative_to_best`) x the best variant's train accuracy. A
-   model that has not learned its training set cannot be memorising it, so
-   this is checked first.
-2. overfitting: the relative accuracy gap of the saved model is at least
-   `overfit_relative_gap`, or the run's maximum GL reached
-   `generalization_loss_threshold` while the train loss was still below its
-   value at the val-loss minimum, and the rise is at least `min_noise_z`
-   times the smoothed val loss's own epoch-to-epoch noise (a few hundred
-   validation images make a 10-20% wobble of a small loss common). The GL
-   rule reads the whole history, so early stopping restoring the best epoch
-   does not hide a val loss that turned up afterwards.
-3. good_fit: everything else. A gap above `good_fit_max_gap` (but below the
-   overfitting threshold) is reported in the evidence as borderline.
+1. overfitting (memorization): the history's train accuracy climbs more than
+   max(`memorization_min_rise`, noise) above chance while val accuracy stays
+   within noise of chance (chance = the split's most common class). Labels
+   that carry no signal look like this; early stopping restoring an epoch-1
+   model still at chance does not hide it, since the whole history is read.
+2. underfitting: the saved model's train accuracy is within
+   `underfit_chance_margin` of chance, or it is at least
+   `underfit_gap_to_best` points below the best variant on BOTH train and val
+   (each beyond noise): over-regularized, or too small, for what this model
+   family reaches on this data.
+3. overfitting: the saved model's gap is material (question 1), or the run
+   diverged materially (question 2).
+4. good_fit: everything else. A gap above `good_fit_max_gap` is flagged as
+   borderline in the evidence.
 
-Best variant (documented rule): the highest val accuracy among variants that
-are neither overfitting nor underfitting (ties: smaller gap, then name); when
-every variant is, the highest val accuracy overall, and the result says so.
+`model_verdict` answers question 1 alone (memorization and underfitting
+included); the best variant and the retrain gate read it.
+
+Best variant: the highest val accuracy among variants whose saved model is
+sound (model_verdict good_fit; ties: smaller gap, then name); when none is,
+the highest val accuracy overall, and the result says so.
+
+Mitigations are ranked by what they measurably did against the reference
+variant: val accuracy up beyond the noise of the difference, or the gap down
+beyond its noise without losing val accuracy beyond noise. A change inside
+the noise is no reason to adopt anything.
 """
 
 from __future__ import annotations
@@ -268,15 +288,290 @@ def onset_epoch(history: pd.DataFrame, tolerance: float, window: int = 1) -> int
     return int(frame.loc[min(raw_min + 1, len(frame) - 1), "epoch"])
 
 
-# --------------------------------------------------------------------------- verdict
+# --------------------------------------------------------------------------- noise
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy measured on `n` images (0 when n is unknown).
+
+    p(1-p) is floored at 0.25/n so that 0% and 100% still carry the noise of
+    one image in n rather than none.
+    """
+    if n <= 0:
+        return 0.0
+    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.25 / n) / n)
+
+
+def accuracy_ci95(accuracy: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of an accuracy on n images.
+
+    With a few hundred validation images this is 1-3 points: differences
+    between variants smaller than that are noise, and the advice says so.
+    NaN when n is unknown.
+    """
+    if n <= 0:
+        return float("nan")
+    return 1.96 * binomial_se(accuracy, n)
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 @dataclass(frozen=True)
 class SplitScores:
-    """What evaluate measured on one split with the saved model."""
+    """What evaluate measured on one split with the saved model.
+
+    `n` is the number of images scored (0 = unknown: no noise estimate) and
+    `chance` the accuracy of always answering the split's most common class
+    (None = 1 / n_classes).
+    """
 
     accuracy: float
     loss: float
+    n: int = 0
+    chance: float | None = None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """How the training run ended, from the train stage's metrics.json."""
+
+    best_epoch: int | None = None  # the epoch whose weights were saved
+    stopped_early: bool | None = None  # early stopping ended the run (None: unknown)
+    n_train: int = 0  # images per training epoch (the history's train accuracy is over them)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The best saved-model scores among the variants compared (for 'underfitting')."""
+
+    train_accuracy: float
+    val_accuracy: float
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """How the run behaved after its best epoch: the `training` block of evaluation.json."""
+
+    best_epoch: int  # saved (restored) epoch
+    epochs_run: int
+    stopped_by: str  # early_stopping | epoch_limit | unknown
+    still_improving: bool  # the epoch limit ended a run whose val loss was at its minimum
+    diverged: bool  # the val loss turned up materially and beyond noise
+    onset_epoch: int | None
+    min_epoch: int  # epoch of the (smoothed) val-loss minimum
+    peak_epoch: int  # epoch of the (smoothed) val-loss peak after it
+    val_loss_min: float
+    val_loss_rise: float  # smoothed peak after the minimum - smoothed minimum
+    rise_share: float  # val_loss_rise / (first-epoch val loss - minimum): what was given back
+    noise_z: float  # the rise in units of the val loss's epoch-to-epoch noise
+    train_loss_fell: bool
+    gap_at_best: float  # history accuracy gap (smoothed) at the minimum
+    gap_at_peak: float  # ... at the val-loss peak after it
+    gap_widening: float  # gap_at_peak - gap_at_best, accuracy points (fraction)
+    gap_widening_noise: float  # noise_z x the val split's standard error
+    max_generalization_loss: float  # Prechelt's GL in percent, for reference
+    summary: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_trajectory(
+    history: pd.DataFrame, run: RunFacts, n_val: int, cfg: EvaluateConfig
+) -> Trajectory:
+    """Whether and how far the run diverged after its val-loss minimum (no verdict).
+
+    Divergence is material when the smoothed val loss, after its minimum,
+    climbs back by at least `divergence_share` of what training had gained
+    (first-epoch val loss -> minimum), or the smoothed train-val accuracy gap
+    widens by at least `divergence_gap_widening` points beyond the val split's
+    noise; and in either case the rise stands `min_noise_z` above the val
+    loss's own epoch-to-epoch noise while the train loss kept falling. A
+    percentage of a tiny loss (0.04 -> 0.05 is +25%) is not material.
+    """
+    frame = check_history(history)
+    window = cfg.smoothing_window
+    best_epoch = run.best_epoch if run.best_epoch in set(frame["epoch"]) else best_epoch_of(frame)
+    raw_val = frame["val_loss"].to_numpy(dtype=float)
+    val = smoothed(raw_val, window)
+    loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
+    gap = smoothed((frame["accuracy"] - frame["val_accuracy"]).to_numpy(dtype=float), window)
+    epochs = frame["epoch"].to_numpy()
+
+    min_pos = int(np.argmin(val))
+    peak_pos = min_pos + int(np.argmax(val[min_pos:]))
+    rise = float(val[peak_pos] - val[min_pos])
+    gained = float(max(raw_val[: min_pos + 1].max(), val[0]) - val[min_pos])
+    rise_share = rise / gained if gained > 0 else (math.inf if rise > 0 else 0.0)
+    residual = (raw_val - val)[min_pos:] if len(raw_val) - min_pos >= 4 else raw_val - val
+    noise = float(residual.std()) / math.sqrt(window)
+    noise_z = rise / noise if noise > 0 else (math.inf if rise > 0 else 0.0)
+    train_fell = bool(loss[peak_pos] < loss[min_pos])
+    widening = float(gap[peak_pos] - gap[min_pos])
+    val_acc_at_min = float(frame["val_accuracy"].iloc[min_pos])
+    widening_noise = cfg.noise_z * binomial_se(val_acc_at_min, n_val)
+
+    turned_up = rise > 0 and noise_z >= cfg.min_noise_z and train_fell
+    material = rise_share >= cfg.divergence_share or (
+        widening >= cfg.divergence_gap_widening and widening > widening_noise
+    )
+    diverged = bool(turned_up and material)
+    onset = onset_epoch(frame, cfg.onset_tolerance, window) if diverged else None
+    if diverged and onset is None:
+        onset = int(epochs[min(min_pos + 1, len(epochs) - 1)])
+
+    if run.stopped_early is None:
+        stopped_by = "unknown"
+    else:
+        stopped_by = "early_stopping" if run.stopped_early else "epoch_limit"
+    gl = generalization_loss(frame, window)
+    trajectory = Trajectory(
+        best_epoch=int(best_epoch),
+        epochs_run=int(len(frame)),
+        stopped_by=stopped_by,
+        still_improving=bool(
+            stopped_by != "early_stopping" and min_pos >= len(frame) - max(window, 2)
+        ),
+        diverged=diverged,
+        onset_epoch=onset,
+        min_epoch=int(epochs[min_pos]),
+        peak_epoch=int(epochs[peak_pos]),
+        val_loss_min=float(val[min_pos]),
+        val_loss_rise=rise,
+        rise_share=rise_share,
+        noise_z=noise_z,
+        train_loss_fell=train_fell,
+        gap_at_best=float(gap[min_pos]),
+        gap_at_peak=float(gap[peak_pos]),
+        gap_widening=widening,
+        gap_widening_noise=widening_noise,
+        max_generalization_loss=float(gl.max()),
+        summary="",
+    )
+    return Trajectory(**{**asdict(trajectory), "summary": _trajectory_words(trajectory, cfg)})
+
+
+def _share(value: float) -> str:
+    return "all of it and more" if value > 1 else f"{value:.1%}"
+
+
+def _trajectory_words(t: Trajectory, cfg: EvaluateConfig) -> str:
+    stop = {
+        "early_stopping": f"Early stopping ended the run at epoch {t.epochs_run} and restored "
+        f"epoch {t.best_epoch}.",
+        "epoch_limit": f"The run used all {t.epochs_run} epochs; the weights of epoch "
+        f"{t.best_epoch} were kept.",
+        "unknown": f"Epoch {t.best_epoch} of {t.epochs_run} was kept.",
+    }[t.stopped_by]
+    if t.still_improving:
+        return (
+            f"The val loss was still at its minimum (epoch {t.min_epoch}) when the run ended "
+            f"after {t.epochs_run} epochs: more epochs may help. {stop}"
+        )
+    if t.val_loss_rise <= 0 or t.peak_epoch == t.min_epoch:
+        return f"The val loss did not turn up after its minimum (epoch {t.min_epoch}). {stop}"
+    rise = (
+        f"After epoch {t.min_epoch} the val loss ({cfg.smoothing_window}-epoch mean) rose by "
+        f"{t.val_loss_rise:.3g} to epoch {t.peak_epoch}, {_share(t.rise_share)} of what training "
+        f"had gained, and the accuracy gap moved {t.gap_widening * 100:+.1f} points"
+    )
+    if t.diverged:
+        return (
+            f"{rise}: the run diverged (overfitting onset at epoch {t.onset_epoch}, "
+            f"{t.noise_z:.0f}x the val loss's epoch-to-epoch noise). {stop}"
+        )
+    if t.noise_z < cfg.min_noise_z:
+        why = f"within noise ({t.noise_z:.1f}x the epoch-to-epoch noise, < {cfg.min_noise_z:g})"
+    elif not t.train_loss_fell:
+        why = "while the train loss rose too: unstable training, not memorization"
+    else:
+        why = (
+            f"immaterial (< {cfg.divergence_share:.0%} of the gain and "
+            f"< {cfg.divergence_gap_widening * 100:.0f} points of gap)"
+        )
+    return f"{rise}: {why}. {stop}"
+
+
+# --------------------------------------------------------------------------- memorization
+
+
+@dataclass(frozen=True)
+class Memorization:
+    """Train accuracy climbing far above chance while val accuracy stays at chance."""
+
+    detected: bool
+    train_start: float  # history train accuracy at epoch 1
+    train_peak: float  # highest (smoothed) history train accuracy
+    train_peak_epoch: int
+    val_peak: float  # highest (smoothed) history val accuracy
+    chance_train: float
+    chance_val: float
+    train_margin: float  # how far above chance train must climb: max(material, noise)
+    val_margin: float  # how close to chance val must stay: noise of the val split
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def memorization(
+    history: pd.DataFrame,
+    val: SplitScores,
+    n_train: int,
+    chance_train: float,
+    chance_val: float,
+    cfg: EvaluateConfig,
+) -> Memorization:
+    """Did the network learn its training set while learning nothing that generalizes?
+
+    "Above chance" and "at chance" are judged against the binomial noise of
+    each split's size at chance level (noise_z standard errors), so 24% on
+    1,400 training images is far above a 10% chance while 11% on 300 val
+    images is not. The train climb must also be material
+    (`memorization_min_rise` points). The whole history is read, so early
+    stopping restoring an epoch-1 model still at chance does not hide it.
+    """
+    frame = check_history(history)
+    window = cfg.smoothing_window
+    train_acc = smoothed(frame["accuracy"].to_numpy(dtype=float), window)
+    val_acc = smoothed(frame["val_accuracy"].to_numpy(dtype=float), window)
+    peak = int(np.argmax(train_acc))
+    train_margin = max(cfg.memorization_min_rise, cfg.noise_z * binomial_se(chance_train, n_train))
+    val_margin = cfg.noise_z * binomial_se(chance_val, val.n) if val.n > 0 else 0.0
+    val_peak = float(val_acc.max())
+    climbed = train_acc[peak] - chance_train >= train_margin
+    # The climb must also open a gap to val at that epoch: a model just starting
+    # to learn real signal (train 15%, val 14%) is not memorizing.
+    gap_margin = max(
+        cfg.memorization_min_rise,
+        cfg.noise_z
+        * math.hypot(
+            binomial_se(float(train_acc[peak]), n_train), binomial_se(float(val_acc[peak]), val.n)
+        ),
+    )
+    opened = train_acc[peak] - val_acc[peak] >= gap_margin
+    at_chance = (
+        val.n > 0
+        and val_peak - chance_val <= val_margin
+        and val.accuracy - chance_val <= val_margin
+    )
+    return Memorization(
+        detected=bool(climbed and opened and at_chance),
+        train_start=float(frame["accuracy"].iloc[0]),
+        train_peak=float(train_acc[peak]),
+        train_peak_epoch=int(frame["epoch"].iloc[peak]),
+        val_peak=val_peak,
+        chance_train=chance_train,
+        chance_val=chance_val,
+        train_margin=train_margin,
+        val_margin=val_margin,
+    )
+
+
+# --------------------------------------------------------------------------- verdict
 
 
 @dataclass
@@ -284,17 +579,25 @@ class Diagnosis:
     """One variant's diagnosis, ready to serialise into evaluation.json."""
 
     variant: str
-    verdict: str
+    verdict: str  # overall: the saved model and the run together
+    model_verdict: str  # the saved model alone (what the registry serves)
+    summary: str  # one sentence answering "is it overfitting?"
     evidence: list[str]
     gap: dict[str, Any]
     best_epoch: int
     epochs_run: int
     onset_epoch: int | None
     max_generalization_loss: float
+    training: dict[str, Any]
+    memorization: dict[str, Any]
     rules: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _pts(value: float) -> str:
+    return f"{value * 100:.1f} points"
 
 
 def diagnose(
@@ -304,117 +607,155 @@ def diagnose(
     val: SplitScores,
     n_classes: int,
     cfg: EvaluateConfig,
-    best_train_accuracy: float | None = None,
-    best_epoch: int | None = None,
+    reference: Reference | None = None,
+    run: RunFacts | None = None,
 ) -> Diagnosis:
-    """Verdict and evidence for one variant (rules and precedence: module docstring).
+    """Verdict, summary and evidence for one variant (rules and precedence: module docstring).
 
     Args:
         history: the variant's per-epoch history.
-        train, val: accuracy and loss of the saved model (the restored best
-            epoch) measured by evaluate in inference mode.
-        n_classes: number of classes; chance accuracy is 1 / n_classes.
-        best_train_accuracy: the highest train accuracy among all variants
-            compared; None compares the variant with itself only.
-        best_epoch: the epoch whose weights were saved (metrics.json); default
-            the epoch of minimum val loss.
+        train, val: the saved model's scores, measured by evaluate in inference mode.
+        n_classes: number of classes; chance defaults to 1 / n_classes.
+        reference: the best train and val accuracy among the variants compared;
+            None compares the variant with itself only.
+        run: how the run ended (best epoch, early stopping, images per epoch).
     """
     if n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     for name, scores in (("train", train), ("val", val)):
         if not (0.0 <= scores.accuracy <= 1.0) or not math.isfinite(scores.loss):
             raise ValueError(f"{name} scores out of range: {scores}")
+        if scores.n < 0:
+            raise ValueError(f"{name} n must be >= 0, got {scores.n}")
+    run = run or RunFacts()
     frame = check_history(history)
-    gaps = compute_gaps(frame, best_epoch)
-    gl = max_generalization_loss(frame, cfg.smoothing_window)
-    onset = onset_epoch(frame, cfg.onset_tolerance, cfg.smoothing_window)
-    if gl.noise_z < cfg.min_noise_z:
-        onset = None  # a rise inside the val loss's own noise has no onset either
-    chance = 1.0 / n_classes
-    reference = max(best_train_accuracy or 0.0, train.accuracy)
+    gaps = compute_gaps(frame, run.best_epoch if run.best_epoch in set(frame["epoch"]) else None)
+    run = RunFacts(gaps.best_epoch, run.stopped_early, run.n_train or train.n)
+    trajectory = run_trajectory(frame, run, val.n, cfg)
+    chance_train = train.chance if train.chance is not None else 1.0 / n_classes
+    chance_val = val.chance if val.chance is not None else 1.0 / n_classes
+    memo = memorization(frame, val, run.n_train, chance_train, chance_val, cfg)
 
     acc_gap = train.accuracy - val.accuracy
-    rel_gap = relative_gap(train.accuracy, val.accuracy)
-    near_chance = train.accuracy <= chance + cfg.underfit_chance_margin
-    behind_best = train.accuracy < (1.0 - cfg.underfit_relative_to_best) * reference
-    gap_rule = rel_gap >= cfg.overfit_relative_gap
-    gl_rule = (
-        gl.max_gl >= cfg.generalization_loss_threshold
-        and gl.train_loss_change < 0
-        and gl.noise_z >= cfg.min_noise_z
+    gap_noise = cfg.noise_z * math.hypot(
+        binomial_se(train.accuracy, train.n), binomial_se(val.accuracy, val.n)
+    )
+    gap_material = acc_gap >= cfg.overfit_gap and acc_gap > gap_noise
+    near_chance = train.accuracy - chance_train <= cfg.underfit_chance_margin
+    ref = reference or Reference(train.accuracy, val.accuracy)
+    train_behind = ref.train_accuracy - train.accuracy
+    val_behind = ref.val_accuracy - val.accuracy
+    train_behind_noise = cfg.noise_z * math.hypot(
+        binomial_se(train.accuracy, train.n), binomial_se(ref.train_accuracy, train.n)
+    )
+    val_behind_noise = cfg.noise_z * math.hypot(
+        binomial_se(val.accuracy, val.n), binomial_se(ref.val_accuracy, val.n)
+    )
+    behind_best = (
+        train_behind >= cfg.underfit_gap_to_best
+        and train_behind > train_behind_noise
+        and val_behind >= cfg.underfit_gap_to_best
+        and val_behind > val_behind_noise
     )
 
+    noise_words = f"±{_pts(gap_noise)}" if gap_noise > 0 else "noise unknown"
+    saved = (
+        f"the saved model (epoch {gaps.best_epoch}) scores train {train.accuracy:.1%} vs val "
+        f"{val.accuracy:.1%}: gap {_pts(acc_gap)} ({noise_words})"
+    )
     evidence: list[str] = []
-    if near_chance:
-        evidence.append(
-            f"train accuracy {train.accuracy:.1%} is within {cfg.underfit_chance_margin:.0%} of "
-            f"chance ({chance:.1%} for {n_classes} classes): the model has not learned the "
-            "training set"
-        )
-    if behind_best:
-        evidence.append(
-            f"train accuracy {train.accuracy:.1%} is more than {cfg.underfit_relative_to_best:.0%} "
-            f"below the best variant's {reference:.1%}"
-        )
-    if gap_rule:
-        evidence.append(
-            f"train accuracy {train.accuracy:.1%} vs val {val.accuracy:.1%}: relative gap "
-            f"{rel_gap:.1%} >= overfit_relative_gap {cfg.overfit_relative_gap:.0%}"
-        )
-    if gl_rule:
-        evidence.append(
-            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
-            f"minimum (epoch {gl.min_epoch}) by epoch {gl.epoch} while train loss fell "
-            f"{-gl.train_loss_change:.0%} (generalization loss GL >= "
-            f"{cfg.generalization_loss_threshold:g})"
-        )
-    elif gl.max_gl >= cfg.generalization_loss_threshold and gl.noise_z < cfg.min_noise_z:
-        evidence.append(
-            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
-            f"minimum by epoch {gl.epoch}, but only {gl.noise_z:.1f}x its epoch-to-epoch noise "
-            f"(< min_noise_z {cfg.min_noise_z:g}): too small to call on this validation set"
-        )
-    elif gl.max_gl >= cfg.generalization_loss_threshold:
-        evidence.append(
-            f"val loss ({cfg.smoothing_window}-epoch mean) rose {gl.max_gl:.0f}% above its "
-            f"minimum by epoch {gl.epoch}, but train loss rose too "
-            f"({gl.train_loss_change:+.0%}): unstable training, not memorisation"
-        )
-    if onset is not None:
-        evidence.append(
-            f"overfitting onset at epoch {onset}: val loss stayed more than "
-            f"{cfg.onset_tolerance:.0%} above its running minimum from then on"
-        )
-
-    if near_chance or behind_best:
-        verdict = UNDERFITTING
-    elif gap_rule or gl_rule:
-        verdict = OVERFITTING
-    else:
-        verdict = GOOD_FIT
-        gl_note = (
-            f"max GL {gl.max_gl:.1f} < {cfg.generalization_loss_threshold:g}"
-            if gl.max_gl < cfg.generalization_loss_threshold
-            else f"max GL {gl.max_gl:.1f}, not a sustained divergence (see above)"
+    if memo.detected:
+        verdict = model_verdict = OVERFITTING
+        summary = (
+            f"`{variant}` memorizes: train accuracy climbed {memo.train_start:.0%} → "
+            f"{memo.train_peak:.0%} while val stayed at chance ({memo.val_peak:.0%}, chance "
+            f"{chance_val:.0%}): nothing it learned generalizes, so check the labels."
         )
         evidence.append(
-            f"train {train.accuracy:.1%} vs val {val.accuracy:.1%} (relative gap {rel_gap:.1%} < "
-            f"{cfg.overfit_relative_gap:.0%}); {gl_note}"
+            f"memorization: train accuracy {memo.train_start:.0%} → {memo.train_peak:.0%} by epoch "
+            f"{memo.train_peak_epoch} (chance {chance_train:.0%}; more than "
+            f"{_pts(memo.train_margin)} above it is beyond noise on {run.n_train} images), "
+            f"val stays {memo.val_peak:.0%} (within {_pts(memo.val_margin)} of chance on "
+            f"{val.n} images)"
         )
-        if acc_gap > cfg.good_fit_max_gap:
-            evidence.append(
-                f"borderline: accuracy gap {acc_gap:.1%} exceeds good_fit_max_gap "
-                f"{cfg.good_fit_max_gap:.0%}; watch it as data or epochs change"
+        evidence.append(saved)
+    elif near_chance or behind_best:
+        verdict = model_verdict = UNDERFITTING
+        if near_chance:
+            summary = (
+                f"`{variant}` underfits: train accuracy {train.accuracy:.1%} is within "
+                f"{_pts(cfg.underfit_chance_margin)} of chance ({chance_train:.1%})."
             )
+            evidence.append(
+                f"train accuracy {train.accuracy:.1%} is within "
+                f"{_pts(cfg.underfit_chance_margin)} of chance ({chance_train:.1%} for "
+                f"{n_classes} classes): the model has not learned the training set"
+            )
+        else:
+            summary = (
+                f"`{variant}` underfits: {_pts(train_behind)} below the best variant on train "
+                f"and {_pts(val_behind)} on val."
+            )
+        if behind_best:
+            evidence.append(
+                f"below the best variant on both splits: train {train.accuracy:.1%} vs "
+                f"{ref.train_accuracy:.1%} ({_pts(train_behind)}), val {val.accuracy:.1%} vs "
+                f"{ref.val_accuracy:.1%} ({_pts(val_behind)}); each beyond noise and "
+                f"≥ {_pts(cfg.underfit_gap_to_best)}"
+            )
+        evidence.append(saved)
+    else:
+        model_verdict = OVERFITTING if gap_material else GOOD_FIT
+        verdict = OVERFITTING if gap_material or trajectory.diverged else GOOD_FIT
+        if gap_material:
+            evidence.append(
+                f"{saved}, ≥ overfit_gap {_pts(cfg.overfit_gap)} and beyond noise: the saved "
+                "model is overfit"
+            )
+        else:
+            why = (
+                "within noise"
+                if acc_gap <= gap_noise
+                else f"below overfit_gap {_pts(cfg.overfit_gap)}"
+            )
+            evidence.append(f"{saved}, {why}: the saved model generalizes")
+            if cfg.good_fit_max_gap < acc_gap:
+                evidence.append(
+                    f"borderline: the gap exceeds good_fit_max_gap {_pts(cfg.good_fit_max_gap)}; "
+                    "watch it as data or epochs change"
+                )
+        if gap_material and trajectory.diverged:
+            summary = (
+                f"Yes, `{variant}` overfits: its saved model's gap is {_pts(acc_gap)} and its val "
+                f"loss turned up after epoch {trajectory.min_epoch}."
+            )
+        elif gap_material:
+            summary = f"Yes, `{variant}` overfits: its saved model's gap is {_pts(acc_gap)}."
+        elif trajectory.diverged:
+            summary = (
+                f"Its training overfits: `{variant}`'s val loss turned up materially after epoch "
+                f"{trajectory.min_epoch}; the saved model (epoch {gaps.best_epoch}) has a gap of "
+                f"{_pts(acc_gap)}."
+            )
+        else:
+            summary = (
+                f"No, `{variant}` generalizes: gap {_pts(acc_gap)} ({noise_words}), and its val "
+                "loss did not turn up materially."
+            )
+    evidence.append(f"training: {trajectory.summary}")
 
     return Diagnosis(
         variant=variant,
         verdict=verdict,
+        model_verdict=model_verdict,
+        summary=summary,
         evidence=evidence,
         gap={
             "accuracy": acc_gap,
-            "relative": rel_gap,
+            "accuracy_noise": gap_noise,
+            "relative": relative_gap(train.accuracy, val.accuracy),
             "loss": val.loss - train.loss,
+            "material": bool(gap_material),
             "history_accuracy_best": gaps.accuracy_best,
             "history_loss_best": gaps.loss_best,
             "history_relative_best": gaps.relative_best,
@@ -426,13 +767,16 @@ def diagnose(
         },
         best_epoch=gaps.best_epoch,
         epochs_run=int(len(frame)),
-        onset_epoch=onset,
-        max_generalization_loss=gl.max_gl,
+        onset_epoch=trajectory.onset_epoch,
+        max_generalization_loss=trajectory.max_generalization_loss,
+        training=trajectory.to_dict(),
+        memorization=memo.to_dict(),
         rules={
+            "memorization": memo.detected,
             "near_chance": bool(near_chance),
             "behind_best": bool(behind_best),
-            "relative_gap": bool(gap_rule),
-            "generalization_loss": bool(gl_rule),
+            "gap_material": bool(gap_material),
+            "diverged": trajectory.diverged,
         },
     )
 
@@ -453,30 +797,55 @@ class VariantSummary:
     onset_epoch: int | None = None
     n_val: int = 0  # validation images behind val_accuracy (0: unknown, no interval)
     augmented: bool = False  # the variant trains with data augmentation
+    model_verdict: str | None = None  # the saved model's own verdict (None: same as verdict)
+    n_train: int = 0  # train images behind train_accuracy
+    memorizing: bool = False
+    # The history's highest (smoothed) train and val accuracy, for memorization's words.
+    train_peak: float | None = None
+    val_peak: float | None = None
+    regularized: bool = False  # dropout, L2 or augmentation on
+    # Extra variance of val accuracy and gap from training seeds (0: one seed).
+    seed_var_val: float = 0.0
+    seed_var_gap: float = 0.0
 
-
-def accuracy_ci95(accuracy: float, n: int) -> float:
-    """Half-width of the normal-approximation 95% interval of an accuracy on n images.
-
-    With a few hundred validation images this is 1-3 points: differences
-    between variants smaller than that are noise, and the advice says so.
-    """
-    if n <= 0:
-        return float("nan")
-    return 1.96 * math.sqrt(max(accuracy * (1.0 - accuracy), 0.25 / n) / n)
+    @property
+    def saved_verdict(self) -> str:
+        return self.model_verdict or self.verdict
 
 
 def difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
     """Half-width of the 95% interval of a.val_accuracy - b.val_accuracy.
 
     Treats the two as independent samples, which overstates the noise a little
-    for two models scored on the same images: conservative on purpose.
+    for two models scored on the same images: conservative on purpose. Seed
+    variance, when known, is added.
     """
     if a.n_val <= 0 or b.n_val <= 0:
         return float("nan")
-    return math.hypot(
-        accuracy_ci95(a.val_accuracy, a.n_val), accuracy_ci95(b.val_accuracy, b.n_val)
+    var = (
+        binomial_se(a.val_accuracy, a.n_val) ** 2
+        + binomial_se(b.val_accuracy, b.n_val) ** 2
+        + a.seed_var_val
+        + b.seed_var_val
     )
+    return 1.96 * math.sqrt(var)
+
+
+def gap_difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
+    """Half-width of the 95% interval of a.gap - b.gap (train and val noise of both)."""
+    if a.n_val <= 0 or b.n_val <= 0:
+        return float("nan")
+    n_train_a = a.n_train or a.n_val
+    n_train_b = b.n_train or b.n_val
+    var = (
+        binomial_se(a.val_accuracy, a.n_val) ** 2
+        + binomial_se(a.train_accuracy, n_train_a) ** 2
+        + binomial_se(b.val_accuracy, b.n_val) ** 2
+        + binomial_se(b.train_accuracy, n_train_b) ** 2
+        + a.seed_var_gap
+        + b.seed_var_gap
+    )
+    return 1.96 * math.sqrt(var)
 
 
 def reference_variant(names: Sequence[str]) -> str:
@@ -489,47 +858,68 @@ def reference_variant(names: Sequence[str]) -> str:
 def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[str, Any]]:
     """Each variant's effect vs the reference: deltas of val/test accuracy and gap.
 
-    `delta_val_ci95` is the half-width of the 95% interval of the val-accuracy
-    difference, and `within_noise` says whether the difference is inside it
-    (always false when the validation size is unknown).
+    `delta_val_ci95` and `delta_gap_ci95` are the half-widths of the 95%
+    intervals of the differences; `within_noise` says whether the val-accuracy
+    difference is inside its interval and `gap_within_noise` the same for the
+    gap (always false when the validation size is unknown). `helped` says
+    whether the variant measurably helped: val accuracy up beyond noise, or the
+    gap down beyond noise without losing val accuracy beyond noise.
     """
     by_name = {s.name: s for s in summaries}
     ref = by_name[reference_variant([s.name for s in summaries])]
     effects = {}
     for s in summaries:
         delta_val = s.val_accuracy - ref.val_accuracy
+        delta_gap = s.gap - ref.gap
         noise = difference_ci95(s, ref)
+        gap_noise = gap_difference_ci95(s, ref)
+        known = math.isfinite(noise)
+        val_up = known and delta_val > noise
+        val_down = known and delta_val < -noise
+        gap_down = known and delta_gap < -gap_noise
         effects[s.name] = {
             "reference": ref.name,
             "delta_val_accuracy": delta_val,
             "delta_test_accuracy": s.test_accuracy - ref.test_accuracy,
-            "delta_gap": s.gap - ref.gap,
+            "delta_gap": delta_gap,
             "val_accuracy_ci95": accuracy_ci95(s.val_accuracy, s.n_val),
             "delta_val_ci95": noise,
-            "within_noise": bool(math.isfinite(noise) and abs(delta_val) <= noise),
+            "delta_gap_ci95": gap_noise,
+            "within_noise": bool(known and abs(delta_val) <= noise),
+            "gap_within_noise": bool(known and abs(delta_gap) <= gap_noise),
+            "helped": bool(
+                s.name != ref.name
+                and s.saved_verdict == GOOD_FIT
+                and (val_up or (gap_down and not val_down))
+            ),
         }
     return effects
 
 
 def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
-    """(best variant, the reason in words); rule in the module docstring."""
+    """(best variant, the reason in words): ranks the saved models.
+
+    The highest val accuracy among variants whose saved model is sound
+    (neither overfit nor underfit); a run that diverged after the epoch early
+    stopping restored does not exclude it. Ties: smaller gap, then name.
+    """
     if not summaries:
         raise ValueError("no variants to choose from")
-    fit = [s for s in summaries if s.verdict == GOOD_FIT]
+    sound = [s for s in summaries if s.saved_verdict == GOOD_FIT]
 
     def key(s: VariantSummary) -> tuple[float, float, str]:
         return (-s.val_accuracy, s.gap, s.name)
 
-    if fit:
-        best = min(fit, key=key)
+    if sound:
+        best = min(sound, key=key)
         return best.name, (
-            f"{best.name}: highest val accuracy ({best.val_accuracy:.1%}) among variants "
-            "diagnosed good_fit"
+            f"{best.name}: highest val accuracy ({best.val_accuracy:.1%}) among variants whose "
+            "saved model is neither overfit nor underfit"
         )
     best = min(summaries, key=key)
     return best.name, (
-        f"{best.name}: no variant was diagnosed good_fit, so this is simply the highest val "
-        f"accuracy ({best.val_accuracy:.1%}); it is {best.verdict}"
+        f"{best.name}: no variant's saved model is sound, so this is simply the highest val "
+        f"accuracy ({best.val_accuracy:.1%}); it is {best.saved_verdict}"
     )
 
 
@@ -541,16 +931,20 @@ def recommend(
 ) -> list[dict[str, str]]:
     """Ranked advice, each item grounded in a number or a failed data check.
 
-    Data problems come first (no model change fixes a leaking split), then the
-    mitigation that closed the gap most, then capacity for underfit variants.
+    Data problems come first (no model change fixes a leaking split or labels
+    that carry no signal), then the mitigations that measurably helped,
+    ranked by their effect beyond noise on val accuracy and the gap, then what
+    to do about underfit variants.
 
     Returns:
-        [{"action", "reason", "source"}], most important first; source is
-        "validation", "comparison" or "diagnosis".
+        [{"action", "reason", "source", "rank"}], most important first; source
+        is "validation", "comparison" or "diagnosis".
     """
     recs: list[dict[str, str]] = []
     failed = _failed_checks(validation or {})
     by_name = {s.name: s for s in summaries}
+    ref = reference_variant([s.name for s in summaries])
+    ref_summary = by_name[ref]
 
     if "split_leakage" in failed or "duplicates" in failed:
         which = [c for c in ("split_leakage", "duplicates") if c in failed]
@@ -561,6 +955,23 @@ def recommend(
                 "reason": f"data validation failed {', '.join(which)}: identical images in "
                 "train and val/test inflate validation accuracy and hide overfitting",
                 "source": "validation",
+            }
+        )
+    memorizing = [s for s in summaries if s.memorizing]
+    if memorizing:
+        recs.append(
+            {
+                "action": "Check the labels: nothing the network learns generalizes, and no "
+                "regularizer can create signal that the labels do not carry",
+                "reason": ", ".join(
+                    f"{s.name}: train accuracy climbed to "
+                    f"{s.train_peak if s.train_peak is not None else s.train_accuracy:.0%}, val "
+                    f"peaked at {s.val_peak if s.val_peak is not None else s.val_accuracy:.0%}"
+                    for s in memorizing
+                )
+                + ": val accuracy stays at chance while the network memorizes the training set "
+                "(more capacity or epochs would only memorize faster)",
+                "source": "diagnosis",
             }
         )
     if "class_balance" in failed:
@@ -582,75 +993,23 @@ def recommend(
             }
         )
 
-    ref = reference_variant([s.name for s in summaries])
-    ref_summary = by_name[ref]
-    mitigations = [s for s in summaries if s.name != ref]
+    if not memorizing:
+        recs.extend(_mitigation_advice(summaries, effects, ref_summary))
 
-    # A mitigation worth adopting closes the gap, is itself a good fit (an
-    # underfit variant "closes" the gap by learning nothing), and does not cost
-    # validation accuracy beyond the noise of the validation set.
-    def not_worse(s: VariantSummary) -> bool:
-        eff = effects[s.name]
-        return eff["delta_val_accuracy"] >= 0 or bool(eff["within_noise"])
-
-    closing = [
-        s
-        for s in mitigations
-        if effects[s.name]["delta_gap"] < 0 and s.verdict == GOOD_FIT and not_worse(s)
-    ]
-    if closing:
-        top = min(closing, key=lambda s: (effects[s.name]["delta_gap"], s.name))
-        eff = effects[top.name]
-        noise = (
-            f" (val differences under ±{eff['delta_val_ci95']:.1%} are within the noise of "
-            f"{top.n_val} validation images)"
-            if math.isfinite(eff["delta_val_ci95"])
-            else ""
-        )
-        if ref_summary.verdict == OVERFITTING:
-            action = f"Adopt the `{top.name}` mitigation"
-            lead = f"{ref} is overfitting (gap {ref_summary.gap:.1%}); {top.name}"
-        else:
-            action = f"Consider `{top.name}` if a smaller train/val gap matters"
-            lead = f"{ref} is {ref_summary.verdict} (gap {ref_summary.gap:.1%}); {top.name}"
-        recs.append(
-            {
-                "action": action,
-                "reason": f"{lead} reduced the gap most ({eff['delta_gap']:+.1%}) with val "
-                f"accuracy {eff['delta_val_accuracy']:+.1%} and test accuracy "
-                f"{eff['delta_test_accuracy']:+.1%} vs {ref}{noise}",
-                "source": "comparison",
-            }
-        )
-    elif ref_summary.verdict == OVERFITTING:
-        recs.append(
-            {
-                "action": "No mitigation tried here fixed the overfitting: try stronger "
-                "regularisation, more data, or a smaller model",
-                "reason": f"{ref} is overfitting (gap {ref_summary.gap:.1%}) and no variant both "
-                "reduced the gap and came out good_fit without losing val accuracy",
-                "source": "comparison",
-            }
-        )
-    aug = [s for s in mitigations if s.augmented and s.verdict != UNDERFITTING]
-    if (
-        "min_images_per_class" not in failed
-        and ref_summary.verdict == OVERFITTING
-        and aug
-        and all(effects[s.name]["delta_val_accuracy"] > 0 for s in aug)
-    ):
-        recs.append(
-            {
-                "action": "Get more training data (augmentation already helps)",
-                "reason": ", ".join(
-                    f"{s.name} changed val accuracy by {_delta_val(effects, s.name):+.1%}"
-                    for s in aug
-                ),
-                "source": "comparison",
-            }
-        )
     for s in summaries:
-        if s.verdict == UNDERFITTING:
+        # When labels carry no signal, capacity or regularization advice is moot.
+        if s.verdict != UNDERFITTING or memorizing:
+            continue
+        if s.regularized and ref_summary.verdict != UNDERFITTING and s.name != ref:
+            recs.append(
+                {
+                    "action": f"Regularize `{s.name}` less (or drop it): it is over-regularized",
+                    "reason": f"{s.name} reaches train {s.train_accuracy:.1%} and val "
+                    f"{s.val_accuracy:.1%}, far below what this model family reaches here",
+                    "source": "diagnosis",
+                }
+            )
+        else:
             recs.append(
                 {
                     "action": f"Give `{s.name}` more capacity or more epochs (or less "
@@ -663,8 +1022,8 @@ def recommend(
     recs.append(
         {
             "action": f"Use `{best.name}` (registered as challenger)",
-            "reason": f"{best.name} is {best.verdict} with val accuracy {best.val_accuracy:.1%}, "
-            f"test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
+            "reason": f"{best.name}'s saved model is {best.saved_verdict} with val accuracy "
+            f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
             "source": "comparison",
         }
     )
@@ -673,16 +1032,77 @@ def recommend(
     return recs
 
 
+# At most this many mitigations are recommended: beyond that the list stops reading as advice.
+MAX_MITIGATIONS = 3
+
+
+def _mitigation_advice(
+    summaries: Sequence[VariantSummary],
+    effects: Mapping[str, Mapping[str, Any]],
+    ref: VariantSummary,
+) -> list[dict[str, str]]:
+    """Mitigations that measurably helped, ranked by effect beyond noise; or that none did."""
+    helped = [s for s in summaries if effects[s.name].get("helped")]
+
+    def strength(s: VariantSummary) -> tuple[float, float, str]:
+        eff = effects[s.name]
+        # Excess over the noise band, in points, on val accuracy (up) and gap (down).
+        val_excess = max(0.0, eff["delta_val_accuracy"] - eff["delta_val_ci95"])
+        gap_excess = max(0.0, -eff["delta_gap"] - eff["delta_gap_ci95"])
+        return (-(val_excess + gap_excess), -eff["delta_val_accuracy"], s.name)
+
+    recs = []
+    for s in sorted(helped, key=strength)[:MAX_MITIGATIONS]:
+        eff = effects[s.name]
+        verb = "Adopt" if ref.verdict == OVERFITTING else "Consider"
+        recs.append(
+            {
+                "action": f"{verb} the `{s.name}` mitigation",
+                "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): val accuracy "
+                f"{_signed_pts(eff['delta_val_accuracy'])} (noise ±{_pts(eff['delta_val_ci95'])}), "
+                f"gap {_signed_pts(eff['delta_gap'])} (noise ±{_pts(eff['delta_gap_ci95'])}), "
+                f"test accuracy {_signed_pts(eff['delta_test_accuracy'])}",
+                "source": "comparison",
+            }
+        )
+    if not recs and len(summaries) > 1:
+        known = [effects[s.name] for s in summaries if s.name != ref.name]
+        band = max(
+            (e["delta_val_ci95"] for e in known if math.isfinite(e["delta_val_ci95"])),
+            default=float("nan"),
+        )
+        noise = f" (val noise up to ±{_pts(band)})" if math.isfinite(band) else ""
+        lead = (
+            f"{ref.name} is overfitting (gap {ref.gap:.1%})"
+            if ref.verdict == OVERFITTING
+            else f"{ref.name} is {ref.verdict} (gap {ref.gap:.1%})"
+        )
+        recs.append(
+            {
+                "action": "No mitigation measurably helped"
+                + (
+                    ": try stronger regularisation, more data, or a smaller model"
+                    if ref.verdict == OVERFITTING
+                    else ""
+                ),
+                "reason": f"{lead}; no variant raised val accuracy, or cut the gap without "
+                f"losing val accuracy, beyond the noise of the split sizes{noise}",
+                "source": "comparison",
+            }
+        )
+    return recs
+
+
+def _signed_pts(value: float) -> str:
+    return f"{value * 100:+.1f} points"
+
+
 def _failed_checks(validation: Mapping[str, Any]) -> set[str]:
     failed = set(validation.get("warnings", [])) | set(validation.get("errors", []))
     for check in validation.get("checks", []):
         if isinstance(check, Mapping) and not check.get("success", True):
             failed.add(str(check.get("name")))
     return failed
-
-
-def _delta_val(effects: Mapping[str, Mapping[str, Any]], name: str) -> float:
-    return float(effects[name]["delta_val_accuracy"])
 
 
 def _relative_change(before: float, after: float) -> float:

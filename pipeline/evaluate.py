@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accur
 COMPARISON_COLUMNS = [
     "variant",
     "verdict",
+    "model_verdict",
+    "diverged",
     "train_accuracy",
     "val_accuracy",
     "test_accuracy",
@@ -97,6 +100,9 @@ COMPARISON_COLUMNS = [
     "delta_val_accuracy",
     "delta_test_accuracy",
     "delta_gap",
+    "delta_val_ci95",
+    "delta_gap_ci95",
+    "helped",
 ]
 
 
@@ -323,31 +329,78 @@ def public_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in scores.items() if not k.startswith("_")}
 
 
+def chance_accuracy(scores: Mapping[str, Any]) -> float | None:
+    """Accuracy of always answering the split's most common class (None: unknown)."""
+    support = scores.get("_per_class", {}).get("support") or []
+    total = sum(support)
+    return max(support) / total if total else None
+
+
+def majority_share(labels: np.ndarray) -> float | None:
+    """Accuracy of always answering the most common label (None for no labels)."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else None
+
+
+def split_facts(scores: Mapping[str, Any], chance: float | None = None) -> diagnosis.SplitScores:
+    """The saved model's scores on one split, with its size and chance level.
+
+    `chance` is the split's majority-class share; None reads it off the scored
+    rows (for train those are a sample, so the caller passes the full split's).
+    """
+    return diagnosis.SplitScores(
+        accuracy=scores["accuracy"],
+        loss=scores["loss"],
+        n=int(scores.get("n", 0)),
+        chance=chance if chance is not None else chance_accuracy(scores),
+    )
+
+
+def run_facts(art: VariantArtifacts, n_train: int) -> diagnosis.RunFacts:
+    """How the run ended, from metrics.json (stopped_epoch > 0: early stopping ended it)."""
+    best_epoch = art.train_metrics.get("best_epoch")
+    stopped = art.train_metrics.get("stopped_epoch")
+    return diagnosis.RunFacts(
+        best_epoch=best_epoch if best_epoch in set(art.history["epoch"]) else None,
+        stopped_early=None if stopped is None else int(stopped) > 0,
+        n_train=n_train,
+    )
+
+
 def build_evaluation(
     cfg: Config,
     classes: Sequence[str],
     artifacts: Mapping[str, VariantArtifacts],
     evaluations: Mapping[str, VariantEvaluation],
     validation: Mapping[str, Any],
+    n_train: int = 0,
+    chance: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """The evaluation.json payload (without the registry part), from pure inputs."""
-    best_train = max(e.scores["train"]["accuracy"] for e in evaluations.values())
+    """The evaluation.json payload (without the registry part), from pure inputs.
+
+    `n_train` is the size of the train split (the history's train accuracy is
+    measured over it); 0 falls back to the scored train sample's size.
+    `chance` maps a split to its majority-class share (majority_share of the
+    full split); missing splits read it off the scored rows.
+    """
+    chance = chance or {}
+    reference = diagnosis.Reference(
+        train_accuracy=max(e.scores["train"]["accuracy"] for e in evaluations.values()),
+        val_accuracy=max(e.scores["val"]["accuracy"] for e in evaluations.values()),
+    )
     variants: dict[str, Any] = {}
     summaries = []
     for name, ev in evaluations.items():
         art = artifacts[name]
-        best_epoch = art.train_metrics.get("best_epoch")
-        if best_epoch not in set(art.history["epoch"]):
-            best_epoch = None
         diag = diagnosis.diagnose(
             name,
             art.history,
-            diagnosis.SplitScores(ev.scores["train"]["accuracy"], ev.scores["train"]["loss"]),
-            diagnosis.SplitScores(ev.scores["val"]["accuracy"], ev.scores["val"]["loss"]),
+            split_facts(ev.scores["train"], chance.get("train")),
+            split_facts(ev.scores["val"], chance.get("val")),
             n_classes=len(classes),
             cfg=cfg.evaluate,
-            best_train_accuracy=best_train,
-            best_epoch=best_epoch,
+            reference=reference,
+            run=run_facts(art, n_train),
         )
         variants[name] = {
             **{split: public_scores(ev.scores[split]) for split in SPLITS},
@@ -357,7 +410,11 @@ def build_evaluation(
             "onset_epoch": diag.onset_epoch,
             "max_generalization_loss": diag.max_generalization_loss,
             "verdict": diag.verdict,
+            "model_verdict": diag.model_verdict,
+            "summary": diag.summary,
             "evidence": diag.evidence,
+            "training": diag.training,
+            "memorization": diag.memorization,
             "rules": diag.rules,
             "mlflow_run_id": art.run_info.get("run_id"),
             "model_uri": art.run_info.get("model_uri"),
@@ -368,6 +425,7 @@ def build_evaluation(
                 **{split: ev.scores[split]["_confusion"] for split in SPLITS},
             },
         }
+        model_cfg = cfg.variant(name).model
         summaries.append(
             diagnosis.VariantSummary(
                 name=name,
@@ -378,16 +436,29 @@ def build_evaluation(
                 gap=diag.gap["accuracy"],
                 onset_epoch=diag.onset_epoch,
                 n_val=int(ev.scores["val"]["n"]),
-                augmented=cfg.variant(name).model.augmentation.enabled,
+                augmented=model_cfg.augmentation.enabled,
+                model_verdict=diag.model_verdict,
+                n_train=int(ev.scores["train"]["n"]),
+                memorizing=bool(diag.rules["memorization"]),
+                train_peak=diag.memorization["train_peak"],
+                val_peak=diag.memorization["val_peak"],
+                regularized=bool(
+                    model_cfg.dropout > 0
+                    or model_cfg.conv_dropout > 0
+                    or model_cfg.l2 > 0
+                    or model_cfg.augmentation.enabled
+                ),
             )
         )
     effects = diagnosis.compare_to_baseline(summaries)
     best, reason = diagnosis.choose_best(summaries)
+    reference_name = diagnosis.reference_variant([s.name for s in summaries])
     return {
+        "answer": variants[reference_name]["summary"],
         "variants": variants,
         "best_variant": best,
         "best_variant_reason": reason,
-        "reference_variant": diagnosis.reference_variant([s.name for s in summaries]),
+        "reference_variant": reference_name,
         "effects": effects,
         "recommendations": diagnosis.recommend(summaries, effects, best, validation),
         "validation_success": bool(validation.get("success", False)),
@@ -414,6 +485,8 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
             {
                 "variant": name,
                 "verdict": v["verdict"],
+                "model_verdict": v["model_verdict"],
+                "diverged": bool(v["training"]["diverged"]),
                 "train_accuracy": v["train"]["accuracy"],
                 "val_accuracy": v["val"]["accuracy"],
                 "test_accuracy": v["test"]["accuracy"],
@@ -424,6 +497,9 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
                 "delta_val_accuracy": eff["delta_val_accuracy"],
                 "delta_test_accuracy": eff["delta_test_accuracy"],
                 "delta_gap": eff["delta_gap"],
+                "delta_val_ci95": eff["delta_val_ci95"],
+                "delta_gap_ci95": eff["delta_gap_ci95"],
+                "helped": bool(eff["helped"]),
             }
         )
     frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
@@ -434,17 +510,19 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
 def comparison_markdown(frame: pd.DataFrame, best: str, reference: str) -> str:
     """A GitHub-style table; deltas vs the reference variant."""
     head = (
-        "| variant | verdict | train acc | val acc | test acc | gap | onset | "
-        f"Δ val acc | Δ test acc | Δ gap |\n|{'---|' * 10}\n"
+        "| variant | verdict | saved model | train acc | val acc | test acc | gap | onset | "
+        f"Δ val acc (±95%) | Δ test acc | Δ gap (±95%) | helped |\n|{'---|' * 12}\n"
     )
     lines = []
     for r in frame.itertuples(index=False):
         onset = "-" if pd.isna(r.onset_epoch) else str(int(r.onset_epoch))
         name = f"**{r.variant}** (best)" if r.variant == best else r.variant
         lines.append(
-            f"| {name} | {r.verdict} | {r.train_accuracy:.3f} | {r.val_accuracy:.3f} | "
-            f"{r.test_accuracy:.3f} | {r.gap:+.3f} | {onset} | {r.delta_val_accuracy:+.3f} | "
-            f"{r.delta_test_accuracy:+.3f} | {r.delta_gap:+.3f} |"
+            f"| {name} | {r.verdict} | {r.model_verdict} | {r.train_accuracy:.3f} | "
+            f"{r.val_accuracy:.3f} | {r.test_accuracy:.3f} | {r.gap:+.3f} | {onset} | "
+            f"{r.delta_val_accuracy:+.3f} (±{r.delta_val_ci95:.3f}) | "
+            f"{r.delta_test_accuracy:+.3f} | {r.delta_gap:+.3f} (±{r.delta_gap_ci95:.3f}) | "
+            f"{'yes' if r.helped else '-'} |"
         )
     return (
         f"# Variant comparison\n\nΔ columns are relative to `{reference}`.\n\n"
@@ -522,9 +600,16 @@ def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
     metrics["eval_gap_relative"] = float(v["gap"]["relative"])
     metrics["eval_gap_loss"] = float(v["gap"]["loss"])
     metrics["eval_max_generalization_loss"] = float(v["max_generalization_loss"])
+    metrics["eval_diverged"] = float(bool(v["training"]["diverged"]))
+    metrics["eval_val_loss_rise_share"] = _finite(v["training"]["rise_share"])
     if v["onset_epoch"] is not None:
         metrics["eval_onset_epoch"] = float(v["onset_epoch"])
     return metrics
+
+
+def _finite(value: float, cap: float = 1e6) -> float:
+    """MLflow metrics must be finite: an unbounded share (nothing gained) is capped."""
+    return float(min(value, cap)) if math.isfinite(value) or value > 0 else 0.0
 
 
 def require_variant_runs(paths: Paths, run_ids: Mapping[str, str | None]) -> None:
@@ -563,11 +648,26 @@ def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir
         metrics = [Metric(k, val, now, 0) for k, val in variant_run_metrics(v).items()]
         client.log_batch(run_id, metrics=metrics)
         client.set_tag(run_id, "verdict", v["verdict"])
+        client.set_tag(run_id, "model_verdict", v["model_verdict"])
         client.set_tag(run_id, "evaluated", "true")
         client.log_text(
             run_id,
             json.dumps(
-                {k: v[k] for k in ("verdict", "evidence", "gap", "onset_epoch", "rules")}, indent=2
+                {
+                    k: v[k]
+                    for k in (
+                        "verdict",
+                        "model_verdict",
+                        "summary",
+                        "evidence",
+                        "gap",
+                        "onset_epoch",
+                        "training",
+                        "memorization",
+                        "rules",
+                    )
+                },
+                indent=2,
             ),
             "evaluation/diagnosis.json",
         )
@@ -603,6 +703,7 @@ def register_best(
         "train_accuracy": f"{v['train']['accuracy']:.6f}",
         "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
         "verdict": v["verdict"],
+        "model_verdict": v["model_verdict"],
         "validation_success": "true" if validation.get("success") else "false",
         "data_version": tracking.data_version(paths),
         "repro_id": tracking.repro_id(paths, cfg),
@@ -667,7 +768,15 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
         evaluations[name] = evaluate_variant(
             art, data, indices, probe, cfg.evaluate.feature_map_layers
         )
-    evaluation = build_evaluation(cfg, data.classes, artifacts, evaluations, validation)
+    evaluation = build_evaluation(
+        cfg,
+        data.classes,
+        artifacts,
+        evaluations,
+        validation,
+        n_train=len(data.y("train")),
+        chance={split: majority_share(data.y(split)) for split in SPLITS},
+    )
     histories = {name: art.history for name, art in artifacts.items()}
 
     log.info("writing figures to %s", paths.figures_dir)

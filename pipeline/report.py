@@ -8,8 +8,9 @@ Output: reports/report.html. Figures are embedded as base64 data URIs and the
 CSS is inline; there is no JavaScript and nothing is fetched from the network,
 so the file opens from disk, from an e-mail attachment or an artifact store.
 
-The page answers first, details later, in this order: #headline (the
-reference variant's verdict and the evidence behind it), #recommendations
+The page answers first, details later, in this order: #headline (#answer:
+one sentence answering the question for the reference variant, then its
+verdict, the saved model's own verdict and the evidence behind them), #recommendations
 (the best variant, which mitigation moved val accuracy and the gap by how
 much, the ranked advice), #comparison (the table), #all-curves (with the
 caveat about train curves measured with dropout/augmentation/L2 active),
@@ -132,6 +133,8 @@ def mitigations_context(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "delta_val_accuracy": effect.get("delta_val_accuracy"),
                 "delta_test_accuracy": effect.get("delta_test_accuracy"),
                 "delta_gap": effect.get("delta_gap"),
+                "gap_ci95": ci_halfwidth(effect.get("delta_gap_ci95")),
+                "helped": bool(effect.get("helped", False)),
                 **noise_context(evaluation, name),
             }
         )
@@ -156,6 +159,9 @@ def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[
     return {
         "name": name,
         "verdict": v["verdict"],
+        "model_verdict": v.get("model_verdict", v["verdict"]),
+        "summary": v.get("summary", ""),
+        "training": v.get("training"),
         "evidence": list(v.get("evidence", [])),
         "scores": {split: v[split] for split in ("train", "val", "test")},
         "gap": v["gap"],
@@ -189,7 +195,11 @@ def build_context(
     reference = evaluation.get("reference_variant")
     headline = next((v for v in variants if v["name"] == reference), variants[0])
     reference = headline["name"]
+    answer = evaluation.get("answer") or (
+        f"The reference model {reference} is {str(headline['verdict']).replace('_', ' ')}."
+    )
     return {
+        "answer": answer,
         "validation": validation_context(validation),
         "variants": variants,
         "headline": headline,

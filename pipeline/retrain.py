@@ -279,7 +279,7 @@ class ModelFacts:
     variant: str | None = None
     test_accuracy: float | None = None  # on the current test split; None: cannot be scored
     gap_accuracy: float | None = None  # train - val accuracy, from evaluate
-    verdict: str | None = None  # overfitting | underfitting | good_fit
+    verdict: str | None = None  # the saved model's: overfitting | underfitting | good_fit
     run_id: str | None = None
     note: str = ""  # why test_accuracy is None
 
@@ -371,7 +371,8 @@ def _overfitting_gate(cfg: RetrainConfig, challenger: ModelFacts) -> GateResult:
         return GateResult(
             name,
             False,
-            f"challenger v{challenger.version} ({challenger.variant}) is diagnosed as overfitting",
+            f"challenger v{challenger.version} ({challenger.variant}): its saved model is "
+            "diagnosed as overfitting",
             challenger.verdict,
             "not overfitting",
         )
@@ -494,7 +495,12 @@ def version_facts(version: Any, evaluation: dict[str, Any] | None) -> ModelFacts
         version=str(version.version),
         variant=variant,
         gap_accuracy=gap,
-        verdict=tags.get("verdict") or entry.get("verdict"),
+        # The gate judges the served weights: the saved model's own verdict
+        # (older versions carry only the overall one).
+        verdict=tags.get("model_verdict")
+        or tags.get("verdict")
+        or entry.get("model_verdict")
+        or entry.get("verdict"),
         run_id=version.run_id,
     )
 

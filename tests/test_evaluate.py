@@ -1,15 +1,17 @@
 """pipeline.evaluate: scoring, outputs, MLflow, registry, and known-truth verdicts.
 
-The known-truth tests train real Keras models on tiny real data (scikit-learn
-digits) and let the whole evaluate stage diagnose them:
+The known-truth tests train real Keras models on real images (scikit-learn's
+digits) through the real train stage (`pipeline.train`, so a break between
+what train writes and what evaluate reads fails them), with the thresholds
+params.yaml ships, over two seeds each, and let the whole evaluate stage
+diagnose them:
 
-- a large model on 21 training images for many epochs -> overfitting;
-- a tiny model stopped after one epoch -> underfitting;
-- a reasonable model on the full digits training split -> good_fit.
-
-The models are saved exactly as the train stage's contract says
-(models/<variant>/model.keras, history.csv, metrics.json, run.json with a
-model logged to MLflow through the Keras 3 flavour, mlflow.keras).
+- shuffled labels (Zhang et al. 2017) -> overfitting by memorization, labels first;
+- a plain CNN on a few images per class -> overfitting; a regularized variant
+  narrows the gap and is recommended; an over-regularized one underfits;
+- a plain CNN and its dropout variant on the full digits -> good_fit, with
+  early stopping's stop reported under `training`;
+- a tiny model stopped after two epochs -> underfitting.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pipeline.cli import StageError
 from pipeline.config import load_config
 from pipeline.diagnosis import GOOD_FIT, OVERFITTING, UNDERFITTING
 
-from .conftest import REPO, digits_arrays, make_prepared, small_params
+from .conftest import REPO, digits_arrays, make_prepared, real_params, small_params
 
 VALIDATION_OK = {
     "success": True,
@@ -53,148 +55,106 @@ def write_validation(project, payload=VALIDATION_OK) -> None:
     project.paths.validation_json.write_text(json.dumps(payload))
 
 
-# --------------------------------------------------------------------------- training fixture
-
-
-def train_variant(
-    project,
-    cfg,
-    variant: str,
-    epochs: int,
-    batch_size: int = 16,
-    learning_rate: float = 1e-3,
-    patience: int | None = None,
-) -> None:
-    """Train one variant like the train stage would and save its contract files."""
-    import keras
-    import mlflow
-
-    from pipeline.models import build_model
-    from pipeline.prepared import load_prepared
-
-    data = load_prepared(project.paths.prepared_dir)
-    x_train = np.asarray(data.x("train"), dtype=np.float32)
-    x_val = np.asarray(data.x("val"), dtype=np.float32)
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg.variant(variant).model, data.image_shape, len(data.classes), seed=0)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    callbacks = []
-    if patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
-        )
-    start = time.perf_counter()
-    fit = model.fit(
-        x_train,
-        data.y("train"),
-        validation_data=(x_val, data.y("val")),
-        epochs=epochs,
-        batch_size=batch_size,
-        validation_batch_size=512,
-        callbacks=callbacks,
-        verbose=0,
-    )
-    seconds = time.perf_counter() - start
-    hist = pd.DataFrame(
-        {k: fit.history[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-    )
-    hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
-    hist["learning_rate"] = learning_rate
-    hist["epoch_seconds"] = seconds / len(hist)
-    best = int(hist["val_loss"].idxmin()) + 1 if patience else len(hist)
-
-    out = project.paths.variant_dir(variant)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(project.paths.model_file(variant))
-    hist.to_csv(project.paths.history_csv(variant), index=False)
-    with tracking.stage_run(project.paths, cfg, "train", variant=variant) as run:
-        for row in hist.itertuples(index=False):
-            mlflow.log_metrics(
-                {
-                    "loss": row.loss,
-                    "val_loss": row.val_loss,
-                    "accuracy": row.accuracy,
-                    "val_accuracy": row.val_accuracy,
-                },
-                step=int(row.epoch),
-            )
-        info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
-    project.paths.train_metrics(variant).write_text(
-        json.dumps(
-            {
-                "variant": variant,
-                "best_epoch": best,
-                "stopped_epoch": len(hist),
-                "epochs_run": len(hist),
-                "train_seconds": seconds,
-                "images_per_second": len(x_train) * len(hist) / seconds,
-                "best_val_loss": float(hist["val_loss"].min()),
-                "best_val_accuracy": float(hist.loc[best - 1, "val_accuracy"]),
-                "params": int(model.count_params()),
-            }
-        )
-    )
-    project.paths.run_info(variant).write_text(
-        json.dumps(
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": run.info.experiment_id,
-                "model_uri": info.model_uri,
-                "variant": variant,
-            }
-        )
-    )
-    keras.backend.clear_session()
-
-
-def digits_project(project, variants: dict, train_size: float = 0.7):
-    """Prepared real digits (8x8) and params with `variants`; returns the Config."""
-    x, y = digits_arrays()
-    if train_size < 0.7:
-        # A tiny training split with normal-sized val/test splits.
-        make_prepared(
-            project.paths.prepared_dir,
-            x,
-            y,
-            [str(c) for c in range(10)],
-            fractions=(train_size, 0.5 * (1 - train_size)),
-        )
-    else:
-        make_prepared(project.paths.prepared_dir, x, y, [str(c) for c in range(10)])
-    cfg = project.write_params(small_params(data={"image_size": [8, 8]}, variants=variants))
-    write_validation(project)
-    return cfg
-
-
 # --------------------------------------------------------------------------- known truth
 
 
-@pytest.mark.slow
-def test_known_truth_large_model_on_tiny_data_overfits(project):
-    cfg = digits_project(
-        project,
-        {"large": {"model": {"conv_filters": [32, 64], "dense_units": 256}}},
-        train_size=0.012,  # 21 images, about 2 per class
+def train_for_real(
+    project,
+    variants: dict,
+    *,
+    seed: int = 42,
+    train_size: float = 0.7,
+    shuffle_labels: bool = False,
+    train: dict | None = None,
+):
+    """Prepared real digits (8x8) and the shipped params with `variants`, each trained by
+    the real train stage (`python -m pipeline.train --variant V`); returns the Config.
+
+    Everything but the variants, the seed and (when given) `train` keys is what
+    params.yaml ships, thresholds included.
+    """
+    from pipeline import train as train_stage
+
+    x, y = digits_arrays()
+    if shuffle_labels:
+        # Zhang et al. 2017: labels that carry no signal can only be memorized.
+        y = np.random.default_rng(seed).permutation(y)
+    fractions = (train_size, 0.15) if train_size >= 0.7 else (train_size, 0.3)
+    make_prepared(
+        project.paths.prepared_dir,
+        x,
+        y,
+        [str(c) for c in range(10)],
+        seed=seed,
+        fractions=fractions,
     )
-    # 30 epochs: val loss bottoms out near epoch 14; the smoothed GL rule needs the rise
-    # to last more than a smoothing window (at 20 epochs max GL was 9.7 < 10).
-    train_variant(project, cfg, "large", epochs=30, batch_size=8, learning_rate=3e-3)
+    params = real_params()
+    params["data"]["image_size"] = [8, 8]
+    params["train"]["seed"] = seed
+    params["train"].update(train or {})
+    params["variants"] = variants
+    cfg = project.write_params(params)
+    write_validation(project)
+    for name in variants:
+        assert train_stage.main(["--variant", name]) == 0
+    return cfg
+
+
+DROPOUT = {"model": {"dropout": 0.5, "conv_dropout": 0.25}}
+TINY = {"model": {"conv_filters": [1], "dense_units": 2}, "train": {"epochs": 2}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_known_truth_shuffled_labels_are_memorization(project, seed):
+    """Labels that carry no signal: the network can only memorize, whatever early stopping keeps."""
+    train_for_real(
+        project,
+        {"baseline": {}, "large": {"model": {"conv_filters": [64, 128], "dense_units": 512}}},
+        seed=seed,
+        shuffle_labels=True,
+    )
     evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
-    large = evaluation["variants"]["large"]
-    assert large["verdict"] == OVERFITTING, large["evidence"]
-    assert large["train"]["accuracy"] == 1.0
-    assert large["gap"]["relative"] >= cfg.evaluate.overfit_relative_gap
-    assert any("relative gap" in e for e in large["evidence"])
-    # Val loss turned up while train loss kept falling: the GL rule and an onset.
-    assert large["rules"]["generalization_loss"], large["evidence"]
-    assert large["onset_epoch"] is not None
-    # The only variant is best by the fallback rule, and the result says why.
-    assert evaluation["best_variant"] == "large"
-    assert "no variant was diagnosed good_fit" in evaluation["best_variant_reason"]
+    cfg = load_config(project.paths.params).evaluate
+    for name in ("baseline", "large"):
+        v = evaluation["variants"][name]
+        assert v["verdict"] == v["model_verdict"] == OVERFITTING, v["evidence"]
+        assert v["rules"]["memorization"]
+        memo = v["memorization"]
+        # Clear margins: train climbs well past the threshold, val stays at chance.
+        assert memo["train_peak"] - memo["chance_train"] > 2 * memo["train_margin"]
+        assert memo["val_peak"] - memo["chance_val"] < memo["val_margin"]
+        assert memo["train_margin"] >= cfg.memorization_min_rise
+        assert any(e.startswith("memorization: train accuracy") for e in v["evidence"])
+    assert "memorizes" in evaluation["answer"] and "check the labels" in evaluation["answer"]
+    actions = [r["action"] for r in evaluation["recommendations"]]
+    assert actions[0].startswith("Check the labels")
+    assert not any("capacity" in a or "more epochs" in a for a in actions)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, seed):
+    """Full digits: a plain CNN and its dropout variant generalize; early stopping's stop is
+    reported under `training`, not as overfitting; a tiny model stopped after 2 epochs underfits.
+    """
+    train_for_real(project, {"baseline": {}, "dropout": DROPOUT, "tiny": TINY}, seed=seed)
+    cfg = load_config(project.paths.params).evaluate
+    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
+    variants = evaluation["variants"]
+    for name in ("baseline", "dropout"):
+        v = variants[name]
+        assert v["verdict"] == v["model_verdict"] == GOOD_FIT, v["evidence"]
+        assert v["gap"]["accuracy"] < cfg.overfit_gap / 2
+        t = v["training"]
+        assert not t["diverged"] and t["rise_share"] < cfg.divergence_share / 4
+        assert t["stopped_by"] == "early_stopping" and t["best_epoch"] < t["epochs_run"]
+        assert f"restored epoch {v['best_epoch']}" in t["summary"]
+    assert evaluation["answer"].startswith("No, `baseline` generalizes")
+    tiny = variants["tiny"]
+    assert tiny["verdict"] == UNDERFITTING and tiny["rules"]["near_chance"], tiny["evidence"]
+    assert tiny["training"]["stopped_by"] == "epoch_limit" and tiny["epochs_run"] == 2
+    assert evaluation["best_variant"] in ("baseline", "dropout")
 
 
 @pytest.mark.slow
@@ -202,15 +162,7 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    cfg = digits_project(
-        project,
-        {
-            "baseline": {"model": {"conv_filters": [16], "dense_units": 64}},
-            "tiny": {"model": {"conv_filters": [1], "dense_units": 2}},
-        },
-    )
-    train_variant(project, cfg, "baseline", epochs=12, batch_size=32, patience=3)
-    train_variant(project, cfg, "tiny", epochs=1, batch_size=64, learning_rate=1e-4)
+    cfg = train_for_real(project, {"baseline": {}, "tiny": TINY})
 
     # A champion from an earlier run that evaluate must leave alone.
     tracking.configure(project.paths)
@@ -232,19 +184,35 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
 
     # The evaluation.json contract.
     for split in ("train", "val", "test"):
-        assert set(base[split]) >= {"accuracy", "loss", "precision", "recall", "f1"}
+        assert set(base[split]) >= {"accuracy", "loss", "precision", "recall", "f1", "n"}
     for key in (
         "gap",
         "best_epoch",
         "epochs_run",
         "onset_epoch",
         "verdict",
+        "model_verdict",
+        "summary",
         "evidence",
+        "training",
+        "memorization",
         "mlflow_run_id",
         "per_class",
         "confusion",
     ):
         assert key in base
+    assert set(base["training"]) >= {
+        "diverged",
+        "onset_epoch",
+        "stopped_by",
+        "best_epoch",
+        "val_loss_rise",
+        "rise_share",
+        "noise_z",
+        "gap_widening",
+        "summary",
+    }
+    assert evaluation["answer"] == base["summary"]
     assert len(base["per_class"]) == 10 and "accuracy_gap" in base["per_class"][0]
     assert base["training_behaviour"] == {"dropout": False, "augmentation": False, "l2": False}
     assert np.asarray(base["confusion"]["test"]).sum() == base["test"]["n"]
@@ -257,10 +225,11 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
     comparison = pd.read_csv(paths.comparison_csv)
     assert comparison["variant"].tolist() == ["baseline", "tiny"]
     assert comparison.set_index("variant").loc["tiny", "verdict"] == UNDERFITTING
-    assert "| tiny | underfitting |" in paths.comparison_md.read_text()
+    assert {"model_verdict", "diverged", "delta_val_ci95", "helped"} <= set(comparison.columns)
+    assert "| tiny | underfitting | underfitting |" in paths.comparison_md.read_text()
     curves = pd.read_csv(paths.curves_csv)
     assert list(curves.columns) == ev.CURVES_COLUMNS
-    assert len(curves) == base["epochs_run"] + 1
+    assert len(curves) == base["epochs_run"] + tiny["epochs_run"]
     metrics = json.loads(paths.evaluation_metrics.read_text())
     assert set(metrics["baseline"]) >= {"test_accuracy", "val_accuracy", "gap"}
 
@@ -278,8 +247,9 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
     for variant, verdict in (("baseline", GOOD_FIT), ("tiny", UNDERFITTING)):
         run = client.get_run(evaluation["variants"][variant]["mlflow_run_id"])
         assert run.data.tags["verdict"] == verdict
+        assert run.data.tags["model_verdict"] == verdict
         assert run.data.tags["stage"] == "train"  # not overwritten by evaluate
-        assert "eval_val_accuracy" in run.data.metrics
+        assert "eval_val_accuracy" in run.data.metrics and "eval_diverged" in run.data.metrics
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/diagnosis.json" in arts
     eval_run = client.get_run(evaluation["evaluate_run_id"])
@@ -298,6 +268,7 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
         "train_accuracy",
         "gap_accuracy",
         "verdict",
+        "model_verdict",
         "data_version",
         "repro_id",
     }

@@ -11,12 +11,12 @@ import json
 import re
 import shutil
 import subprocess
-from html import escape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from markupsafe import escape  # what Jinja2 autoescape uses (&#39; for quotes)
 
 from pipeline import evaluate as ev
 from pipeline import report
@@ -144,7 +144,11 @@ def test_report_is_self_contained_and_complete(project, built):
     positions = [html.index(marker) for marker in order]
     assert positions == sorted(positions), order
     headline = html[positions[0] : positions[1]]
-    assert "<code>baseline</code> is" in headline and 'class="verdict overfitting"' in headline
+    assert "<code>baseline</code>" in headline and 'class="verdict overfitting"' in headline
+    # One sentence answers the question for the reference model, before the evidence.
+    assert evaluation["answer"].startswith("Yes, `baseline` overfits")
+    assert escape(evaluation["answer"]) in headline
+    assert headline.index('id="answer"') < headline.index('class="evidence"')
     for line in evaluation["variants"]["baseline"]["evidence"]:
         assert escape(line) in headline
     what_works = html[positions[1] : positions[2]]

@@ -91,7 +91,9 @@ def test_overfitting_verdict_blocks():
     challenger = ModelFacts(**{**GOOD.__dict__, "verdict": "overfitting"})
     decision, reasons = retrain.decide(retrain.gates(CFG, challenger, CHAMP, VALID))
     assert decision == "rejected"
-    assert reasons == ["not_overfitting: challenger v2 (dropout) is diagnosed as overfitting"]
+    assert reasons == [
+        "not_overfitting: challenger v2 (dropout): its saved model is diagnosed as overfitting"
+    ]
 
 
 def test_unknown_verdict_blocks_but_switch_off_allows_overfitting():
