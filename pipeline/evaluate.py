@@ -63,14 +63,8 @@ from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
-from pipeline.prepared import (
-    MODEL_INPUT_BATCH,
-    SPLITS,
-    PreparedDataset,
-    load_prepared,
-    predict_in_batches,
-    staging_dir,
-)
+from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
+from pipeline.scoring import predict_proba, split_scores
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +76,6 @@ TRAIN_SAMPLE_SEED = 0
 PROBE_SEED = 0
 # Keras layer classes that act only while training (the per-epoch train metrics include them).
 AUGMENTATION_PREFIX = "Random"
-EPS = 1e-7  # same clipping as Keras' cross-entropy
 CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "gap"]
 COMPARISON_COLUMNS = [
     "variant",
@@ -142,44 +135,6 @@ def load_validation(paths: Paths) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def predict_proba(model: Any, x: np.ndarray, batch_size: int = MODEL_INPUT_BATCH) -> np.ndarray:
-    """Class probabilities in batches; `x` may be a uint8 memmap (cast per batch)."""
-    if len(x) == 0:
-        raise StageError("cannot evaluate on an empty split")
-    return predict_in_batches(model.predict_on_batch, x, batch_size)
-
-
-def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Accuracy, cross-entropy, macro precision/recall/F1, per-class arrays, confusion."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    if proba.shape != (len(y_true), n_classes):
-        raise ValueError(f"probabilities shape {proba.shape} != ({len(y_true)}, {n_classes})")
-    pred = proba.argmax(axis=1)
-    labels = list(range(n_classes))
-    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, pred, labels=labels, average=None, zero_division=0
-    )
-    present = support > 0  # macro over the classes this split has
-    return {
-        "accuracy": float((pred == y_true).mean()),
-        "loss": float(-np.log(picked).mean()),
-        "precision": float(precision[present].mean()),
-        "recall": float(recall[present].mean()),
-        "f1": float(f1[present].mean()),
-        "n": int(len(y_true)),
-        "_per_class": {
-            "precision": precision.tolist(),
-            "recall": recall.tolist(),
-            "f1": f1.tolist(),
-            "support": support.tolist(),
-        },
-        "_confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
-    }
 
 
 def per_class_table(scores: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> list[dict]:
