@@ -211,7 +211,8 @@ def learning_curve_figure(curve: Mapping) -> Figure:
         ax.grid(alpha=0.3)
     ax_gap.axhline(0, color="black", linewidth=0.8)
     ax_val.set_title(f"{curve['last_step']['trend']}: val accuracy vs data")
-    ax_gap.set_title(f"gap {curve['gap_change']['trend']}")
+    gap_trend = curve["gap_change"]["trend"]
+    ax_gap.set_title("gap: no change beyond noise" if gap_trend == "flat" else f"gap {gap_trend}")
     fig.suptitle(f"Learning curve of {curve['variant']} (95% intervals)")
     fig.tight_layout()
     return fig
