@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+# A variant may not be called this: models/<it>/ holds the learning curve's outputs.
+LEARNING_CURVE_DIR = "learning_curve"
 Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
 Severity = Literal["error", "warning"]
 
@@ -179,6 +181,29 @@ class RetrainConfig(_Frozen):
     lock_stale_seconds: Annotated[int, Field(ge=1)] = 21_600
 
 
+class LearningCurveConfig(_Frozen):
+    """Train `variant` on nested subsets of the train split ("would more data help?").
+
+    No defaults here: params.yaml holds them (one place per default).
+    """
+
+    variant: str = Field(min_length=1)
+    # The full-data point (1.0) is the variant's own train stage, never trained twice.
+    fractions: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = Field(min_length=1)
+
+    _fractions_tuple = field_validator("fractions", mode="before")(_list_to_tuple)
+
+    @field_validator("fractions")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(
+                "must be unique and strictly increasing, e.g. [0.25, 0.5] "
+                "(the full data, 1.0, is the train stage itself and is not listed)"
+            )
+        return value
+
+
 class MlflowConfig(_Frozen):
     experiment: str = Field(min_length=1)
 
@@ -194,6 +219,7 @@ class Config(_Frozen):
     evaluate: EvaluateConfig
     registry: RegistryConfig
     retrain: RetrainConfig = RetrainConfig()
+    learning_curve: LearningCurveConfig
     mlflow: MlflowConfig
 
     model_config = ConfigDict(
@@ -204,7 +230,29 @@ class Config(_Frozen):
     def _variants_resolve(self) -> Config:
         for name in self.variants:
             self.variant(name)  # raises with the variant's key path on a bad override
+        curve_variant = self.learning_curve.variant
+        if curve_variant not in self.variants:
+            raise ConfigError(
+                f"invalid params.yaml:\n  learning_curve.variant = {curve_variant!r}: "
+                "must be a key of `variants` (" + ", ".join(sorted(self.variants)) + ")"
+            )
+        if LEARNING_CURVE_DIR in self.variants:
+            # models/learning_curve/ holds the learning curve's outputs.
+            raise ConfigError(
+                f"invalid params.yaml:\n  variants.{LEARNING_CURVE_DIR}: the name is reserved "
+                "for the learning curve's outputs (models/learning_curve/); rename the variant"
+            )
         return self
+
+    def learning_curve_fraction(self, fraction: float) -> float:
+        """`fraction` if params.yaml `learning_curve.fractions` lists it; else ConfigError."""
+        if fraction not in self.learning_curve.fractions:
+            allowed = ", ".join(str(f) for f in self.learning_curve.fractions)
+            raise ConfigError(
+                f"fraction {fraction!r} is not in params.yaml learning_curve.fractions "
+                f"(allowed: {allowed}); add it there to train it"
+            )
+        return fraction
 
     def variant(self, name: str) -> VariantConfig:
         """The effective model and train settings of one variant."""

@@ -15,7 +15,12 @@ Outputs:
   val_accuracy, gap) for dvc.yaml's top-level plots.
 - reports/metrics.json: flat DVC metrics (<variant>.test_accuracy, ...).
 - reports/figures/: learning curves, all-variant curves, gaps, confusion
-  matrices, feature maps (pipeline.plots).
+  matrices, feature maps (pipeline.plots); learning_curve.png.
+- evaluation.json `learning_curve` (when models/learning_curve/<fraction>/
+  exist): "would more data help?" from the learning_curve stages' scores plus
+  this stage's own scores of `learning_curve.variant` as the full-data point
+  (pipeline.learning_curve.analyse); "Get more training data" is appended to
+  the recommendations only when val accuracy still rises beyond noise.
 - MLflow: evaluation metrics, a `verdict` tag and the evidence logged to each
   variant's own train run; an `evaluate` run holding the comparison and the
   figures; the best variant's model registered as a new version of
@@ -60,18 +65,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import diagnosis, plots
+from pipeline import learning_curve as lc
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
-from pipeline.paths import Paths
-from pipeline.prepared import (
-    MODEL_INPUT_BATCH,
-    SPLITS,
-    PreparedDataset,
-    load_prepared,
-    predict_in_batches,
-    staging_dir,
-)
+from pipeline.paths import Paths, fraction_key
+from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
+from pipeline.scoring import predict_proba, split_scores
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,6 @@ TRAIN_SAMPLE_SEED = 0
 PROBE_SEED = 0
 # Keras layer classes that act only while training (the per-epoch train metrics include them).
 AUGMENTATION_PREFIX = "Random"
-EPS = 1e-7  # same clipping as Keras' cross-entropy
 CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "gap"]
 COMPARISON_COLUMNS = [
     "variant",
@@ -148,44 +147,6 @@ def load_validation(paths: Paths) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def predict_proba(model: Any, x: np.ndarray, batch_size: int = MODEL_INPUT_BATCH) -> np.ndarray:
-    """Class probabilities in batches; `x` may be a uint8 memmap (cast per batch)."""
-    if len(x) == 0:
-        raise StageError("cannot evaluate on an empty split")
-    return predict_in_batches(model.predict_on_batch, x, batch_size)
-
-
-def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Accuracy, cross-entropy, macro precision/recall/F1, per-class arrays, confusion."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    if proba.shape != (len(y_true), n_classes):
-        raise ValueError(f"probabilities shape {proba.shape} != ({len(y_true)}, {n_classes})")
-    pred = proba.argmax(axis=1)
-    labels = list(range(n_classes))
-    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, pred, labels=labels, average=None, zero_division=0
-    )
-    present = support > 0  # macro over the classes this split has
-    return {
-        "accuracy": float((pred == y_true).mean()),
-        "loss": float(-np.log(picked).mean()),
-        "precision": float(precision[present].mean()),
-        "recall": float(recall[present].mean()),
-        "f1": float(f1[present].mean()),
-        "n": int(len(y_true)),
-        "_per_class": {
-            "precision": precision.tolist(),
-            "recall": recall.tolist(),
-            "f1": f1.tolist(),
-            "support": support.tolist(),
-        },
-        "_confusion": confusion_matrix(y_true, pred, labels=labels).tolist(),
-    }
 
 
 def per_class_table(scores: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> list[dict]:
@@ -585,6 +546,93 @@ def write_figures(
                 )
         plots.save_png(plots.all_val_curves(histories, marks), tmp / plots.VAL_CURVES)
         plots.save_png(plots.gap_curves(histories), tmp / plots.GAP_CURVES)
+        if evaluation.get("learning_curve"):
+            plots.save_png(
+                plots.learning_curve_figure(evaluation["learning_curve"]),
+                tmp / plots.LEARNING_CURVE,
+            )
+
+
+# --------------------------------------------------------------------------- learning curve
+
+
+def learning_curve_points(
+    paths: Paths,
+    cfg: Config,
+    n_train: int,
+    full_scores: Mapping[str, Mapping[str, Any]],
+    full_run_id: str | None,
+    data_version: str,
+) -> list[lc.CurvePoint] | None:
+    """The learning_curve stages' points plus the full-data point from this stage's scores.
+
+    None when no fraction was trained (the stages have not run); StageError when
+    only some were, or when one was trained on other data or another variant.
+    """
+    fractions = cfg.learning_curve.fractions
+    found = [f for f in fractions if paths.fraction_result(f).exists()]
+    if not found:
+        log.info("no learning-curve outputs in %s; skipping it", paths.learning_curve_dir)
+        return None
+    points = []
+    for fraction in fractions:
+        stage = f"learning_curve@{fraction_key(fraction)}"
+        result = read_stage_json(paths.fraction_result(fraction), stage)
+        if result.get("variant") != cfg.learning_curve.variant or (
+            result.get("data_version") != data_version
+        ):
+            raise StageError(
+                f"{paths.fraction_result(fraction)} was trained for variant "
+                f"{result.get('variant')!r} on data {result.get('data_version')}, not "
+                f"{cfg.learning_curve.variant!r} on {data_version}; run dvc repro {stage}"
+            )
+        points.append(
+            lc.CurvePoint(
+                n_train=int(result["n_train"]),
+                train_accuracy=float(result["train"]["accuracy"]),
+                val_accuracy=float(result["val"]["accuracy"]),
+                n_val=int(result["val"]["n"]),
+                n_train_scored=int(result["train"]["n"]),
+                mlflow_run_id=result.get("mlflow_run_id"),
+            )
+        )
+    points.append(
+        lc.CurvePoint(
+            n_train=n_train,
+            train_accuracy=float(full_scores["train"]["accuracy"]),
+            val_accuracy=float(full_scores["val"]["accuracy"]),
+            n_val=int(full_scores["val"]["n"]),
+            n_train_scored=int(full_scores["train"]["n"]),
+            mlflow_run_id=full_run_id,
+        )
+    )
+    return points
+
+
+def add_learning_curve(
+    evaluation: dict[str, Any], points: Sequence[lc.CurvePoint] | None, variant: str
+) -> None:
+    """evaluation["learning_curve"], and "Get more training data" when the curve still rises."""
+    if points is None:
+        return
+    try:
+        curve = lc.analyse(points, variant)
+    except ValueError as exc:
+        raise StageError(f"learning curve of {variant!r}: {exc}") from None
+    evaluation["learning_curve"] = curve
+    if curve["still_rising"]:
+        recs = evaluation["recommendations"]
+        # Before the closing "Use <best>" item: a measured reason to collect data.
+        recs.insert(
+            max(len(recs) - 1, 0),
+            {
+                "action": "Get more training data",
+                "reason": f"learning curve of {variant}: {curve['summary']}",
+                "source": "learning_curve",
+            },
+        )
+        for rank, rec in enumerate(recs, start=1):
+            rec["rank"] = str(rank)
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -777,6 +825,16 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
         n_train=len(data.y("train")),
         chance={split: majority_share(data.y(split)) for split in SPLITS},
     )
+    curve_variant = cfg.learning_curve.variant
+    curve_points = learning_curve_points(
+        paths,
+        cfg,
+        n_train=len(data.y("train")),
+        full_scores=evaluations[curve_variant].scores,
+        full_run_id=artifacts[curve_variant].run_info.get("run_id"),
+        data_version=str(data.meta.get("manifest_hash", "none")),
+    )
+    add_learning_curve(evaluation, curve_points, curve_variant)
     histories = {name: art.history for name, art in artifacts.items()}
 
     log.info("writing figures to %s", paths.figures_dir)

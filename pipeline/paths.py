@@ -10,6 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.config import LEARNING_CURVE_DIR
+
+
+def fraction_key(fraction: float | str) -> str:
+    """A learning-curve fraction as DVC writes it in a stage name: 0.25 -> "0.25".
+
+    Strings pass through, so "${item}" gives dvc.yaml's own template (tests/test_layout.py).
+    """
+    return fraction if isinstance(fraction, str) else str(float(fraction))
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -118,3 +128,21 @@ class Paths:
 
     def backup_dir(self, variant: str) -> Path:
         return self.state_dir / "train" / variant
+
+    @property
+    def learning_curve_dir(self) -> Path:
+        """One subdirectory per learning-curve fraction (config forbids it as a variant name)."""
+        return self.models_dir / LEARNING_CURVE_DIR
+
+    def fraction_dir(self, fraction: float | str) -> Path:
+        return self.learning_curve_dir / fraction_key(fraction)
+
+    def fraction_history(self, fraction: float | str) -> Path:
+        return self.fraction_dir(fraction) / "history.csv"
+
+    def fraction_result(self, fraction: float | str) -> Path:
+        """Scores on the subset and on val, n, MLflow run id: what evaluate reads."""
+        return self.fraction_dir(fraction) / "result.json"
+
+    def fraction_backup_dir(self, fraction: float | str) -> Path:
+        return self.state_dir / LEARNING_CURVE_DIR / fraction_key(fraction)

@@ -6,7 +6,7 @@ written atomically by `save_png`; evaluate puts them in reports/figures/.
 
 File names (the report looks for these): `curves_<variant>.png`,
 `val_curves_all.png`, `gap_all.png`, `confusion_<variant>.png`,
-`feature_maps_<variant>.png`.
+`feature_maps_<variant>.png`, `learning_curve.png`.
 
 Loss axes are logarithmic: cross-entropy falls from about 2 to below 0.05, and
 on a linear axis the late-epoch rise of the val loss that decides the verdict
@@ -49,6 +49,7 @@ def feature_maps_name(variant: str) -> str:
 
 VAL_CURVES = "val_curves_all.png"
 GAP_CURVES = "gap_all.png"
+LEARNING_CURVE = "learning_curve.png"
 
 
 def save_png(fig: Figure, path: Path) -> Path:
@@ -174,6 +175,45 @@ def gap_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Generalization gap per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def _error_bars(points: Sequence[Mapping], value: str, interval: str) -> np.ndarray:
+    """(2, n) distances below and above each value, for errorbar's yerr."""
+    values = np.array([p[value] for p in points])
+    bounds = np.array([p[interval] for p in points])
+    return np.vstack([values - bounds[:, 0], bounds[:, 1] - values]).clip(min=0)
+
+
+def learning_curve_figure(curve: Mapping) -> Figure:
+    """Val accuracy and train - val gap against training-set size, 95% error bars.
+
+    `curve` is evaluation.json's `learning_curve` block (pipeline.learning_curve.analyse).
+    """
+    points = curve["points"]
+    n = [p["n_train"] for p in points]
+    fig, (ax_val, ax_gap) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, value, interval, label in (
+        (ax_val, "val_accuracy", "val_ci95", "val accuracy"),
+        (ax_gap, "gap", "gap_ci95", "train - val accuracy"),
+    ):
+        ax.errorbar(
+            n,
+            [p[value] for p in points],
+            yerr=_error_bars(points, value, interval),
+            marker="o",
+            capsize=4,
+        )
+        ax.set_xlabel("training images")
+        ax.set_ylabel(label)
+        ax.set_xticks(n, [f"{k}\n({p['fraction']:.0%})" for k, p in zip(n, points, strict=True)])
+        ax.grid(alpha=0.3)
+    ax_gap.axhline(0, color="black", linewidth=0.8)
+    ax_val.set_title(f"{curve['last_step']['trend']}: val accuracy vs data")
+    gap_trend = curve["gap_change"]["trend"]
+    ax_gap.set_title("gap: no change beyond noise" if gap_trend == "flat" else f"gap {gap_trend}")
+    fig.suptitle(f"Learning curve of {curve['variant']} (95% intervals)")
     fig.tight_layout()
     return fig
 

@@ -14,6 +14,7 @@ verdict, the saved model's own verdict and the evidence behind them), #recommend
 (the best variant, which mitigation moved val accuracy and the gap by how
 much, the ranked advice), #comparison (the table), #all-curves (with the
 caveat about train curves measured with dropout/augmentation/L2 active),
+#more-data (the learning curve: would more data help? when it ran),
 #validation, then #variants with one collapsed <details id="variant-<name">
 per variant, and #next-steps.
 
@@ -216,6 +217,22 @@ def build_context(
         "evaluate_run_id": evaluation.get("evaluate_run_id"),
         "val_curves": png_data_uri(figures_dir / plots.VAL_CURVES),
         "gap_curves": png_data_uri(figures_dir / plots.GAP_CURVES),
+        "learning_curve": learning_curve_context(evaluation, figures_dir),
+    }
+
+
+def learning_curve_context(evaluation: Mapping[str, Any], figures_dir: Path) -> dict | None:
+    """The "Would more data help?" section; None when the learning curve did not run."""
+    curve = evaluation.get("learning_curve")
+    if not curve:
+        return None
+    return {
+        "variant": curve["variant"],
+        "summary": _sentence(curve["summary"]),
+        "gap_summary": _sentence(curve["gap_summary"]),
+        "still_rising": curve["still_rising"],
+        "points": curve["points"],
+        "figure": png_data_uri(figures_dir / plots.LEARNING_CURVE),
     }
 
 

@@ -1,9 +1,12 @@
 """Stage `train`: fit one variant's CNN and record its curves.
 
     python -m pipeline.train --variant NAME
+    python -m pipeline.train --variant NAME --fraction F   # stage learning_curve@F
 
-The flag only selects a variant defined in params.yaml `variants`; every
-hyperparameter comes from the variant's effective `model` and `train` config.
+The flags only select: a variant defined in params.yaml `variants`, and for
+the learning curve one of `learning_curve.fractions` (NAME must then be
+`learning_curve.variant`); every hyperparameter comes from the variant's
+effective `model` and `train` config.
 
 Inputs: params.yaml, data/prepared/ (memory-mapped pixel arrays, meta.json),
 reports/validation.json (for `train.class_weight: auto`).
@@ -26,6 +29,19 @@ and ends with the same history as an uninterrupted run: the shuffle order and
 the dropout/augmentation random streams are pure functions of (seed, epoch),
 and the early-stopping / LR-schedule state is replayed from the history rows.
 The state is discarded when the variant's params or the data version changed.
+
+With `--fraction F` the same fit runs on a stratified subset of the train
+split (`train_subset`: per class, a fixed shuffle seeded by data.seed, cut at
+F, so a smaller fraction's subset lies inside a larger one's), validated on
+the whole val split, and writes models/learning_curve/<F>/ instead:
+    history.csv   as above
+    result.json   variant, fraction, n_train (subset) and n_train_full, the
+                  best epoch's model's inference-mode accuracy/loss/n on the
+                  subset and on val, training metrics, mlflow_run_id
+with resumable state in `.pipeline_state/learning_curve/<F>/` and an MLflow
+run tagged stage=learning_curve, train_fraction=F. No model file is kept:
+evaluate needs only the scores. The full-data point is the variant's own
+train stage, so it is never trained twice.
 """
 
 from __future__ import annotations
@@ -42,7 +58,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,9 +68,9 @@ import numpy as np
 
 from pipeline import tracking
 from pipeline.cli import StageError, run_stage
-from pipeline.config import Config, VariantConfig, load_config
+from pipeline.config import Config, ConfigError, VariantConfig, load_config
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from pipeline.paths import Paths
+from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import PreparedDataset, load_prepared, staging_dir
 
 log = logging.getLogger(__name__)
@@ -141,6 +157,49 @@ def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
 
     indices = tf.data.Dataset.from_tensor_slices(np.arange(len(y), dtype=np.int64))
     return _batch_pipeline(indices.batch(batch_size), x, y, x.shape[1:]).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------ data subsets
+
+# Separates the subset's random stream from every other use of data.seed.
+SUBSET_STREAM = 7
+
+
+def train_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted train-split rows kept at `fraction`: stratified and nested.
+
+    Each class's rows are shuffled once by a generator seeded with (seed,
+    class), and the first round(fraction * count) of them (at least one) are
+    kept, so every class keeps its share and a smaller fraction's subset is a
+    prefix of, hence inside, a larger one's.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    y = np.asarray(y, dtype=np.int64)
+    keep = []
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        order = np.random.default_rng([int(seed), SUBSET_STREAM, int(label)]).permutation(rows)
+        keep.append(order[: max(1, math.floor(fraction * len(rows) + 0.5))])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class TrainSubset(PreparedDataset):
+    """A prepared dataset whose train split is cut to `rows`; val and test stay whole.
+
+    The subset's pixels are read into memory (a fraction of the train split).
+    """
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def x(self, split: str) -> np.ndarray:
+        x = super().x(split)
+        return np.asarray(x[self.rows]) if split == "train" else x
+
+    def y(self, split: str) -> np.ndarray:
+        y = super().y(split)
+        return y[self.rows] if split == "train" else y
 
 
 # ------------------------------------------------------------------ class weights
@@ -760,23 +819,42 @@ def _run_exists(run_id: str | None) -> bool:
     return True
 
 
-def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
-    """The whole stage for one variant; returns metrics.json's content."""
-    vcfg = cfg.variant(name)
-    tracking.configure(paths)  # an unreachable server fails here, before any work
-    data = load_prepared(paths.prepared_dir)
+def fit_tracked(
+    paths: Paths,
+    cfg: Config,
+    vcfg: VariantConfig,
+    data: PreparedDataset,
+    *,
+    stage: str,
+    backup_root: Path,
+    finish: Callable[[Any, TrainResult, dict[str, Any]], None],
+    run_params: dict[str, Any] | None = None,
+    run_tags: dict[str, str] | None = None,
+    fingerprint_extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Fit `vcfg` on `data` inside a resumable, tagged MLflow run; returns metrics.json's content.
+
+    Shared by the variant stage and the learning curve. `finish(run, result,
+    metrics)` runs inside the MLflow run after training and writes the outputs.
+    """
     class_weight = resolve_class_weights(
         vcfg.train.class_weight, data.y("train"), len(data.classes), paths.validation_json
     )
-    state = open_backup(paths.backup_dir(name), fingerprint_of(vcfg, data, class_weight))
+    fingerprint = {**fingerprint_of(vcfg, data, class_weight), **(fingerprint_extra or {})}
+    state = open_backup(backup_root, fingerprint)
     if state.run_id and not _run_exists(state.run_id):
         log.info("MLflow run %s of the saved state is gone; starting over", state.run_id)
         state.discard()
-        state = open_backup(paths.backup_dir(name), state.fingerprint)
+        state = open_backup(backup_root, state.fingerprint)
     import mlflow
 
     with tracking.stage_run(
-        paths, cfg, stage="train", variant=name, resume_run_id=state.run_id
+        paths,
+        cfg,
+        stage=stage,
+        variant=vcfg.name,
+        resume_run_id=state.run_id,
+        extra_tags=run_tags,
     ) as run:
         state.run_id = run.info.run_id
         state.save()
@@ -786,6 +864,7 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
                     **vcfg.flat(),
                     **data_params(cfg, data),
                     "train.class_weight_applied": class_weight is not None,
+                    **(run_params or {}),
                 }
             )
         backfill_mlflow(run.info.run_id, state.rows)
@@ -795,8 +874,21 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
             vcfg, result.rows, result.stopped_epoch, n_train, result.model.count_params()
         )
         mlflow.log_metrics(run_metrics(metrics))
-        summary = model_summary(result.model)
-        mlflow.log_text(summary, "model_summary.txt")
+        finish(run, result, metrics)
+    state.discard()
+    return metrics
+
+
+def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
+    """The whole stage for one variant; returns metrics.json's content."""
+    vcfg = cfg.variant(name)
+    tracking.configure(paths)  # an unreachable server fails here, before any work
+    data = load_prepared(paths.prepared_dir)
+
+    def finish(run, result: TrainResult, metrics: dict[str, Any]) -> None:
+        import mlflow
+
+        mlflow.log_text(model_summary(result.model), "model_summary.txt")
         model_uri = log_keras_model(result.model, data)
         run_info = {
             "run_id": run.info.run_id,
@@ -805,8 +897,79 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
             "variant": name,
         }
         write_outputs(paths, name, result, metrics, run_info)
-    state.discard()
-    return metrics
+
+    return fit_tracked(
+        paths, cfg, vcfg, data, stage="train", backup_root=paths.backup_dir(name), finish=finish
+    )
+
+
+def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dict[str, Any]:
+    """Stage learning_curve@<fraction>: the variant on a nested subset; returns result.json."""
+    if name != cfg.learning_curve.variant:
+        raise ConfigError(
+            f"--fraction trains params.yaml learning_curve.variant "
+            f"({cfg.learning_curve.variant!r}), not {name!r}"
+        )
+    fraction = cfg.learning_curve_fraction(fraction)
+    vcfg = cfg.variant(name)
+    tracking.configure(paths)
+    full = load_prepared(paths.prepared_dir)
+    n_full = len(full.y("train"))
+    rows = train_subset(full.y("train"), fraction, cfg.data.seed)
+    data = TrainSubset(root=full.root, manifest=full.manifest, meta=full.meta, rows=rows)
+    key = fraction_key(fraction)
+    subset_hash = hashlib.sha256(rows.tobytes()).hexdigest()[:12]
+    result_json: dict[str, Any] = {}
+
+    def finish(run, result: TrainResult, metrics: dict[str, Any]) -> None:
+        import mlflow
+
+        from pipeline.scoring import accuracy_and_loss
+
+        n_classes = len(data.classes)
+        scores = {
+            "train": accuracy_and_loss(result.model, data.x("train"), data.y("train"), n_classes),
+            "val": accuracy_and_loss(result.model, data.x("val"), data.y("val"), n_classes),
+        }
+        mlflow.log_metrics(
+            {f"subset_{split}_{m}": float(v[m]) for split, v in scores.items() for m in v}
+        )
+        result_json.update(
+            {
+                "variant": name,
+                "fraction": fraction,
+                "n_train": int(len(rows)),
+                "n_train_full": n_full,
+                "subset_hash": subset_hash,
+                "data_version": str(full.meta.get("manifest_hash", "none")),
+                "variant_params_hash": vcfg.params_hash(),
+                **scores,
+                "training": metrics,
+                "mlflow_run_id": run.info.run_id,
+            }
+        )
+        with staging_dir(paths.fraction_dir(fraction)) as tmp:
+            (tmp / paths.fraction_history(fraction).name).write_text(history_text(result.rows))
+            write_json_atomic(tmp / paths.fraction_result(fraction).name, result_json)
+
+    fit_tracked(
+        paths,
+        cfg,
+        vcfg,
+        data,
+        stage="learning_curve",
+        backup_root=paths.fraction_backup_dir(fraction),
+        finish=finish,
+        run_params={
+            "train_fraction": fraction,
+            "n_train": int(len(rows)),
+            "data.n_train": int(len(rows)),
+            "data.n_train_full": n_full,
+        },
+        run_tags={"train_fraction": key},
+        fingerprint_extra={"train_fraction": key, "subset": subset_hash},
+    )
+    return result_json
 
 
 def log_keras_model(model, data: PreparedDataset) -> str:
@@ -895,6 +1058,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train one variant defined in params.yaml `variants`.",
     )
     parser.add_argument("--variant", required=True, help="a key of params.yaml `variants`")
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        help="learning curve: train on this share of the train split, one of params.yaml "
+        "learning_curve.fractions (the variant must be learning_curve.variant)",
+    )
     return parser.parse_args(argv)
 
 
@@ -902,6 +1071,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths = Paths.here()
     cfg = load_config(paths.params)
+    if args.fraction is not None:
+        result = train_fraction(paths, cfg, args.variant, args.fraction)
+        print(
+            f"trained {args.variant} on {result['n_train']} of {result['n_train_full']} train "
+            f"images (fraction {args.fraction:g}): val_accuracy {result['val']['accuracy']:.4f} "
+            f"-> {paths.fraction_dir(args.fraction)}",
+            file=sys.stdout,
+        )
+        return 0
     metrics = train_variant(paths, cfg, args.variant)
     print(
         f"trained {args.variant}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "

@@ -110,6 +110,46 @@ BAD = [
         ["variants.x.data", "unknown key"],
     ),
     ("variant_bad_name", _set("variants", {"has space": {}}), ["variants.has space"]),
+    (
+        "learning_curve_unknown_variant",
+        _set("learning_curve.variant", "nosuch"),
+        ["learning_curve.variant", "'nosuch'", "key of `variants`", "baseline"],
+    ),
+    (
+        "learning_curve_fraction_one",
+        _set("learning_curve.fractions", [0.5, 1.0]),
+        ["learning_curve.fractions.1", "1.0", "less than 1"],
+    ),
+    (
+        "learning_curve_fraction_zero",
+        _set("learning_curve.fractions", [0.0, 0.5]),
+        ["learning_curve.fractions.0", "0.0", "greater than 0"],
+    ),
+    (
+        "learning_curve_not_increasing",
+        _set("learning_curve.fractions", [0.5, 0.25]),
+        ["learning_curve.fractions", "strictly increasing"],
+    ),
+    (
+        "learning_curve_duplicate",
+        _set("learning_curve.fractions", [0.25, 0.25]),
+        ["learning_curve.fractions", "unique"],
+    ),
+    (
+        "learning_curve_missing",
+        lambda raw: raw.pop("learning_curve"),
+        ["learning_curve", "missing"],
+    ),
+    (
+        "learning_curve_missing_fractions",
+        lambda raw: raw["learning_curve"].pop("fractions"),
+        ["learning_curve.fractions", "missing"],
+    ),
+    (
+        "variant_named_like_the_curve_dir",
+        _set("variants.learning_curve", {}),
+        ["variants.learning_curve", "reserved"],
+    ),
     # Strings that merely look like numbers or booleans are mistakes, not values.
     ("numeric_string", _set("train.epochs", "10"), ["train.epochs", "'10'", "integer"]),
     ("yes_string", _set("model.augmentation.enabled", "yes"), ["augmentation.enabled", "'yes'"]),
@@ -135,6 +175,15 @@ def test_unknown_variant_lists_the_known_ones() -> None:
     config = parse_config(real_params())
     with pytest.raises(ConfigError, match=r"unknown variant 'nosuch'.*baseline"):
         config.variant("nosuch")
+
+
+def test_learning_curve_fraction_must_be_listed() -> None:
+    config = parse_config(real_params())
+    assert config.learning_curve_fraction(0.25) == 0.25
+    with pytest.raises(
+        ConfigError, match=r"0\.3 is not in .*learning_curve\.fractions.*0\.25, 0\.5"
+    ):
+        config.learning_curve_fraction(0.3)
 
 
 def test_top_level_not_a_mapping() -> None:

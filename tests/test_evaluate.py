@@ -541,3 +541,67 @@ def test_empty_history_is_a_stage_error_naming_the_variant(project):
     paths.run_info("baseline").write_text("{}")
     with pytest.raises(StageError, match="variant 'baseline': unreadable.*history is empty"):
         ev.load_variant_artifacts(paths, "baseline")
+
+
+# --------------------------------------------------------------------------- learning curve
+
+
+def _fraction_result(paths, fraction: float, n_train: int, val_acc: float, **over) -> None:
+    result = {
+        "variant": "baseline",
+        "fraction": fraction,
+        "n_train": n_train,
+        "data_version": "v1",
+        "train": {"accuracy": 1.0, "loss": 0.01, "n": n_train},
+        "val": {"accuracy": val_acc, "loss": 0.2, "n": 270},
+        "mlflow_run_id": f"run-{fraction}",
+        **over,
+    }
+    ev.write_json_atomic(paths.fraction_result(fraction), result)
+
+
+def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(project):
+    cfg = load_config(project.paths.params)  # fractions 0.25, 0.5 of variant baseline
+    full = {"train": {"accuracy": 0.99, "n": 270}, "val": {"accuracy": 0.97, "n": 270}}
+
+    def points():
+        return ev.learning_curve_points(project.paths, cfg, 1200, full, "run-full", "v1")
+
+    assert points() is None  # the stages have not run: no curve, no error
+    _fraction_result(project.paths, 0.25, 300, 0.90)
+    with pytest.raises(StageError, match=r"learning_curve@0\.5"):
+        points()  # only some fractions: stale, rerun
+    _fraction_result(project.paths, 0.5, 600, 0.93)
+    got = points()
+    assert [(p.n_train, p.val_accuracy, p.mlflow_run_id) for p in got] == [
+        (300, 0.90, "run-0.25"),
+        (600, 0.93, "run-0.5"),
+        (1200, 0.97, "run-full"),
+    ]
+    assert got[-1].n_train_scored == 270
+    evaluation = {
+        "recommendations": [
+            {"action": "x", "reason": "y", "source": "diagnosis", "rank": "1"},
+            {"action": "Use `baseline`", "reason": "z", "source": "comparison", "rank": "2"},
+        ]
+    }
+    ev.add_learning_curve(evaluation, got, "baseline")
+    assert evaluation["learning_curve"]["still_rising"]
+    recs = evaluation["recommendations"]
+    # Before the closing "Use <best>" item, after the rest; ranks renumbered.
+    assert [r["action"] for r in recs] == ["x", "Get more training data", "Use `baseline`"]
+    assert recs[1]["source"] == "learning_curve" and [r["rank"] for r in recs] == ["1", "2", "3"]
+    # A flat curve adds the block but no advice.
+    flat = {"train": {"accuracy": 1.0, "n": 270}, "val": {"accuracy": 0.931, "n": 270}}
+    evaluation = {"recommendations": []}
+    ev.add_learning_curve(
+        evaluation,
+        ev.learning_curve_points(project.paths, cfg, 1200, flat, "run-full", "v1"),
+        "baseline",
+    )
+    assert not evaluation["learning_curve"]["still_rising"]
+    assert evaluation["recommendations"] == []
+    # Outputs from other data are refused, naming the stage to rerun.
+    _fraction_result(project.paths, 0.5, 600, 0.93, data_version="old")
+    with pytest.raises(StageError, match=r"run dvc repro learning_curve@0\.5"):
+        points()

@@ -69,6 +69,11 @@ def test_dvc_yaml_paths_match_pipeline_paths():
     assert rel(paths.run_info("${key}")) in train_outs
     assert next(iter(train["metrics"][0])) == rel(paths.train_metrics("${key}"))
     assert next(iter(train["plots"][0])) == rel(paths.history_csv("${key}"))
+    curve = stages["learning_curve"]
+    assert curve["foreach"] == "${learning_curve.fractions}"
+    curve_outs = [next(iter(o)) if isinstance(o, dict) else o for o in curve["do"]["outs"]]
+    assert curve_outs == [rel(paths.fraction_dir("${item}"))]
+    assert rel(paths.models_dir) in stages["evaluate"]["deps"]  # holds the curve's outputs
     evaluate_outs = [
         next(iter(o)) if isinstance(o, dict) else o for o in stages["evaluate"]["outs"]
     ]
@@ -99,6 +104,18 @@ def test_train_foreach_tracks_only_its_own_variant_params():
     assert train["foreach"] == "${variants}"
     assert "variants.${key}" in train["do"]["params"]
     assert "variants" not in train["do"]["params"]
+
+
+def test_learning_curve_stage_tracks_one_fraction_not_the_list():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    curve = dvc["stages"]["learning_curve"]["do"]
+    assert "--fraction ${item}" in curve["cmd"]
+    assert "variants.${learning_curve.variant}" in curve["params"]
+    # The whole list would rerun every fraction when one changes.
+    assert not {"learning_curve", "learning_curve.fractions", "variants"} & set(curve["params"])
+    # Same code as the train stage: the learning curve is train.py with a subset.
+    train_deps = set(dvc["stages"]["train"]["do"]["deps"])
+    assert set(curve["deps"]) == train_deps
 
 
 def test_default_params_define_the_required_variants():

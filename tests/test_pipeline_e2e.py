@@ -76,6 +76,8 @@ def test_first_repro_runs_every_stage(pipeline_repo):
         "validate",
         "train@baseline",
         "train@dropout",
+        "learning_curve@0.25",
+        "learning_curve@0.5",
         "evaluate",
         "report",
     }
@@ -109,6 +111,31 @@ def test_changing_one_variant_retrains_only_that_variant(pipeline_repo):
     assert "train@baseline" not in ran
     assert "prepare" not in ran
     assert {"evaluate", "report"} <= ran
+
+
+def test_learning_curve_reuses_the_variant_and_reruns_only_a_changed_fraction(pipeline_repo):
+    root, _ = pipeline_repo
+    evaluation = json.loads((root / "reports/evaluation.json").read_text())
+    curve = evaluation["learning_curve"]
+    n_train = [p["n_train"] for p in curve["points"]]
+    assert [p["fraction"] for p in curve["points"]][-1] == 1.0 and n_train == sorted(n_train)
+    # The full-data point is train@baseline's own run, not a third training.
+    baseline_run = evaluation["variants"]["baseline"]["mlflow_run_id"]
+    assert curve["points"][-1]["mlflow_run_id"] == baseline_run
+    assert curve["summary"].startswith(("rising", "flat", "falling"))
+    assert (root / "reports/figures/learning_curve.png").exists()
+    assert "Would more data help?" in (root / "reports/report.html").read_text()
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["learning_curve"]["fractions"] = [0.25, 0.6]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = ran_stages(dvc(root, "repro").stdout)
+    assert "learning_curve@0.6" in ran
+    assert not ran & {"learning_curve@0.25", "train@baseline", "train@dropout", "prepare"}
+    assert {"evaluate", "report"} <= ran
+    evaluation = json.loads((root / "reports/evaluation.json").read_text())
+    fractions = [p["fraction"] for p in evaluation["learning_curve"]["points"]]
+    assert fractions == pytest.approx([0.25, 0.6, 1.0], abs=0.02)
 
 
 def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):

@@ -244,7 +244,7 @@ def test_evaluation_without_intervals_shows_none(project, built):
     """An evaluation.json from before intervals existed: nothing is invented."""
     evaluation = write_inputs(project, built)
     for effect in evaluation["effects"].values():
-        for key in ("val_accuracy_ci95", "delta_val_ci95", "within_noise"):
+        for key in ("val_accuracy_ci95", "delta_val_ci95", "delta_gap_ci95", "within_noise"):
             effect.pop(key, None)
     ev.write_json_atomic(project.paths.evaluation_json, evaluation)
     table = _comparison_table(project)
@@ -348,3 +348,39 @@ def test_blank_page_fails_the_screenshot_check(tmp_path):
     _chromium([f"--screenshot={shot}", "--window-size=800,600", blank.as_uri()], tmp_path)
     with Image.open(shot) as image:
         assert ImageStat.Stat(image.convert("L")).var[0] <= 100
+
+
+def test_more_data_section_shows_the_learning_curve_sentence_and_figure(project, built):
+    from pipeline import plots
+    from pipeline.learning_curve import CurvePoint
+
+    evaluation = write_inputs(project, built)
+    points = [
+        CurvePoint(300, 1.0, 0.90, 270),
+        CurvePoint(600, 1.0, 0.93, 270),
+        CurvePoint(1200, 0.99, 0.97, 270, n_train_scored=270),
+    ]
+    n_recs = len(evaluation["recommendations"])
+    ev.add_learning_curve(evaluation, points, "baseline")
+    assert evaluation["recommendations"][-2]["action"] == "Get more training data"
+    assert len(evaluation["recommendations"]) == n_recs + 1
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    plots.save_png(
+        plots.learning_curve_figure(evaluation["learning_curve"]),
+        project.paths.figures_dir / plots.LEARNING_CURVE,
+    )
+    assert report.main([]) == 0
+    html = project.paths.report_html.read_text()
+    section = html[html.index('id="more-data"') : html.index('id="all-curves"')]
+    assert "Would more data help?" in section
+    assert "rising: +4.0 points of val accuracy from 50% to 100%" in section
+    assert "more data of the same kind is likely to help" in section
+    assert 'alt="learning curve of baseline' in section
+    assert section.count("<tr>") == 1 + 3  # header + one row per point
+    assert "Get more training data" in html
+
+
+def test_no_more_data_section_without_a_learning_curve(project, built):
+    write_inputs(project, built)
+    assert report.main([]) == 0
+    assert 'id="more-data"' not in project.paths.report_html.read_text()

@@ -197,6 +197,12 @@ def test_mlproject_entry_points_match_dvc_stages():
             assert stages[name]["cmd"] == entries[name]["command"]
     assert entries["train"]["command"] == "python -m pipeline.train --variant {variant}"
     assert stages["train"]["do"]["cmd"] == "python -m pipeline.train --variant ${key}"
+    assert entries["learning_curve"]["command"] == (
+        "python -m pipeline.train --variant {variant} --fraction {fraction}"
+    )
+    assert stages["learning_curve"]["do"]["cmd"] == (
+        "python -m pipeline.train --variant ${learning_curve.variant} --fraction ${item}"
+    )
     assert entries["retrain"]["command"].startswith("python -m pipeline.retrain")
     for entry in entries.values():
         module = re.search(r"python -m (\S+)", entry["command"])
@@ -208,9 +214,15 @@ def test_mlproject_has_no_hyperparameter_defaults():
     """Only `variant` (a selector) is a parameter; its default is a params.yaml variant."""
     entries = mlproject()["entry_points"]
     parameters = {name: set(e.get("parameters", {})) for name, e in entries.items()}
-    assert {n: p for n, p in parameters.items() if p} == {"train": {"variant"}}
-    variants = yaml.safe_load((REPO / "params.yaml").read_text())["variants"]
-    assert entries["train"]["parameters"]["variant"]["default"] in variants
+    assert {n: p for n, p in parameters.items() if p} == {
+        "train": {"variant"},
+        "learning_curve": {"variant", "fraction"},
+    }
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert entries["train"]["parameters"]["variant"]["default"] in params["variants"]
+    curve = entries["learning_curve"]["parameters"]
+    assert curve["variant"]["default"] == params["learning_curve"]["variant"]
+    assert "default" not in curve["fraction"]
 
 
 @pytest.mark.slow

@@ -487,3 +487,87 @@ def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
     a = keras.saving.load_model(project.paths.model_file("noisy")).predict(images, verbose=0)
     b = keras.saving.load_model(other.paths.model_file("noisy")).predict(images, verbose=0)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------- learning curve
+
+
+def test_train_subset_is_stratified_nested_and_deterministic():
+    y = np.repeat(np.arange(4), [40, 20, 100, 8])
+    quarter = train.train_subset(y, 0.25, seed=42)
+    half = train.train_subset(y, 0.5, seed=42)
+    np.testing.assert_array_equal(quarter, train.train_subset(y, 0.25, seed=42))
+    assert np.all(np.diff(quarter) > 0)  # sorted, unique rows
+    assert set(quarter) < set(half)  # nested
+    assert np.bincount(y[quarter]).tolist() == [10, 5, 25, 2]  # every class keeps its share
+    assert np.bincount(y[half]).tolist() == [20, 10, 50, 4]
+    assert not np.array_equal(quarter, train.train_subset(y, 0.25, seed=43))
+    # A class too small for the fraction keeps one image rather than vanishing.
+    assert np.bincount(y[train.train_subset(y, 0.01, seed=42)]).tolist() == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="fraction"):
+        train.train_subset(y, 0.0, seed=42)
+
+
+def test_fraction_must_be_listed_and_the_variant_must_be_the_curves(digits_prepared):
+    _write(digits_prepared)
+    with pytest.raises(ConfigError, match=r"learning_curve\.fractions \(allowed: 0\.25, 0\.5\)"):
+        train.main(["--variant", "baseline", "--fraction", "0.3"])
+    with pytest.raises(ConfigError, match=r"learning_curve\.variant \('baseline'\), not 'noisy'"):
+        train.main(["--variant", "noisy", "--fraction", "0.25"])
+    assert not digits_prepared.paths.learning_curve_dir.exists()
+
+
+@pytest.mark.slow
+def test_fraction_stage_scores_its_subset_and_logs_a_tagged_run(digits_prepared):
+    from mlflow.tracking import MlflowClient
+
+    project = digits_prepared
+    _write(project)
+    n_full = len(np.load(project.paths.prepared_dir / "train_y.npy"))
+    results = {}
+    for fraction in ("0.25", "0.5"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline.train", "--variant", "baseline",
+             "--fraction", fraction],
+            cwd=project.root, env=_subprocess_env(project), capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert f"models/learning_curve/{fraction}" in proc.stdout
+        results[fraction] = json.loads(project.paths.fraction_result(float(fraction)).read_text())
+        history = pd.read_csv(project.paths.fraction_history(float(fraction)))
+        assert history["epoch"].tolist() == [1, 2]
+        assert not project.paths.fraction_backup_dir(float(fraction)).exists()
+
+    y_train = np.load(project.paths.prepared_dir / "train_y.npy")
+    n_val = len(np.load(project.paths.prepared_dir / "val_y.npy"))
+    for fraction, result in results.items():
+        rows = train.train_subset(y_train, float(fraction), seed=42)
+        assert result["fraction"] == float(fraction) and result["variant"] == "baseline"
+        assert result["n_train"] == len(rows) == result["train"]["n"]
+        assert result["n_train"] == pytest.approx(float(fraction) * n_full, abs=10)
+        assert result["n_train_full"] == n_full and result["val"]["n"] == n_val
+        for split in ("train", "val"):
+            assert 0.0 <= result[split]["accuracy"] <= 1.0 and result[split]["loss"] > 0
+        assert result["training"]["epochs_run"] == 2
+        assert not (project.paths.fraction_dir(float(fraction)) / "model.keras").exists()
+    assert results["0.25"]["n_train"] < results["0.5"]["n_train"]
+    # The variant's own outputs are untouched: 1.0 is the train stage, not this one.
+    assert not project.paths.variant_dir("baseline").exists()
+
+    client = MlflowClient(project.tracking_uri)
+    run = client.get_run(results["0.25"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    for tag in ("git_commit", "data_version", "params_hash", "repro_id"):
+        assert tag in tags, tag
+    assert tags["stage"] == "learning_curve" and tags["variant"] == "baseline"
+    assert tags["train_fraction"] == "0.25"
+    assert run.data.params["train_fraction"] == "0.25"
+    assert run.data.params["n_train"] == str(results["0.25"]["n_train"])
+    assert run.data.params["data.n_train"] == str(results["0.25"]["n_train"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2]
+    assert run.data.metrics["subset_val_accuracy"] == pytest.approx(
+        results["0.25"]["val"]["accuracy"]
+    )
