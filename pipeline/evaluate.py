@@ -71,18 +71,17 @@ from pipeline.prepared import (
     predict_in_batches,
     staging_dir,
 )
+from pipeline.scoring import accuracy_and_loss, evaluation_indices
 
 log = logging.getLogger(__name__)
 
 # Inference batch: bounds memory only, results do not depend on it.
 CHALLENGER = "challenger"
-# The train-split sample is fixed, not a knob: the same rows for every variant and run.
-TRAIN_SAMPLE_SEED = 0
-# Likewise the feature-map probe images.
+# The train-split sample is fixed (scoring.TRAIN_SAMPLE_SEED); likewise the feature-map
+# probe images.
 PROBE_SEED = 0
 # Keras layer classes that act only while training (the per-epoch train metrics include them).
 AUGMENTATION_PREFIX = "Random"
-EPS = 1e-7  # same clipping as Keras' cross-entropy
 CURVES_COLUMNS = ["variant", "epoch", "loss", "val_loss", "accuracy", "val_accuracy", "gap"]
 COMPARISON_COLUMNS = [
     "variant",
@@ -160,18 +159,15 @@ def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[
         raise ValueError(f"probabilities shape {proba.shape} != ({len(y_true)}, {n_classes})")
     pred = proba.argmax(axis=1)
     labels = list(range(n_classes))
-    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, pred, labels=labels, average=None, zero_division=0
     )
     present = support > 0  # macro over the classes this split has
     return {
-        "accuracy": float((pred == y_true).mean()),
-        "loss": float(-np.log(picked).mean()),
+        **accuracy_and_loss(y_true, proba),  # the same formula train uses for extra seeds
         "precision": float(precision[present].mean()),
         "recall": float(recall[present].mean()),
         "f1": float(f1[present].mean()),
-        "n": int(len(y_true)),
         "_per_class": {
             "precision": precision.tolist(),
             "recall": recall.tolist(),
@@ -279,19 +275,6 @@ class VariantEvaluation:
     scores: dict[str, dict[str, Any]]  # split -> split_scores()
     feature_maps: dict[str, np.ndarray]
     behaviour: dict[str, bool] | None = None  # training_behaviour(); None when unknown
-
-
-def evaluation_indices(
-    data: PreparedDataset, seed: int = TRAIN_SAMPLE_SEED
-) -> dict[str, np.ndarray]:
-    """Rows scored per split: all of val and test, a fixed sample of train (module doc)."""
-    sizes = {split: len(data.y(split)) for split in SPLITS}
-    cap = max(sizes["val"], sizes["test"])
-    indices = {split: np.arange(n) for split, n in sizes.items()}
-    if sizes["train"] > cap:
-        rng = np.random.default_rng(seed)
-        indices["train"] = np.sort(rng.choice(sizes["train"], size=cap, replace=False))
-    return indices
 
 
 def evaluate_variant(

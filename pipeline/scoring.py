@@ -1,0 +1,72 @@
+"""Scoring a saved model in inference mode: which rows, and accuracy and loss.
+
+Shared by evaluate (every variant's model.keras) and train (the extra seeds of
+`train.seeds`, scored before their weights are dropped), so both measure the
+same rows with the same formula and their numbers compare like for like.
+
+Train-split scores use a fixed random sample of the train split no larger than
+the bigger of val and test (all of it when it is smaller): the train accuracy
+then has the same statistical precision as the val accuracy it is compared
+with, and scoring cost stops growing with the training set.
+
+Loss is plain cross-entropy of the model's probabilities (clipped as Keras
+clips), without the L2 penalty Keras adds during training.
+
+No TensorFlow import here: the model arrives as an object with
+`predict_on_batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.prepared import SPLITS, PreparedDataset, predict_in_batches
+
+# The train-split sample is fixed, not a knob: the same rows for every variant, seed and run.
+TRAIN_SAMPLE_SEED = 0
+EPS = 1e-7  # same clipping as Keras' cross-entropy
+
+
+def evaluation_indices(
+    data: PreparedDataset, seed: int = TRAIN_SAMPLE_SEED
+) -> dict[str, np.ndarray]:
+    """Rows scored per split: all of val and test, a fixed sample of train (module doc)."""
+    sizes = {split: len(data.y(split)) for split in SPLITS}
+    cap = max(sizes["val"], sizes["test"])
+    indices = {split: np.arange(n) for split, n in sizes.items()}
+    if sizes["train"] > cap:
+        rng = np.random.default_rng(seed)
+        indices["train"] = np.sort(rng.choice(sizes["train"], size=cap, replace=False))
+    return indices
+
+
+def accuracy_and_loss(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """{"accuracy", "loss", "n"} of class probabilities against integer labels."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0 or proba.shape[0] != len(y_true):
+        raise ValueError(f"probabilities shape {proba.shape} for {len(y_true)} labels")
+    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
+    return {
+        "accuracy": float((proba.argmax(axis=1) == y_true).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "n": int(len(y_true)),
+    }
+
+
+def score_splits(
+    model: Any,
+    data: PreparedDataset,
+    indices: Mapping[str, np.ndarray],
+    splits: Sequence[str] = ("train", "val"),
+) -> dict[str, dict[str, Any]]:
+    """accuracy_and_loss of `model` on each split's `indices` rows."""
+    scores = {}
+    for split in splits:
+        x, idx = data.x(split), indices[split]
+        rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
+        proba = predict_in_batches(model.predict_on_batch, rows)
+        scores[split] = accuracy_and_loss(data.y(split)[idx], proba)
+    return scores
