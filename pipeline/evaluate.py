@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import diagnosis, plots
+from pipeline import diagnosis, plots, seeds
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
@@ -450,6 +450,157 @@ def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- seeds
+
+
+def load_seed_records(paths: Paths, variant: str) -> dict[str, Any] | None:
+    """models/<variant>/seeds.json, or None for a model trained before train.seeds existed."""
+    path = paths.seeds_json(variant)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StageError(f"variant {variant!r}: unreadable {path}: {exc}") from None
+
+
+def seed_evaluations(
+    cfg: Config,
+    classes: Sequence[str],
+    artifacts: Mapping[str, VariantArtifacts],
+    evaluations: Mapping[str, VariantEvaluation],
+    records: Mapping[str, dict[str, Any] | None],
+) -> dict[str, dict[str, Any]]:
+    """Per variant: each training seed's verdict, val accuracy and gap, and their aggregate.
+
+    Every seed is diagnosed like build_evaluation diagnoses the variant: its own
+    history and its saved model's inference-mode train and val scores (seed 0's
+    are this stage's own scores of model.keras; the other seeds' were taken by
+    the train stage with the same rows and formula, pipeline.scoring).
+    """
+    best_train = max(e.scores["train"]["accuracy"] for e in evaluations.values())
+    out: dict[str, dict[str, Any]] = {}
+    for name, ev in evaluations.items():
+        art = artifacts[name]
+        record = records.get(name) or {}
+        entries = record.get("seeds") or [
+            {"index": 0, "seed": cfg.variant(name).train.seed, "mlflow_run_id": None}
+        ]
+        per_seed = []
+        for entry in entries:
+            if entry["index"] == 0:
+                history, scores = art.history, ev.scores
+                best_epoch = art.train_metrics.get("best_epoch")
+                run_id = art.run_info.get("run_id")
+            else:
+                try:
+                    history = diagnosis.check_history(pd.DataFrame(entry["history"]))
+                except ValueError as exc:
+                    raise StageError(f"variant {name!r} seed {entry['seed']}: {exc}") from None
+                scores, best_epoch = entry["scores"], entry.get("best_epoch")
+                run_id = entry.get("mlflow_run_id")
+            if best_epoch not in set(history["epoch"]):
+                best_epoch = None
+            diag = diagnosis.diagnose(
+                name,
+                history,
+                diagnosis.SplitScores(scores["train"]["accuracy"], scores["train"]["loss"]),
+                diagnosis.SplitScores(scores["val"]["accuracy"], scores["val"]["loss"]),
+                n_classes=len(classes),
+                cfg=cfg.evaluate,
+                best_train_accuracy=best_train,
+                best_epoch=best_epoch,
+            )
+            per_seed.append(
+                {
+                    "index": int(entry["index"]),
+                    "seed": int(entry["seed"]),
+                    "verdict": diag.verdict,
+                    "train_accuracy": float(scores["train"]["accuracy"]),
+                    "val_accuracy": float(scores["val"]["accuracy"]),
+                    "gap": float(diag.gap["accuracy"]),
+                    "best_epoch": diag.best_epoch,
+                    "epochs_run": diag.epochs_run,
+                    "mlflow_run_id": run_id,
+                }
+            )
+        summary = seeds.summarize_seeds(
+            [s["val_accuracy"] for s in per_seed],
+            [s["gap"] for s in per_seed],
+            [s["verdict"] for s in per_seed],
+        )
+        out[name] = {**summary, "summary": seeds.describe(summary), "per_seed": per_seed}
+    return out
+
+
+def with_seed_columns(frame: pd.DataFrame, evaluation: Mapping[str, Any]) -> pd.DataFrame:
+    """The comparison plus across-seed columns, when any variant trained more than one seed."""
+    summaries = {n: v.get("seeds") for n, v in evaluation["variants"].items()}
+    if not any(s and s["n_seeds"] > 1 for s in summaries.values()):
+        return frame
+    frame = frame.copy()
+
+    def pick(name: str, *keys: str) -> Any:
+        return _dig(summaries.get(name), keys)
+
+    frame["n_seeds"] = [pick(n, "n_seeds") for n in frame["variant"]]
+    for metric in ("val_accuracy", "gap"):
+        for stat in ("mean", "ci95", "sd"):
+            frame[f"seeds_{metric}_{stat}"] = [pick(n, metric, stat) for n in frame["variant"]]
+    frame["verdict_agreement"] = [pick(n, "agreement") for n in frame["variant"]]
+    return frame
+
+
+def _dig(tree: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else None
+    return tree
+
+
+def seeds_markdown(evaluation: Mapping[str, Any]) -> str:
+    """A section for comparison.md when any variant trained more than one seed, else ''."""
+    rows = []
+    for name, v in evaluation["variants"].items():
+        s = v.get("seeds")
+        if not s or s["n_seeds"] < 2:
+            continue
+        val, gap = s["val_accuracy"], s["gap"]
+        rows.append(
+            f"| {name} | {s['n_seeds']} | {val['mean']:.3f} ± {val['ci95']:.3f} | "
+            f"{gap['mean']:+.3f} ± {gap['ci95']:.3f} | {s['agreement']} |"
+        )
+    if not rows:
+        return ""
+    return (
+        "\n## Across training seeds\n\nMean ± 95% interval (Student t) over `train.seeds` "
+        "seeds; the table above is seed 0.\n\n"
+        "| variant | seeds | val acc | gap | verdicts |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def log_seeds_to_variant_runs(evaluation: Mapping[str, Any]) -> None:
+    """Across-seed aggregate on each variant's run, and each extra seed's verdict on its own."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for v in evaluation["variants"].values():
+        s = v.get("seeds")
+        if not s or s["n_seeds"] < 2:
+            continue
+        run_id = v["mlflow_run_id"]
+        for metric in ("val_accuracy", "gap"):
+            client.log_metric(run_id, f"seeds_{metric}_mean", s[metric]["mean"])
+            client.log_metric(run_id, f"seeds_{metric}_ci95", s[metric]["ci95"])
+            client.log_metric(run_id, f"seeds_{metric}_sd", s[metric]["sd"])
+        client.log_metric(run_id, "seeds_n", s["n_seeds"])
+        client.set_tag(run_id, "verdict_agreement", s["agreement"])
+        for seed in s["per_seed"]:
+            if seed["index"] > 0 and seed["mlflow_run_id"]:
+                client.set_tag(seed["mlflow_run_id"], "verdict", seed["verdict"])
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -651,17 +802,21 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
             art, data, indices, probe, cfg.evaluate.feature_map_layers
         )
     evaluation = build_evaluation(cfg, data.classes, artifacts, evaluations, validation)
+    seed_records = {name: load_seed_records(paths, name) for name in artifacts}
+    for name, summary in seed_evaluations(
+        cfg, data.classes, artifacts, evaluations, seed_records
+    ).items():
+        evaluation["variants"][name]["seeds"] = summary
     histories = {name: art.history for name, art in artifacts.items()}
 
     log.info("writing figures to %s", paths.figures_dir)
     write_figures(paths.figures_dir, evaluation, histories, evaluations, probe, probe_labels)
-    comparison = comparison_frame(evaluation)
+    comparison = with_seed_columns(comparison_frame(evaluation), evaluation)
     write_text_atomic(paths.comparison_csv, comparison.to_csv(index=False))
     write_text_atomic(
         paths.comparison_md,
-        comparison_markdown(
-            comparison, evaluation["best_variant"], evaluation["reference_variant"]
-        ),
+        comparison_markdown(comparison, evaluation["best_variant"], evaluation["reference_variant"])
+        + seeds_markdown(evaluation),
     )
     curves = curves_frame(histories)
     write_text_atomic(paths.curves_csv, curves.to_csv(index=False))
@@ -669,6 +824,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
 
     log.info("logging to MLflow and registering %s", evaluation["best_variant"])
     log_to_variant_runs(paths, evaluation, paths.figures_dir)
+    log_seeds_to_variant_runs(evaluation)
     log_evaluate_run(paths, cfg, evaluation, validation)
     write_json_atomic(paths.evaluation_json, evaluation)
     return evaluation

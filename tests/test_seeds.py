@@ -101,3 +101,126 @@ def test_module_imports_no_tensorflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------- the real stages, several seeds
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_with_three_seeds(digits_prepared):
+    import json
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import evaluate, report, train
+    from pipeline.prepared import load_prepared
+    from pipeline.scoring import evaluation_indices
+
+    from .conftest import small_params
+    from .test_evaluate import write_validation
+
+    project = digits_prepared
+    paths = project.paths
+    train_over = {"epochs": 3, "batch_size": 64, "class_weight": "off"}
+    # The override is the variant's: a variant may train more seeds than the rest.
+    variants = {"baseline": {"train": {"seeds": 3}}}
+    cfg = project.write_params(
+        small_params(data={"image_size": [8, 8]}, train=train_over, variants=variants)
+    )
+    write_validation(project)
+    assert train.main(["--variant", "baseline"]) == 0
+
+    record = json.loads(paths.seeds_json("baseline").read_text())
+    assert record["variant"] == "baseline" and record["n_seeds"] == 3
+    entries = record["seeds"]
+    assert [e["seed"] for e in entries] == [42, 43, 44]
+    assert [e["index"] for e in entries] == [0, 1, 2]
+    history = pd.read_csv(paths.history_csv("baseline"))
+    # Seed 0 is the variant's own run: its rows are history.csv's.
+    seed0 = pd.DataFrame(entries[0]["history"])[list(history.columns)]
+    pd.testing.assert_frame_equal(seed0, history, check_dtype=False)
+    metrics = json.loads(paths.train_metrics("baseline").read_text())
+    for key in ("best_epoch", "stopped_epoch", "epochs_run"):
+        assert entries[0][key] == metrics[key], key
+    val_losses = [tuple(row["val_loss"] for row in e["history"]) for e in entries]
+    assert len(set(val_losses)) == 3, "distinct seeds must give distinct histories"
+    data = load_prepared(paths.prepared_dir)
+    n_train_sample = len(evaluation_indices(data)["train"])
+    for e in entries:
+        assert e["epochs_run"] == len(e["history"]) == 3
+        assert e["best_epoch"] in range(1, 4)
+        assert e["scores"]["train"]["n"] == n_train_sample
+        assert e["scores"]["val"]["n"] == len(data.y("val"))
+        for split in ("train", "val"):
+            assert 0.0 <= e["scores"][split]["accuracy"] <= 1.0
+            assert np.isfinite(e["scores"][split]["loss"])
+    assert not list((paths.state_dir / "train").glob("*")), "resume state left behind"
+
+    # MLflow: the extra seeds are children of the variant's run, tagged like it.
+    client = MlflowClient(project.tracking_uri)
+    parent_id = json.loads(paths.run_info("baseline").read_text())["run_id"]
+    parent = client.get_run(parent_id)
+    experiment = mlflow.get_experiment_by_name("cnn-overfitting").experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(r.data.tags["seed"] for r in children) == ["43", "44"]
+    assert {e["mlflow_run_id"] for e in entries[1:]} == {r.info.run_id for r in children}
+    assert parent.data.tags["seed"] == "42"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for tag in ("stage", "variant", "git_commit", "data_version", "params_hash", "repro_id"):
+            assert child.data.tags[tag] == parent.data.tags[tag], tag
+        assert child.data.params["train.seed"] == child.data.tags["seed"]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == [1, 2, 3]
+        assert "eval_val_accuracy" in child.data.metrics
+
+    # evaluate: every seed diagnosed, aggregated with intervals and agreement.
+    evaluation = evaluate.run_evaluate(paths, cfg)
+    agg = evaluation["variants"]["baseline"]["seeds"]
+    assert agg["n_seeds"] == 3 and len(agg["per_seed"]) == 3
+    v = evaluation["variants"]["baseline"]
+    assert agg["per_seed"][0]["val_accuracy"] == v["val"]["accuracy"]
+    assert agg["per_seed"][0]["verdict"] == v["verdict"]
+    for e, s in zip(entries[1:], agg["per_seed"][1:], strict=True):
+        assert s["val_accuracy"] == e["scores"]["val"]["accuracy"]
+    for metric in ("val_accuracy", "gap"):
+        stats = agg[metric]
+        assert stats["sd"] > 0 and stats["ci95"] > 0
+        assert stats["low"] < stats["mean"] < stats["high"]
+    assert agg["val_accuracy"]["mean"] == pytest.approx(
+        np.mean([s["val_accuracy"] for s in agg["per_seed"]])
+    )
+    assert sum(agg["counts"].values()) == 3
+    assert agg["agreement"].endswith("of 3 seeds")
+    assert agg["summary"].startswith("gap ") and "points over 3 seeds" in agg["summary"]
+    comparison = pd.read_csv(paths.comparison_csv)
+    assert comparison.loc[0, "n_seeds"] == 3
+    assert comparison.loc[0, "verdict_agreement"] == agg["agreement"]
+    assert "## Across training seeds" in paths.comparison_md.read_text()
+    run = client.get_run(parent_id)
+    assert run.data.metrics["seeds_val_accuracy_mean"] == pytest.approx(agg["val_accuracy"]["mean"])
+    assert run.data.metrics["seeds_gap_mean"] == pytest.approx(agg["gap"]["mean"])
+    assert run.data.tags["verdict_agreement"] == agg["agreement"]
+    for s in agg["per_seed"][1:]:
+        assert client.get_run(s["mlflow_run_id"]).data.tags["verdict"] == s["verdict"]
+    html = report.write_report(paths).read_text()
+    assert agg["summary"] in html
+
+    # Back to one seed: the same seed-0 history, and seeds.json holds only it, unscored.
+    project.write_params(
+        small_params(data={"image_size": [8, 8]}, train=train_over, variants={"baseline": {}})
+    )
+    assert train.main(["--variant", "baseline"]) == 0
+    single = json.loads(paths.seeds_json("baseline").read_text())
+    assert single["n_seeds"] == 1 and len(single["seeds"]) == 1
+    assert single["seeds"][0]["scores"] is None
+    timing = ["epoch_seconds"]  # wall time, the one column that differs between runs
+    pd.testing.assert_frame_equal(
+        pd.read_csv(paths.history_csv("baseline")).drop(columns=timing),
+        history.drop(columns=timing),
+    )
