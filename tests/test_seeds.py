@@ -224,3 +224,67 @@ def test_train_and_evaluate_with_three_seeds(digits_prepared):
         pd.read_csv(paths.history_csv("baseline")).drop(columns=timing),
         history.drop(columns=timing),
     )
+
+
+@pytest.mark.slow
+def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import train
+
+    from .conftest import Project, small_params
+
+    project = digits_prepared
+    paths = project.paths
+    over = {"epochs": 3, "batch_size": 64, "class_weight": "off", "seeds": 2}
+    project.write_params(small_params(data={"image_size": [8, 8]}, train=over))
+    real_metrics = train.epoch_metrics
+    calls = []
+
+    def interrupt_in_seed_1_epoch_2(row):
+        calls.append(row["epoch"])
+        if len(calls) == 5:  # seed 0: 3 epochs; seed 1: after epoch 2's checkpoint
+            raise KeyboardInterrupt
+        return real_metrics(row)
+
+    monkeypatch.setattr(train, "epoch_metrics", interrupt_in_seed_1_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--variant", "baseline"])
+    assert not paths.seeds_json("baseline").exists()
+    seed1_state = json.loads((paths.backup_dir("baseline", 1) / "state.json").read_text())
+    assert train.checkpoint_epoch(paths.backup_dir("baseline", 1) / "checkpoint") == 2
+
+    monkeypatch.setattr(train, "epoch_metrics", real_metrics)
+    fits = []
+    real_dataset = train.train_dataset
+    monkeypatch.setattr(
+        train, "train_dataset", lambda *a, **k: fits.append(a[3:5]) or real_dataset(*a, **k)
+    )
+    assert train.main(["--variant", "baseline"]) == 0
+    assert fits == [(43, 2)]  # seed 0 not retrained; seed 43 resumed after epoch 2
+    resumed = json.loads(paths.seeds_json("baseline").read_text())["seeds"]
+    assert resumed[1]["mlflow_run_id"] == seed1_state["run_id"]
+    client = MlflowClient(project.tracking_uri)
+    steps = [m.step for m in client.get_metric_history(seed1_state["run_id"], "val_loss")]
+    assert steps == [1, 2, 3]  # epoch 2 backfilled, nothing twice
+
+    # The same training uninterrupted, in a fresh project with the same data.
+    other = Project(tmp_path / "straight")
+    other.root.mkdir()
+    shutil.copytree(paths.prepared_dir, other.paths.prepared_dir)
+    shutil.copy2(paths.params, other.paths.params)
+    monkeypatch.chdir(other.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other.tracking_uri)
+    assert train.main(["--variant", "baseline"]) == 0
+    straight = json.loads(other.paths.seeds_json("baseline").read_text())["seeds"]
+    cols = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+    for got, want in zip(resumed, straight, strict=True):
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(got["history"])[cols], pd.DataFrame(want["history"])[cols], atol=1e-5
+        )
+        for split in ("train", "val"):
+            assert got["scores"][split] == pytest.approx(want["scores"][split], abs=1e-5)
