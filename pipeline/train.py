@@ -31,8 +31,8 @@ Resuming: `.pipeline_state/train/<variant>/` (not a DVC output, so DVC leaves
 it alone) holds a Keras BackupAndRestore checkpoint, the completed epochs'
 history rows, the best weights so far and the MLflow run id; each extra seed
 has its own such directory (`<variant>.seed-<i>`), all kept until the outputs
-are written, so a kill during any seed resumes that seed and redoes none. A run killed at
-any point restarts from the last completed epoch, logs into the same MLflow run
+are written, so a kill during any seed resumes that seed and redoes none. A
+run killed at any point restarts from the last completed epoch, logs into the same MLflow run
 and ends with the same history as an uninterrupted run: the shuffle order and
 the dropout/augmentation random streams are pure functions of (seed, epoch),
 and the early-stopping / LR-schedule state is replayed from the history rows.
@@ -817,7 +817,7 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
             "model_uri": model_uri,
             "variant": name,
         }
-        entries = [seed_entry(0, vcfg.train.seed, result, run.info.run_id, None)]
+        entries = [seed_entry(0, vcfg.train.seed, result.rows, metrics, run.info.run_id, None)]
         if n_seeds > 1:
             indices = scoring.evaluation_indices(data)
             entries[0]["scores"] = scoring.score_splits(result.model, data, indices)
@@ -858,20 +858,18 @@ def seed_config(vcfg: VariantConfig, index: int) -> VariantConfig:
 def seed_entry(
     index: int,
     seed: int,
-    result: TrainResult,
+    rows: Sequence[dict[str, float]],
+    metrics: dict[str, Any],
     run_id: str,
     scores: dict[str, dict[str, Any]] | None,
 ) -> dict[str, Any]:
-    """One seed's record in seeds.json."""
+    """One seed's record in seeds.json; `metrics` is the seed's summarize()."""
     return {
         "index": index,
         "seed": seed,
         "mlflow_run_id": run_id,
-        "best_epoch": int(best_row(result.rows)["epoch"]),
-        "stopped_epoch": int(result.stopped_epoch),
-        "epochs_run": len(result.rows),
-        "train_seconds": round(float(sum(row["epoch_seconds"] for row in result.rows)), 3),
-        "history": [dict(row) for row in result.rows],
+        **{k: metrics[k] for k in ("best_epoch", "stopped_epoch", "epochs_run", "train_seconds")},
+        "history": [dict(row) for row in rows],
         "scores": scores,
     }
 
@@ -927,7 +925,7 @@ def train_extra_seed(
                 },
             }
         )
-    return seed_entry(index, seed, result, run.info.run_id, scores)
+    return seed_entry(index, seed, result.rows, metrics, run.info.run_id, scores)
 
 
 def discard_extra_seed_states(paths: Paths, name: str) -> None:
