@@ -2,7 +2,8 @@
 
 Inputs: params.yaml (`variants`, `evaluate`, `registry`), data/prepared/,
 reports/validation.json, and for every variant models/<variant>/{model.keras,
-history.csv, metrics.json, run.json} (the train stage's contract).
+history.csv, metrics.json, run.json, seeds.json} (the train stage's contract;
+a missing seeds.json, from a model trained before `train.seeds`, means one seed).
 
 Outputs:
 - reports/evaluation.json: per variant train/val/test scores (accuracy, loss,
@@ -10,14 +11,19 @@ Outputs:
   evidence, MLflow run id, per-class metrics (with each class's train-vs-val
   recall gap), confusion matrices; plus best_variant, effects (each variant vs
   the baseline), recommendations and the registered model version.
-- reports/comparison.csv and comparison.md: one row per variant.
+  Under each variant, `seeds`: every training seed's verdict (diagnosis.diagnose
+  on that seed's history and scores), val accuracy and gap, and their aggregate
+  (pipeline.seeds: mean, sd, Student-t 95% interval, verdict agreement).
+- reports/comparison.csv and comparison.md: one row per variant (plus
+  across-seed columns and a section when a variant trained more than one seed).
 - reports/curves.csv: long format (variant, epoch, loss, val_loss, accuracy,
   val_accuracy, gap) for dvc.yaml's top-level plots.
 - reports/metrics.json: flat DVC metrics (<variant>.test_accuracy, ...).
 - reports/figures/: learning curves, all-variant curves, gaps, confusion
   matrices, feature maps (pipeline.plots).
 - MLflow: evaluation metrics, a `verdict` tag and the evidence logged to each
-  variant's own train run; an `evaluate` run holding the comparison and the
+  variant's own train run (with several seeds also seeds_* metrics and a
+  `verdict_agreement` tag); an `evaluate` run holding the comparison and the
   figures; the best variant's model registered as a new version of
   registry.model_name with alias "challenger" (alias "champion" is never
   touched here: only the retrain gate moves it).
