@@ -30,6 +30,7 @@ from pydantic import (
 LEARNING_CURVE_DIR = "learning_curve"
 Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
 Severity = Literal["error", "warning"]
+MAX_SEEDS = 20
 
 
 class ConfigError(ValueError):
@@ -142,6 +143,10 @@ class TrainConfig(_Frozen):
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
     class_weight: Literal["off", "on", "auto"] = "auto"
     seed: Annotated[int, Field(ge=0)] = 42
+    # How many seeds each variant trains (seed, seed + 1, ...). No default here:
+    # params.yaml holds the one default. The bound keeps a typo (100 for 10)
+    # from silently multiplying the training time.
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
 
 
 class VariantOverrides(_Frozen):

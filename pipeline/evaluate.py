@@ -2,7 +2,8 @@
 
 Inputs: params.yaml (`variants`, `evaluate`, `registry`), data/prepared/,
 reports/validation.json, and for every variant models/<variant>/{model.keras,
-history.csv, metrics.json, run.json} (the train stage's contract).
+history.csv, metrics.json, run.json, seeds.json} (the train stage's contract;
+a missing seeds.json, from a model trained before `train.seeds`, means one seed).
 
 Outputs:
 - reports/evaluation.json: per variant train/val/test scores (accuracy, loss,
@@ -10,7 +11,11 @@ Outputs:
   evidence, MLflow run id, per-class metrics (with each class's train-vs-val
   recall gap), confusion matrices; plus best_variant, effects (each variant vs
   the baseline), recommendations and the registered model version.
-- reports/comparison.csv and comparison.md: one row per variant.
+  Under each variant, `seeds`: every training seed's verdict (diagnosis.diagnose
+  on that seed's history and scores), val accuracy and gap, and their aggregate
+  (pipeline.seeds: mean, sd, Student-t 95% interval, verdict agreement).
+- reports/comparison.csv and comparison.md: one row per variant (plus
+  across-seed columns and a section when a variant trained more than one seed).
 - reports/curves.csv: long format (variant, epoch, loss, val_loss, accuracy,
   val_accuracy, gap) for dvc.yaml's top-level plots.
 - reports/metrics.json: flat DVC metrics (<variant>.test_accuracy, ...).
@@ -22,7 +27,8 @@ Outputs:
   (pipeline.learning_curve.analyse); "Get more training data" is appended to
   the recommendations only when val accuracy still rises beyond noise.
 - MLflow: evaluation metrics, a `verdict` tag and the evidence logged to each
-  variant's own train run; an `evaluate` run holding the comparison and the
+  variant's own train run (with several seeds also seeds_* metrics and a
+  `verdict_agreement` tag); an `evaluate` run holding the comparison and the
   figures; the best variant's model registered as a new version of
   registry.model_name with alias "challenger" (alias "champion" is never
   touched here: only the retrain gate moves it).
@@ -64,22 +70,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import diagnosis, plots
+from pipeline import diagnosis, plots, seeds
 from pipeline import learning_curve as lc
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
-from pipeline.scoring import predict_proba, split_scores
+from pipeline.scoring import evaluation_indices, predict_proba, split_scores
 
 log = logging.getLogger(__name__)
 
 # Inference batch: bounds memory only, results do not depend on it.
 CHALLENGER = "challenger"
-# The train-split sample is fixed, not a knob: the same rows for every variant and run.
-TRAIN_SAMPLE_SEED = 0
-# Likewise the feature-map probe images.
+# The train-split sample is fixed (scoring.TRAIN_SAMPLE_SEED); likewise the feature-map
+# probe images.
 PROBE_SEED = 0
 # Keras layer classes that act only while training (the per-epoch train metrics include them).
 AUGMENTATION_PREFIX = "Random"
@@ -248,19 +253,6 @@ class VariantEvaluation:
     behaviour: dict[str, bool] | None = None  # training_behaviour(); None when unknown
 
 
-def evaluation_indices(
-    data: PreparedDataset, seed: int = TRAIN_SAMPLE_SEED
-) -> dict[str, np.ndarray]:
-    """Rows scored per split: all of val and test, a fixed sample of train (module doc)."""
-    sizes = {split: len(data.y(split)) for split in SPLITS}
-    cap = max(sizes["val"], sizes["test"])
-    indices = {split: np.arange(n) for split, n in sizes.items()}
-    if sizes["train"] > cap:
-        rng = np.random.default_rng(seed)
-        indices["train"] = np.sort(rng.choice(sizes["train"], size=cap, replace=False))
-    return indices
-
-
 def evaluate_variant(
     artifacts: VariantArtifacts,
     data: PreparedDataset,
@@ -317,12 +309,15 @@ def split_facts(scores: Mapping[str, Any], chance: float | None = None) -> diagn
     )
 
 
-def run_facts(art: VariantArtifacts, n_train: int) -> diagnosis.RunFacts:
-    """How the run ended, from metrics.json (stopped_epoch > 0: early stopping ended it)."""
-    best_epoch = art.train_metrics.get("best_epoch")
-    stopped = art.train_metrics.get("stopped_epoch")
+def run_facts(
+    history: pd.DataFrame, train_metrics: Mapping[str, Any], n_train: int
+) -> diagnosis.RunFacts:
+    """How the run ended, from metrics.json or a seeds.json entry (stopped_epoch > 0:
+    early stopping ended it)."""
+    best_epoch = train_metrics.get("best_epoch")
+    stopped = train_metrics.get("stopped_epoch")
     return diagnosis.RunFacts(
-        best_epoch=best_epoch if best_epoch in set(art.history["epoch"]) else None,
+        best_epoch=best_epoch if best_epoch in set(history["epoch"]) else None,
         stopped_early=None if stopped is None else int(stopped) > 0,
         n_train=n_train,
     )
@@ -336,32 +331,44 @@ def build_evaluation(
     validation: Mapping[str, Any],
     n_train: int = 0,
     chance: Mapping[str, float | None] | None = None,
+    seed_records: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """The evaluation.json payload (without the registry part), from pure inputs.
 
     `n_train` is the size of the train split (the history's train accuracy is
     measured over it); 0 falls back to the scored train sample's size.
     `chance` maps a split to its majority-class share (majority_share of the
-    full split); missing splits read it off the scored rows.
+    full split); missing splits read it off the scored rows. `seed_records`
+    maps a variant to its seeds.json: every extra training seed is diagnosed
+    with the same facts as seed 0 (whose saved model is model.keras), and the
+    seed-to-seed spread widens the noise of the comparison.
     """
     chance = chance or {}
+    seed_records = seed_records or {}
     reference = diagnosis.Reference(
         train_accuracy=max(e.scores["train"]["accuracy"] for e in evaluations.values()),
         val_accuracy=max(e.scores["val"]["accuracy"] for e in evaluations.values()),
     )
     variants: dict[str, Any] = {}
     summaries = []
-    for name, ev in evaluations.items():
-        art = artifacts[name]
-        diag = diagnosis.diagnose(
+
+    def diagnose_run(name, history, scores, train_metrics) -> diagnosis.Diagnosis:
+        return diagnosis.diagnose(
             name,
-            art.history,
-            split_facts(ev.scores["train"], chance.get("train")),
-            split_facts(ev.scores["val"], chance.get("val")),
+            history,
+            split_facts(scores["train"], chance.get("train")),
+            split_facts(scores["val"], chance.get("val")),
             n_classes=len(classes),
             cfg=cfg.evaluate,
             reference=reference,
-            run=run_facts(art, n_train),
+            run=run_facts(history, train_metrics, n_train),
+        )
+
+    for name, ev in evaluations.items():
+        art = artifacts[name]
+        diag = diagnose_run(name, art.history, ev.scores, art.train_metrics)
+        seed_summary = summarize_seeds(
+            name, cfg, diag, art, ev, seed_records.get(name), diagnose_run
         )
         variants[name] = {
             **{split: public_scores(ev.scores[split]) for split in SPLITS},
@@ -380,12 +387,16 @@ def build_evaluation(
             "mlflow_run_id": art.run_info.get("run_id"),
             "model_uri": art.run_info.get("model_uri"),
             "training_behaviour": ev.behaviour,
+            "seeds": seed_summary,
             "per_class": per_class_table(ev.scores, classes),
             "confusion": {
                 "labels": list(classes),
                 **{split: ev.scores[split]["_confusion"] for split in SPLITS},
             },
         }
+        if seed_summary["n_seeds"] > 1:
+            # The verdict is seed 0's (its saved model is the one served); say how the others agree.
+            variants[name]["evidence"].append(f"across training seeds: {seed_summary['summary']}")
         model_cfg = cfg.variant(name).model
         summaries.append(
             diagnosis.VariantSummary(
@@ -403,6 +414,8 @@ def build_evaluation(
                 memorizing=bool(diag.rules["memorization"]),
                 train_peak=diag.memorization["train_peak"],
                 val_peak=diag.memorization["val_peak"],
+                seed_var_val=_sd_squared(seed_summary["val_accuracy"]),
+                seed_var_gap=_sd_squared(seed_summary["gap"]),
                 regularized=bool(
                     model_cfg.dropout > 0
                     or model_cfg.conv_dropout > 0
@@ -425,6 +438,75 @@ def build_evaluation(
         "validation_success": bool(validation.get("success", False)),
         "classes": list(classes),
     }
+
+
+def _sd_squared(spread: Mapping[str, Any]) -> float:
+    """Seed-to-seed variance of one draw (seed 0's) for the comparison's noise; 0 for one seed."""
+    sd = spread.get("sd")
+    return float(sd) ** 2 if sd is not None else 0.0
+
+
+def summarize_seeds(
+    name: str,
+    cfg: Config,
+    diag: diagnosis.Diagnosis,
+    art: VariantArtifacts,
+    ev: VariantEvaluation,
+    record: Mapping[str, Any] | None,
+    diagnose_run: Any,
+) -> dict[str, Any]:
+    """Each training seed's verdict, val accuracy and gap, and their aggregate (pipeline.seeds).
+
+    Seed 0 is the variant's own diagnosis; the other seeds' saved models were
+    scored by the train stage on the same rows with the same formula
+    (pipeline.scoring). A model trained before train.seeds existed is one seed.
+    """
+    entries = (record or {}).get("seeds") or []
+    per_seed = [
+        {
+            "index": 0,
+            "seed": cfg.variant(name).train.seed,
+            "verdict": diag.verdict,
+            "model_verdict": diag.model_verdict,
+            "train_accuracy": float(ev.scores["train"]["accuracy"]),
+            "val_accuracy": float(ev.scores["val"]["accuracy"]),
+            "gap": float(diag.gap["accuracy"]),
+            "best_epoch": diag.best_epoch,
+            "epochs_run": diag.epochs_run,
+            "mlflow_run_id": art.run_info.get("run_id"),
+        }
+    ]
+    for entry in entries:
+        if int(entry["index"]) == 0:
+            continue
+        try:
+            history = diagnosis.check_history(pd.DataFrame(entry["history"]))
+            seed_diag = diagnose_run(name, history, entry["scores"], entry)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StageError(
+                f"variant {name!r} seed {entry.get('seed')}: unusable seeds.json entry ({exc}); "
+                f"retrain it (dvc repro -f train@{name})"
+            ) from None
+        per_seed.append(
+            {
+                "index": int(entry["index"]),
+                "seed": int(entry["seed"]),
+                "verdict": seed_diag.verdict,
+                "model_verdict": seed_diag.model_verdict,
+                "train_accuracy": float(entry["scores"]["train"]["accuracy"]),
+                "val_accuracy": float(entry["scores"]["val"]["accuracy"]),
+                "gap": float(seed_diag.gap["accuracy"]),
+                "best_epoch": seed_diag.best_epoch,
+                "epochs_run": seed_diag.epochs_run,
+                "mlflow_run_id": entry.get("mlflow_run_id"),
+            }
+        )
+    summary = seeds.summarize_seeds(
+        [p["val_accuracy"] for p in per_seed],
+        [p["gap"] for p in per_seed],
+        [p["verdict"] for p in per_seed],
+    )
+    return {**summary, "summary": seeds.describe(summary), "per_seed": per_seed}
 
 
 def curves_frame(histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -504,6 +586,88 @@ def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
         }
         for name, v in evaluation["variants"].items()
     }
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def load_seed_records(paths: Paths, variant: str) -> dict[str, Any] | None:
+    """models/<variant>/seeds.json, or None for a model trained before train.seeds existed."""
+    path = paths.seeds_json(variant)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise StageError(f"variant {variant!r}: unreadable {path}: {exc}") from None
+
+
+def with_seed_columns(frame: pd.DataFrame, evaluation: Mapping[str, Any]) -> pd.DataFrame:
+    """The comparison plus across-seed columns, when any variant trained more than one seed."""
+    summaries = {n: v.get("seeds") for n, v in evaluation["variants"].items()}
+    if not any(s and s["n_seeds"] > 1 for s in summaries.values()):
+        return frame
+    frame = frame.copy()
+
+    def pick(name: str, *keys: str) -> Any:
+        return _dig(summaries.get(name), keys)
+
+    frame["n_seeds"] = [pick(n, "n_seeds") for n in frame["variant"]]
+    for metric in ("val_accuracy", "gap"):
+        for stat in ("mean", "ci95", "sd"):
+            frame[f"seeds_{metric}_{stat}"] = [pick(n, metric, stat) for n in frame["variant"]]
+    frame["verdict_agreement"] = [pick(n, "agreement") for n in frame["variant"]]
+    return frame
+
+
+def _dig(tree: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        tree = tree.get(key) if isinstance(tree, Mapping) else None
+    return tree
+
+
+def seeds_markdown(evaluation: Mapping[str, Any]) -> str:
+    """A section for comparison.md when any variant trained more than one seed, else ''."""
+    rows = []
+    for name, v in evaluation["variants"].items():
+        s = v.get("seeds")
+        if not s or s["n_seeds"] < 2:
+            continue
+        val, gap = s["val_accuracy"], s["gap"]
+        rows.append(
+            f"| {name} | {s['n_seeds']} | {val['mean']:.3f} ± {val['ci95']:.3f} | "
+            f"{gap['mean']:+.3f} ± {gap['ci95']:.3f} | {s['agreement']} |"
+        )
+    if not rows:
+        return ""
+    return (
+        "\n## Across training seeds\n\nMean ± 95% interval (Student t) over `train.seeds` "
+        "seeds; the table above is seed 0.\n\n"
+        "| variant | seeds | val acc | gap | verdicts |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def log_seeds_to_variant_runs(evaluation: Mapping[str, Any]) -> None:
+    """Across-seed aggregate on each variant's run, and each extra seed's verdict on its own."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for v in evaluation["variants"].values():
+        s = v.get("seeds")
+        if not s or s["n_seeds"] < 2:
+            continue
+        run_id = v["mlflow_run_id"]
+        for metric in ("val_accuracy", "gap"):
+            client.log_metric(run_id, f"seeds_{metric}_mean", s[metric]["mean"])
+            client.log_metric(run_id, f"seeds_{metric}_ci95", s[metric]["ci95"])
+            client.log_metric(run_id, f"seeds_{metric}_sd", s[metric]["sd"])
+        client.log_metric(run_id, "seeds_n", s["n_seeds"])
+        client.set_tag(run_id, "verdict_agreement", s["agreement"])
+        for seed in s["per_seed"]:
+            if seed["index"] > 0 and seed["mlflow_run_id"]:
+                client.set_tag(seed["mlflow_run_id"], "verdict", seed["verdict"])
 
 
 # --------------------------------------------------------------------------- figures
@@ -816,6 +980,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
         evaluations[name] = evaluate_variant(
             art, data, indices, probe, cfg.evaluate.feature_map_layers
         )
+    seed_records = {name: load_seed_records(paths, name) for name in artifacts}
     evaluation = build_evaluation(
         cfg,
         data.classes,
@@ -824,6 +989,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
         validation,
         n_train=len(data.y("train")),
         chance={split: majority_share(data.y(split)) for split in SPLITS},
+        seed_records=seed_records,
     )
     curve_variant = cfg.learning_curve.variant
     curve_points = learning_curve_points(
@@ -839,13 +1005,12 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
 
     log.info("writing figures to %s", paths.figures_dir)
     write_figures(paths.figures_dir, evaluation, histories, evaluations, probe, probe_labels)
-    comparison = comparison_frame(evaluation)
+    comparison = with_seed_columns(comparison_frame(evaluation), evaluation)
     write_text_atomic(paths.comparison_csv, comparison.to_csv(index=False))
     write_text_atomic(
         paths.comparison_md,
-        comparison_markdown(
-            comparison, evaluation["best_variant"], evaluation["reference_variant"]
-        ),
+        comparison_markdown(comparison, evaluation["best_variant"], evaluation["reference_variant"])
+        + seeds_markdown(evaluation),
     )
     curves = curves_frame(histories)
     write_text_atomic(paths.curves_csv, curves.to_csv(index=False))
@@ -853,6 +1018,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
 
     log.info("logging to MLflow and registering %s", evaluation["best_variant"])
     log_to_variant_runs(paths, evaluation, paths.figures_dir)
+    log_seeds_to_variant_runs(evaluation)
     log_evaluate_run(paths, cfg, evaluation, validation)
     write_json_atomic(paths.evaluation_json, evaluation)
     return evaluation

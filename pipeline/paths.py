@@ -126,8 +126,18 @@ class Paths:
         """Small JSON with the variant's MLflow run id, read by evaluate."""
         return self.variant_dir(variant) / "run.json"
 
-    def backup_dir(self, variant: str) -> Path:
-        return self.state_dir / "train" / variant
+    def seeds_json(self, variant: str) -> Path:
+        """Per-seed histories and scores of the variant (train.seeds), read by evaluate."""
+        return self.variant_dir(variant) / "seeds.json"
+
+    def backup_dir(self, variant: str, seed_index: int = 0) -> Path:
+        """Resume state of one seed; seed 0's is the variant's own directory.
+
+        The extra seeds' directories sit beside it (`<variant>.seed-<i>`; a variant
+        name cannot hold a dot), so discarding one seed's state never touches another's.
+        """
+        name = variant if seed_index == 0 else f"{variant}.seed-{seed_index}"
+        return self.state_dir / "train" / name
 
     @property
     def learning_curve_dir(self) -> Path:

@@ -24,7 +24,11 @@ badge, #best-variant, #mitigations, #recommendation-list, #comparison-table,
 #variant-<name> with a .verdict badge and .evidence list, #next-steps; every
 figure's alt text names the variant and the plot. When evaluation.json carries
 `val_accuracy_ci95` (per variant) and `within_noise` (per effect), the table
-shows the interval and marks effects within noise.
+shows the interval and marks effects within noise. When a variant trained
+more than one seed (`variants.<v>.seeds` in evaluation.json), its card and the
+table's "across seeds" column (.seeds) give the gap's mean ± 95% interval and
+the verdict agreement, e.g. "gap 3.1 ± 0.8 points over 3 seeds; overfitting in
+3 of 3 seeds".
 """
 
 from __future__ import annotations
@@ -156,8 +160,15 @@ def caveat_context(evaluation: Mapping[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def seeds_line(v: Mapping[str, Any]) -> str | None:
+    """The variant's across-seed summary sentence, when it trained more than one seed."""
+    summary = v.get("seeds") or {}
+    return summary.get("summary") if summary.get("n_seeds", 1) > 1 else None
+
+
 def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[str, Any]:
     return {
+        "seeds": seeds_line(v),
         "name": name,
         "verdict": v["verdict"],
         "model_verdict": v.get("model_verdict", v["verdict"]),
@@ -190,8 +201,10 @@ def build_context(
     for row in rows:
         if row["variant"] in evaluation["variants"]:
             row.update(noise_context(evaluation, row["variant"]))
+            row["seeds"] = seeds_line(evaluation["variants"][row["variant"]])
         else:
             row.update({"val_ci95": None, "delta_ci95": None, "within_noise": None})
+            row["seeds"] = None
     variants = [variant_context(n, v, figures_dir) for n, v in evaluation["variants"].items()]
     reference = evaluation.get("reference_variant")
     headline = next((v for v in variants if v["name"] == reference), variants[0])
@@ -208,6 +221,7 @@ def build_context(
         "caveat": caveat_context(evaluation),
         "show_ci": any(r["val_ci95"] is not None for r in rows),
         "show_noise": any(r["within_noise"] is not None for r in rows),
+        "show_seeds": any(r["seeds"] for r in rows),
         "comparison": rows,
         "best_variant": evaluation.get("best_variant"),
         "best_variant_reason": _sentence(evaluation.get("best_variant_reason", "")),

@@ -1,24 +1,50 @@
-"""Scores of a model on prepared pixels, shared by evaluate and the learning curve.
+"""Scoring a saved model in inference mode: which rows, and accuracy and loss.
+
+Shared by evaluate (every variant's model.keras), the learning curve (each
+fraction's best epoch) and train (the extra seeds of `train.seeds`, scored
+before their weights are dropped), so all measure the same rows with the same
+formula and their numbers compare like for like.
+
+Train-split scores use a fixed random sample of the train split no larger than
+the bigger of val and test (all of it when it is smaller): the train accuracy
+then has the same statistical precision as the val accuracy it is compared
+with, and scoring cost stops growing with the training set.
+
+Loss is plain cross-entropy of the model's probabilities (clipped as Keras
+clips), without the L2 penalty Keras adds during training, so train and val
+losses compare like for like.
 
 Inputs: a Keras-like model (anything with `predict_on_batch`) and a split's
 pixels and labels as the prepared dataset stores them. Outputs: plain dicts;
 nothing is written. Importing this module does not import TensorFlow.
-
-Loss is plain cross-entropy of the model in inference mode, without the L2
-penalty Keras adds during training, so train and val losses compare like for
-like.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pipeline.cli import StageError
-from pipeline.prepared import MODEL_INPUT_BATCH, predict_in_batches
+from pipeline.prepared import MODEL_INPUT_BATCH, SPLITS, PreparedDataset, predict_in_batches
 
+# The train-split sample is fixed, not a knob: the same rows for every variant, seed and run.
+TRAIN_SAMPLE_SEED = 0
 EPS = 1e-7  # same clipping as Keras' cross-entropy
+
+
+def evaluation_indices(
+    data: PreparedDataset, seed: int = TRAIN_SAMPLE_SEED
+) -> dict[str, np.ndarray]:
+    """Rows scored per split: all of val and test, a fixed sample of train (module doc)."""
+    sizes = {split: len(data.y(split)) for split in SPLITS}
+    cap = max(sizes["val"], sizes["test"])
+    indices = {split: np.arange(n) for split, n in sizes.items()}
+    if sizes["train"] > cap:
+        rng = np.random.default_rng(seed)
+        indices["train"] = np.sort(rng.choice(sizes["train"], size=cap, replace=False))
+    return indices
 
 
 def predict_proba(model: Any, x: np.ndarray, batch_size: int = MODEL_INPUT_BATCH) -> np.ndarray:
@@ -26,6 +52,24 @@ def predict_proba(model: Any, x: np.ndarray, batch_size: int = MODEL_INPUT_BATCH
     if len(x) == 0:
         raise StageError("cannot evaluate on an empty split")
     return predict_in_batches(model.predict_on_batch, x, batch_size)
+
+
+def accuracy_and_loss(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """{"accuracy", "loss", "n"} of class probabilities against integer labels."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0 or proba.shape[0] != len(y_true):
+        raise ValueError(f"probabilities shape {proba.shape} for {len(y_true)} labels")
+    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
+    return {
+        "accuracy": float((proba.argmax(axis=1) == y_true).mean()),
+        "loss": float(-np.log(picked).mean()),
+        "n": int(len(y_true)),
+    }
+
+
+def model_accuracy_and_loss(model: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """{"accuracy", "loss", "n"} of `model` on (x, y), in inference mode."""
+    return accuracy_and_loss(y, predict_proba(model, x))
 
 
 def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, Any]:
@@ -37,18 +81,15 @@ def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[
         raise ValueError(f"probabilities shape {proba.shape} != ({len(y_true)}, {n_classes})")
     pred = proba.argmax(axis=1)
     labels = list(range(n_classes))
-    picked = np.clip(proba[np.arange(len(y_true)), y_true], EPS, 1.0)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, pred, labels=labels, average=None, zero_division=0
     )
     present = support > 0  # macro over the classes this split has
     return {
-        "accuracy": float((pred == y_true).mean()),
-        "loss": float(-np.log(picked).mean()),
+        **accuracy_and_loss(y_true, proba),
         "precision": float(precision[present].mean()),
         "recall": float(recall[present].mean()),
         "f1": float(f1[present].mean()),
-        "n": int(len(y_true)),
         "_per_class": {
             "precision": precision.tolist(),
             "recall": recall.tolist(),
@@ -59,7 +100,16 @@ def split_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[
     }
 
 
-def accuracy_and_loss(model: Any, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """{"accuracy", "loss", "n"} of `model` on (x, y), in inference mode."""
-    scores = split_scores(y, predict_proba(model, x), n_classes)
-    return {key: scores[key] for key in ("accuracy", "loss", "n")}
+def score_splits(
+    model: Any,
+    data: PreparedDataset,
+    indices: Mapping[str, np.ndarray],
+    splits: Sequence[str] = ("train", "val"),
+) -> dict[str, dict[str, Any]]:
+    """accuracy_and_loss of `model` on each split's `indices` rows."""
+    scores = {}
+    for split in splits:
+        x, idx = data.x(split), indices[split]
+        rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
+        scores[split] = model_accuracy_and_loss(model, rows, data.y(split)[idx])
+    return scores

@@ -180,12 +180,17 @@ def stage_run(
     variant: str | None = None,
     resume_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
 ) -> Iterator[Any]:
     """An MLflow run for one stage (and variant), ended FAILED on an exception.
 
     Args:
         resume_run_id: continue this run instead of starting one (a resumed
             training after a kill keeps its run and its epoch history).
+        parent_run_id: the active run to nest this one under (a variant's
+            extra training seeds are children of its train run).
+        run_name: instead of `<stage>-<variant>`.
     """
     import mlflow
 
@@ -193,15 +198,18 @@ def stage_run(
     experiment_id = ensure_experiment(paths, cfg.mlflow.experiment)
     tags = common_tags(paths, cfg, stage, variant)  # before the pop: repro_id reads it
     parent = os.environ.pop(PARENT_RUN_ENV, None)
-    if parent:
-        tags["mlflow.parentRunId"] = parent
+    if parent_run_id or parent:
+        tags["mlflow.parentRunId"] = parent_run_id or parent
     tags.update(extra_tags or {})
-    run_name = f"{stage}-{variant}" if variant else stage
+    run_name = run_name or (f"{stage}-{variant}" if variant else stage)
+    nested = parent_run_id is not None
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)
+        run = mlflow.start_run(run_id=resume_run_id, nested=nested)
         mlflow.set_tags(tags)
     else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        run = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested
+        )
     try:
         yield run
     except BaseException:

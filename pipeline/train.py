@@ -19,12 +19,23 @@ killed run leaves the previous outputs as they were):
     metrics.json  variant, best_epoch, stopped_epoch, epochs_run, train_seconds,
                   images_per_second, best_val_loss, best_val_accuracy, params
     run.json      run_id, experiment_id, model_uri, variant
-plus one MLflow run with per-epoch metrics (step = epoch) and the logged model.
+    seeds.json    one entry per training seed (`train.seeds`; seed i uses
+                  train.seed + i, seed 0 is the run above): seed, history rows,
+                  best/stopped epoch, epochs run, MLflow run id, and the saved
+                  (best-epoch) model's inference-mode accuracy, loss and n on
+                  evaluate's train sample and the val split (`scores`; null for
+                  seed 0 when it is the only seed, as evaluate scores
+                  model.keras anyway)
+plus one MLflow run with per-epoch metrics (step = epoch) and the logged model,
+and with train.seeds > 1 one child run per extra seed (tags variant, seed).
+Extra seeds keep no model file: their scores are taken before they are dropped.
 
 Resuming: `.pipeline_state/train/<variant>/` (not a DVC output, so DVC leaves
 it alone) holds a Keras BackupAndRestore checkpoint, the completed epochs'
-history rows, the best weights so far and the MLflow run id. A run killed at
-any point restarts from the last completed epoch, logs into the same MLflow run
+history rows, the best weights so far and the MLflow run id; each extra seed
+has its own such directory (`<variant>.seed-<i>`), all kept until the outputs
+are written, so a kill during any seed resumes that seed and redoes none. A
+run killed at any point restarts from the last completed epoch, logs into the same MLflow run
 and ends with the same history as an uninterrupted run: the shuffle order and
 the dropout/augmentation random streams are pure functions of (seed, epoch),
 and the early-stopping / LR-schedule state is replayed from the history rows.
@@ -66,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tracking
+from pipeline import scoring, tracking
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, ConfigError, VariantConfig, load_config
 from pipeline.io import write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -827,25 +838,25 @@ def fit_tracked(
     *,
     stage: str,
     backup_root: Path,
-    finish: Callable[[Any, TrainResult, dict[str, Any]], None],
+    finish: Callable[[Any, TrainResult, dict[str, Any], dict[int, float] | None], None],
     run_params: dict[str, Any] | None = None,
     run_tags: dict[str, str] | None = None,
     fingerprint_extra: dict[str, str] | None = None,
+    on_new_run: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Fit `vcfg` on `data` inside a resumable, tagged MLflow run; returns metrics.json's content.
 
     Shared by the variant stage and the learning curve. `finish(run, result,
-    metrics)` runs inside the MLflow run after training and writes the outputs.
+    metrics, class_weight)` runs inside the MLflow run after training and writes
+    the outputs; `on_new_run()` runs when no earlier run is being resumed.
     """
     class_weight = resolve_class_weights(
         vcfg.train.class_weight, data.y("train"), len(data.classes), paths.validation_json
     )
     fingerprint = {**fingerprint_of(vcfg, data, class_weight), **(fingerprint_extra or {})}
-    state = open_backup(backup_root, fingerprint)
-    if state.run_id and not _run_exists(state.run_id):
-        log.info("MLflow run %s of the saved state is gone; starting over", state.run_id)
-        state.discard()
-        state = open_backup(backup_root, state.fingerprint)
+    state = open_run_backup(backup_root, fingerprint)
+    if state.run_id is None and on_new_run is not None:
+        on_new_run()
     import mlflow
 
     with tracking.stage_run(
@@ -874,7 +885,7 @@ def fit_tracked(
             vcfg, result.rows, result.stopped_epoch, n_train, result.model.count_params()
         )
         mlflow.log_metrics(run_metrics(metrics))
-        finish(run, result, metrics)
+        finish(run, result, metrics, class_weight)
     state.discard()
     return metrics
 
@@ -884,8 +895,10 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
     vcfg = cfg.variant(name)
     tracking.configure(paths)  # an unreachable server fails here, before any work
     data = load_prepared(paths.prepared_dir)
+    n_seeds = vcfg.train.seeds
+    seed_tags = {"seed": str(vcfg.train.seed), "seed_index": "0"} if n_seeds > 1 else None
 
-    def finish(run, result: TrainResult, metrics: dict[str, Any]) -> None:
+    def finish(run, result: TrainResult, metrics: dict[str, Any], class_weight) -> None:
         import mlflow
 
         mlflow.log_text(model_summary(result.model), "model_summary.txt")
@@ -896,11 +909,34 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
             "model_uri": model_uri,
             "variant": name,
         }
-        write_outputs(paths, name, result, metrics, run_info)
+        entries = [seed_entry(0, vcfg.train.seed, result.rows, metrics, run.info.run_id, None)]
+        if n_seeds > 1:
+            indices = scoring.evaluation_indices(data)
+            entries[0]["scores"] = scoring.score_splits(result.model, data, indices)
+            for index in range(1, n_seeds):
+                entries.append(
+                    train_extra_seed(
+                        paths, cfg, vcfg, index, data, class_weight, indices, run.info.run_id
+                    )
+                )
+        seeds_record = {"variant": name, "n_seeds": n_seeds, "seeds": entries}
+        write_outputs(paths, name, result, metrics, run_info, seeds_record)
 
-    return fit_tracked(
-        paths, cfg, vcfg, data, stage="train", backup_root=paths.backup_dir(name), finish=finish
+    metrics = fit_tracked(
+        paths,
+        cfg,
+        vcfg,
+        data,
+        stage="train",
+        backup_root=paths.backup_dir(name),
+        finish=finish,
+        run_tags=seed_tags,
+        # A new variant run: extra seeds' state from an earlier one would resume
+        # into that run's children.
+        on_new_run=lambda: discard_extra_seed_states(paths, name),
     )
+    discard_extra_seed_states(paths, name)
+    return metrics
 
 
 def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dict[str, Any]:
@@ -921,15 +957,14 @@ def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dic
     subset_hash = hashlib.sha256(rows.tobytes()).hexdigest()[:12]
     result_json: dict[str, Any] = {}
 
-    def finish(run, result: TrainResult, metrics: dict[str, Any]) -> None:
+    def finish(run, result: TrainResult, metrics: dict[str, Any], _class_weight=None) -> None:
         import mlflow
 
-        from pipeline.scoring import accuracy_and_loss
+        from pipeline.scoring import model_accuracy_and_loss
 
-        n_classes = len(data.classes)
         scores = {
-            "train": accuracy_and_loss(result.model, data.x("train"), data.y("train"), n_classes),
-            "val": accuracy_and_loss(result.model, data.x("val"), data.y("val"), n_classes),
+            "train": model_accuracy_and_loss(result.model, data.x("train"), data.y("train")),
+            "val": model_accuracy_and_loss(result.model, data.x("val"), data.y("val")),
         }
         mlflow.log_metrics(
             {f"subset_{split}_{m}": float(v[m]) for split, v in scores.items() for m in v}
@@ -970,6 +1005,106 @@ def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dic
         fingerprint_extra={"train_fraction": key, "subset": subset_hash},
     )
     return result_json
+
+
+def open_run_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
+    """open_backup, started over when the state's MLflow run no longer exists."""
+    state = open_backup(root, fingerprint)
+    if state.run_id and not _run_exists(state.run_id):
+        log.info("MLflow run %s of the saved state is gone; starting over", state.run_id)
+        state.discard()
+        state = open_backup(root, fingerprint)
+    return state
+
+
+# ------------------------------------------------------------------ extra seeds
+
+
+def seed_config(vcfg: VariantConfig, index: int) -> VariantConfig:
+    """The variant trained with seed train.seed + index (index 0 is the variant itself)."""
+    if index == 0:
+        return vcfg
+    train = vcfg.train.model_copy(update={"seed": vcfg.train.seed + index})
+    return vcfg.model_copy(update={"train": train})
+
+
+def seed_entry(
+    index: int,
+    seed: int,
+    rows: Sequence[dict[str, float]],
+    metrics: dict[str, Any],
+    run_id: str,
+    scores: dict[str, dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One seed's record in seeds.json; `metrics` is the seed's summarize()."""
+    return {
+        "index": index,
+        "seed": seed,
+        "mlflow_run_id": run_id,
+        **{k: metrics[k] for k in ("best_epoch", "stopped_epoch", "epochs_run", "train_seconds")},
+        "history": [dict(row) for row in rows],
+        "scores": scores,
+    }
+
+
+def train_extra_seed(
+    paths: Paths,
+    cfg: Config,
+    vcfg: VariantConfig,
+    index: int,
+    data: PreparedDataset,
+    class_weight: dict[int, float] | None,
+    indices: dict[str, np.ndarray],
+    parent_run_id: str,
+) -> dict[str, Any]:
+    """Train (or resume) seed train.seed + index in a child MLflow run; its seeds.json entry."""
+    import mlflow
+
+    svcfg = seed_config(vcfg, index)
+    seed = svcfg.train.seed
+    state = open_run_backup(
+        paths.backup_dir(vcfg.name, index), fingerprint_of(svcfg, data, class_weight)
+    )
+    with tracking.stage_run(
+        paths,
+        cfg,
+        stage="train",
+        variant=vcfg.name,
+        resume_run_id=state.run_id,
+        extra_tags={"seed": str(seed), "seed_index": str(index)},
+        parent_run_id=parent_run_id,
+        run_name=f"train-{vcfg.name}-seed{seed}",
+    ) as run:
+        state.run_id = run.info.run_id
+        state.save()
+        if not state.fit_done:
+            mlflow.log_params({**svcfg.flat(), **data_params(cfg, data)})
+        backfill_mlflow(run.info.run_id, state.rows)
+        log.info(
+            "training %s with seed %d (%d of %d)", vcfg.name, seed, index + 1, vcfg.train.seeds
+        )
+        result = fit_variant(svcfg, data, state, class_weight)
+        n_train, n_params = len(data.y("train")), result.model.count_params()
+        metrics = summarize(svcfg, result.rows, result.stopped_epoch, n_train, n_params)
+        scores = scoring.score_splits(result.model, data, indices)
+        # The same names evaluate logs on the variant's run, so the UI compares them.
+        mlflow.log_metrics(
+            {
+                **run_metrics(metrics),
+                **{
+                    f"eval_{split}_{m}": s[m]
+                    for split, s in scores.items()
+                    for m in ("accuracy", "loss")
+                },
+            }
+        )
+    return seed_entry(index, seed, result.rows, metrics, run.info.run_id, scores)
+
+
+def discard_extra_seed_states(paths: Paths, name: str) -> None:
+    """Remove every extra seed's resume state of the variant (also of a larger train.seeds)."""
+    for root in paths.backup_dir(name).parent.glob(f"{name}.seed-*"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def log_keras_model(model, data: PreparedDataset) -> str:
@@ -1039,14 +1174,20 @@ class _KerasFlavorWithExample:
 
 
 def write_outputs(
-    paths: Paths, name: str, result: TrainResult, metrics: dict[str, Any], run_info: dict[str, Any]
+    paths: Paths,
+    name: str,
+    result: TrainResult,
+    metrics: dict[str, Any],
+    run_info: dict[str, Any],
+    seeds_record: dict[str, Any],
 ) -> None:
-    """All four outputs in a staging dir, swapped in together."""
+    """All five outputs in a staging dir, swapped in together."""
     with staging_dir(paths.variant_dir(name)) as tmp:
         result.model.save(str(tmp / paths.model_file(name).name))
         (tmp / paths.history_csv(name).name).write_text(history_text(result.rows))
         write_json_atomic(tmp / paths.train_metrics(name).name, metrics)
         write_json_atomic(tmp / paths.run_info(name).name, run_info)
+        write_json_atomic(tmp / paths.seeds_json(name).name, seeds_record)
 
 
 # -------------------------------------------------------------------------- CLI
@@ -1081,9 +1222,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     metrics = train_variant(paths, cfg, args.variant)
+    n_seeds = cfg.variant(args.variant).train.seeds
+    extra = f" (+{n_seeds - 1} more seeds in seeds.json)" if n_seeds > 1 else ""
     print(
         f"trained {args.variant}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
-        f"val_accuracy {metrics['best_val_accuracy']:.4f} -> {paths.variant_dir(args.variant)}",
+        f"val_accuracy {metrics['best_val_accuracy']:.4f}{extra} -> "
+        f"{paths.variant_dir(args.variant)}",
         file=sys.stdout,
     )
     return 0

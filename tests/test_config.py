@@ -153,6 +153,15 @@ BAD = [
     # Strings that merely look like numbers or booleans are mistakes, not values.
     ("numeric_string", _set("train.epochs", "10"), ["train.epochs", "'10'", "integer"]),
     ("yes_string", _set("model.augmentation.enabled", "yes"), ["augmentation.enabled", "'yes'"]),
+    ("zero_seeds", _set("train.seeds", 0), ["train.seeds", "0", "greater than or equal to 1"]),
+    ("too_many_seeds", _set("train.seeds", 21), ["train.seeds", "21", "less than or equal to 20"]),
+    ("float_seeds", _set("train.seeds", 2.0), ["train.seeds", "2.0", "integer"]),
+    ("missing_seeds", lambda raw: raw["train"].pop("seeds"), ["train.seeds", "required"]),
+    (
+        "variant_bad_seeds",
+        _set("variants.x", {"train": {"seeds": 0}}),
+        ["variants.x.train.seeds", "0"],
+    ),
     ("nan_rate", _set("train.learning_rate", float("nan")), ["train.learning_rate", "finite"]),
     ("inf_l2", _set("model.l2", float("inf")), ["model.l2", "finite"]),
 ]
@@ -210,3 +219,15 @@ def test_load_config_file_errors_name_the_file(tmp_path: Path) -> None:
     bad_yaml.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=rf"invalid {bad_yaml}:\n  model.dropout = 1.5"):
         load_config(bad_yaml)
+
+
+def test_seeds_default_lives_in_params_yaml_and_a_variant_may_override_it() -> None:
+    from pipeline.config import TrainConfig
+
+    assert TrainConfig.model_fields["seeds"].is_required()  # no second default in code
+    raw = real_params()
+    assert raw["train"]["seeds"] == 1
+    raw["variants"]["dropout"]["train"] = {"seeds": 3}
+    config = parse_config(raw)
+    assert config.variant("dropout").train.seeds == 3
+    assert config.variant("baseline").train.seeds == 1

@@ -67,6 +67,7 @@ def test_dvc_yaml_paths_match_pipeline_paths():
     train_outs = [next(iter(o)) if isinstance(o, dict) else o for o in train["outs"]]
     assert rel(paths.model_file("${key}")) in train_outs
     assert rel(paths.run_info("${key}")) in train_outs
+    assert rel(paths.seeds_json("${key}")) in train_outs
     assert next(iter(train["metrics"][0])) == rel(paths.train_metrics("${key}"))
     assert next(iter(train["plots"][0])) == rel(paths.history_csv("${key}"))
     curve = stages["learning_curve"]

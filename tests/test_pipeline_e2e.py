@@ -138,6 +138,23 @@ def test_learning_curve_reuses_the_variant_and_reruns_only_a_changed_fraction(pi
     assert fractions == pytest.approx([0.25, 0.6, 1.0], abs=0.02)
 
 
+def test_more_seeds_for_one_variant_retrains_only_that_variant(pipeline_repo):
+    root, _ = pipeline_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["variants"]["dropout"]["train"] = {"seeds": 2}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = ran_stages(dvc(root, "repro").stdout)
+    assert "train@dropout" in ran and "train@baseline" not in ran
+    assert {"evaluate", "report"} <= ran
+    seeds = json.loads((root / "models/dropout/seeds.json").read_text())
+    assert [s["seed"] for s in seeds["seeds"]] == [42, 43]
+    evaluation = json.loads((root / "reports/evaluation.json").read_text())
+    assert evaluation["variants"]["dropout"]["seeds"]["n_seeds"] == 2
+    assert evaluation["variants"]["baseline"]["seeds"]["n_seeds"] == 1
+    assert "over 2 seeds" in (root / "reports/report.html").read_text()
+    assert ran_stages(dvc(root, "repro").stdout) == set()  # seeds.json is a declared output
+
+
 def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     root, _ = pipeline_repo
     import mlflow

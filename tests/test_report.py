@@ -254,6 +254,29 @@ def test_evaluation_without_intervals_shows_none(project, built):
     assert "within noise" not in mitigations and "±" not in mitigations
 
 
+def test_seed_aggregate_shows_on_the_card_and_in_the_table_only_with_several_seeds(project, built):
+    from pipeline import seeds
+
+    evaluation = write_inputs(project, built)
+    three = seeds.summarize_seeds([0.90, 0.92, 0.91], [0.04, 0.02, 0.03], ["overfitting"] * 3)
+    evaluation["variants"]["dropout"]["seeds"] = {**three, "summary": seeds.describe(three)}
+    one = seeds.summarize_seeds([0.9], [0.01], ["good_fit"])
+    evaluation["variants"]["baseline"]["seeds"] = {**one, "summary": seeds.describe(one)}
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    table = _comparison_table(project)
+    line = seeds.describe(three)
+    assert line.startswith("gap 3.0 ± ") and line.endswith("overfitting in 3 of 3 seeds")
+    assert "across seeds" in table and line in _row(table, "dropout")
+    assert "1 seed" in _row(table, "baseline")
+    html = project.paths.report_html.read_text()
+    card = html[html.index('id="variant-dropout"') :]
+    assert line in card[: card.index("</summary>")]
+
+    evaluation["variants"]["dropout"]["seeds"] = evaluation["variants"]["baseline"]["seeds"]
+    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    assert "across seeds" not in _comparison_table(project)  # one seed: today's page
+
+
 def test_ci_halfwidth_accepts_number_pair_or_nothing():
     assert report.ci_halfwidth(0.02) == 0.02
     assert report.ci_halfwidth([0.9, 0.94]) == pytest.approx(0.02)

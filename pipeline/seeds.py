@@ -1,0 +1,136 @@
+"""Pure aggregation of one variant's runs across training seeds (`train.seeds`).
+
+No TensorFlow, no files, no MLflow. Inputs are per-seed numbers that evaluate
+measured on each seed's saved model (val accuracy, gap = train - val accuracy)
+and each seed's verdict from `diagnosis.diagnose`; outputs are plain dicts that
+evaluate writes into reports/evaluation.json under `variants.<v>.seeds`.
+
+Definitions:
+
+- mean and sample standard deviation (n - 1 in the denominator) across seeds;
+- 95% interval of the mean: mean ± t(0.975, n - 1) * sd / sqrt(n) (Student t,
+  since a handful of seeds gives a poor estimate of sd). With one seed there is
+  no spread to measure, so sd and the interval are None, not zero;
+- verdict agreement: how many seeds gave each verdict, and the majority (None
+  when the top count is tied).
+
+`seed_variance_of_difference` is the part of the variance of a difference
+between two variants' mean val accuracies that comes from seed-to-seed spread
+(sd_a² / n_a + sd_b² / n_b); it adds to the binomial noise of the validation
+set that `diagnosis.compare_to_baseline` already accounts for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CONFIDENCE = 0.95
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """The two-sided Student t critical value for `df` degrees of freedom."""
+    from scipy.stats import t
+
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """mean, sd (n - 1), the 95% interval's half-width and bounds of `values`.
+
+    Raises:
+        ValueError: no values, or a non-finite one.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values: at least one seed is needed")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"non-finite value among {values}")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return {"mean": mean, "sd": None, "ci95": None, "low": None, "high": None}
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "ci95": half, "low": mean - half, "high": mean + half}
+
+
+def verdict_agreement(verdicts: Sequence[str]) -> dict[str, Any]:
+    """Counts per verdict, the majority verdict and a sentence saying how many seeds agree.
+
+    Raises:
+        ValueError: no verdicts.
+    """
+    if not verdicts:
+        raise ValueError("no verdicts: at least one seed is needed")
+    counts = Counter(verdicts)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    n = len(verdicts)
+    top, top_count = ranked[0]
+    tied = len(ranked) > 1 and ranked[1][1] == top_count
+    if tied:
+        parts = ", ".join(f"{verdict} in {count}" for verdict, count in ranked)
+        return {
+            "counts": dict(ranked),
+            "majority": None,
+            "agreement": f"no majority: {parts} of {n} seeds",
+        }
+    return {
+        "counts": dict(ranked),
+        "majority": top,
+        "agreement": f"{top} in {top_count} of {n} seed{'s' if n > 1 else ''}",
+    }
+
+
+def summarize_seeds(
+    val_accuracy: Sequence[float], gap: Sequence[float], verdicts: Sequence[str]
+) -> dict[str, Any]:
+    """One variant's aggregate over its seeds (lists in the same seed order).
+
+    Returns:
+        {"n_seeds", "val_accuracy": spread(), "gap": spread(), "counts",
+        "majority", "agreement"}.
+
+    Raises:
+        ValueError: empty input or lists of different lengths.
+    """
+    lengths = {len(val_accuracy), len(gap), len(verdicts)}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"one value per seed expected: {len(val_accuracy)} val accuracies, "
+            f"{len(gap)} gaps, {len(verdicts)} verdicts"
+        )
+    return {
+        "n_seeds": len(verdicts),
+        "val_accuracy": spread(val_accuracy),
+        "gap": spread(gap),
+        **verdict_agreement(verdicts),
+    }
+
+
+def seed_variance_of_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """sd_a²/n_a + sd_b²/n_b for the val accuracy of two `summarize_seeds` results.
+
+    A variant with one seed has no measured spread and contributes 0, so with
+    `train.seeds: 1` the comparison's noise is the binomial term alone, as before.
+    """
+    total = 0.0
+    for summary in (a, b):
+        sd = summary["val_accuracy"]["sd"]
+        if sd is not None:
+            total += sd**2 / summary["n_seeds"]
+    return total
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """'gap 3.1 ± 0.8 points over 3 seeds; overfitting in 3 of 3 seeds' (points = %)."""
+    gap = summary["gap"]
+    n = summary["n_seeds"]
+    text = f"gap {gap['mean'] * 100:.1f}"
+    if gap["ci95"] is not None:
+        text += f" ± {gap['ci95'] * 100:.1f}"
+    return f"{text} points over {n} seed{'s' if n > 1 else ''}; {summary['agreement']}"
