@@ -861,6 +861,12 @@ def log_to_variant_runs(paths: Paths, evaluation: Mapping[str, Any], figures_dir
         client.log_batch(run_id, metrics=metrics)
         client.set_tag(run_id, "verdict", v["verdict"])
         client.set_tag(run_id, "model_verdict", v["model_verdict"])
+        # The run's description in the MLflow UI: the answer, then its evidence.
+        client.set_tag(
+            run_id,
+            "mlflow.note.content",
+            "\n".join([f"**{v['summary']}**", "", *(f"- {line}" for line in v["evidence"])]),
+        )
         client.set_tag(run_id, "evaluated", "true")
         client.log_text(
             run_id,

@@ -800,3 +800,43 @@ def test_no_onset_is_reported_for_a_rise_within_the_noise():
     d = dg.diagnose("dropout", h, S(1.0, 0.03), S(0.993, 0.05), 10, cfg)
     assert d.onset_epoch is None
     assert not any("onset" in e for e in d.evidence)
+
+
+def test_seed_variance_widens_the_noise_of_a_difference():
+    """+2 points on 9,000 images is beyond binomial noise, not beyond a 2-point seed spread."""
+    V = dg.VariantSummary
+    one = [
+        V("baseline", dg.GOOD_FIT, 0.95, 0.90, 0.9, 0.05, n_val=9000, n_train=9000),
+        V("dropout", dg.GOOD_FIT, 0.94, 0.92, 0.92, 0.02, n_val=9000, n_train=9000),
+    ]
+    assert dg.compare_to_baseline(one)["dropout"]["helped"]
+    spread = 0.02**2  # seed-to-seed standard deviation of 2 points, val and gap
+    seeds = [
+        V(
+            "baseline",
+            dg.GOOD_FIT,
+            0.95,
+            0.90,
+            0.9,
+            0.05,
+            n_val=9000,
+            n_train=9000,
+            seed_var_val=spread,
+            seed_var_gap=spread,
+        ),
+        V(
+            "dropout",
+            dg.GOOD_FIT,
+            0.94,
+            0.92,
+            0.92,
+            0.02,
+            n_val=9000,
+            n_train=9000,
+            seed_var_val=spread,
+            seed_var_gap=spread,
+        ),
+    ]
+    eff = dg.compare_to_baseline(seeds)["dropout"]
+    assert eff["delta_val_ci95"] > 2 * dg.compare_to_baseline(one)["dropout"]["delta_val_ci95"]
+    assert eff["within_noise"] and not eff["helped"]

@@ -155,6 +155,21 @@ def test_version_facts_prefers_tags_and_falls_back_to_evaluation():
     assert (facts.version, facts.verdict, facts.gap_accuracy) == ("5", "good_fit", 0.07)
 
 
+def test_the_gate_judges_the_saved_model_not_the_run():
+    """A run early stopping had to stop (verdict overfitting) with a sound saved model passes."""
+
+    class Version:
+        version, run_id = 6, "r2"
+        tags = {"variant": "dropout", "verdict": "overfitting", "model_verdict": "good_fit"}
+
+    facts = retrain.version_facts(Version(), None)
+    assert facts.verdict == "good_fit"
+    gate = retrain.gates(CFG, facts, CHAMP, VALID)[1]
+    assert gate.name == "not_overfitting" and gate.passed
+    Version.tags = {**Version.tags, "model_verdict": "overfitting"}
+    assert not retrain.gates(CFG, retrain.version_facts(Version(), None), CHAMP, VALID)[1].passed
+
+
 def test_accuracy_and_shape_errors():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
     assert retrain.accuracy(probs, np.array([0, 1, 1])) == pytest.approx(2 / 3)
