@@ -54,9 +54,10 @@ Verdict rules, in order of precedence (the first that matches wins):
 `model_verdict` answers question 1 alone (memorization and underfitting
 included); the best variant and the retrain gate read it.
 
-Best variant: the highest val accuracy among variants whose saved model is
-sound (model_verdict good_fit; ties: smaller gap, then name); when none is,
-the highest val accuracy overall, and the result says so.
+Best variant: the highest val accuracy among variants that are neither
+underfitting nor memorizing; among those within the noise of the top, a sound
+saved model (model_verdict good_fit) first, then the smaller gap. A run that
+diverged after the restored epoch never excludes a variant.
 
 Mitigations are ranked by what they measurably did against the reference
 variant: val accuracy up beyond the noise of the difference, or the gap down
@@ -897,29 +898,49 @@ def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[s
 
 
 def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
-    """(best variant, the reason in words): ranks the saved models.
+    """(best variant, the reason in words): ranks the saved models by what they do on val.
 
-    The highest val accuracy among variants whose saved model is sound
-    (neither overfit nor underfit); a run that diverged after the epoch early
-    stopping restored does not exclude it. Ties: smaller gap, then name.
+    The highest val accuracy among variants that learned something that
+    generalizes (not underfitting, not memorizing); among those within the
+    noise of the top (the 95% interval of the difference), a sound saved model
+    (model_verdict good_fit) first, then the smaller gap, then the name. A run
+    that diverged after the epoch early stopping restored never excludes it.
     """
     if not summaries:
         raise ValueError("no variants to choose from")
-    sound = [s for s in summaries if s.saved_verdict == GOOD_FIT]
+    usable = [s for s in summaries if s.saved_verdict != UNDERFITTING and not s.memorizing] or list(
+        summaries
+    )
+    top = max(usable, key=lambda s: (s.val_accuracy, -s.gap))
 
-    def key(s: VariantSummary) -> tuple[float, float, str]:
-        return (-s.val_accuracy, s.gap, s.name)
+    def tied(s: VariantSummary) -> bool:
+        noise = difference_ci95(s, top)
+        return s is top or (math.isfinite(noise) and top.val_accuracy - s.val_accuracy <= noise)
 
-    if sound:
-        best = min(sound, key=key)
+    contenders = [s for s in usable if tied(s)]
+    best = min(
+        contenders, key=lambda s: (s.saved_verdict != GOOD_FIT, s.gap, -s.val_accuracy, s.name)
+    )
+    if all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries):
         return best.name, (
-            f"{best.name}: highest val accuracy ({best.val_accuracy:.1%}) among variants whose "
-            "saved model is neither overfit nor underfit"
+            f"{best.name}: no variant learned something that generalizes, so this is simply the "
+            f"highest val accuracy ({best.val_accuracy:.1%}); it is {best.saved_verdict}"
         )
-    best = min(summaries, key=key)
+    others = [s.name for s in contenders if s is not best]
+    tie = (
+        f"; {', '.join(others)} within noise of it on val, and {best.name} has the "
+        f"{'sound saved model' if best.saved_verdict == GOOD_FIT else 'smaller gap'}"
+        if others
+        else ""
+    )
+    caveat = (
+        f" (its saved model is {best.saved_verdict}: gap {best.gap:.1%})"
+        if best.saved_verdict != GOOD_FIT
+        else ""
+    )
     return best.name, (
-        f"{best.name}: no variant's saved model is sound, so this is simply the highest val "
-        f"accuracy ({best.val_accuracy:.1%}); it is {best.saved_verdict}"
+        f"{best.name}: highest val accuracy ({best.val_accuracy:.1%}) among variants that are "
+        f"neither underfitting nor memorizing{tie}{caveat}"
     )
 
 

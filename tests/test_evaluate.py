@@ -132,6 +132,43 @@ def test_known_truth_shuffled_labels_are_memorization(project, seed):
     assert not any("capacity" in a or "more epochs" in a for a in actions)
 
 
+OVER_REGULARIZED = {"model": {"l2": 0.05, "dropout": 0.5}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_known_truth_little_data_overfits_and_over_regularization_underfits(project, seed):
+    """A plain CNN on ~5 real images per class overfits; a heavily regularized one underfits.
+
+    Whether a mitigation helps is only claimed beyond noise: every "Adopt" or
+    "Consider" in the advice must be a variant whose effect stood beyond it.
+    """
+    train_for_real(
+        project,
+        {"baseline": {}, "overreg": OVER_REGULARIZED},
+        seed=seed,
+        train_size=0.03,  # 53 training images; val 539, test the rest
+        train={"batch_size": 16, "epochs": 60},
+    )
+    cfg = load_config(project.paths.params).evaluate
+    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
+    base = evaluation["variants"]["baseline"]
+    assert base["verdict"] == base["model_verdict"] == OVERFITTING, base["evidence"]
+    assert base["gap"]["material"] and base["gap"]["accuracy"] > 1.4 * cfg.overfit_gap
+    assert base["gap"]["accuracy"] > 2 * base["gap"]["accuracy_noise"]
+    assert evaluation["answer"].startswith("Yes, `baseline` overfits")
+    over = evaluation["variants"]["overreg"]
+    assert over["verdict"] == UNDERFITTING and over["rules"]["behind_best"], over["evidence"]
+    assert base["train"]["accuracy"] - over["train"]["accuracy"] > 2 * cfg.underfit_gap_to_best
+    assert base["val"]["accuracy"] - over["val"]["accuracy"] > 2 * cfg.underfit_gap_to_best
+    recs = evaluation["recommendations"]
+    assert any(r["action"].startswith("Regularize `overreg` less") for r in recs)
+    for r in recs:
+        if r["action"].startswith(("Adopt", "Consider")):
+            name = r["action"].split("`")[1]
+            assert evaluation["effects"][name]["helped"], r
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, seed):
