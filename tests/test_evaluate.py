@@ -138,7 +138,10 @@ OVER_REGULARIZED = {"model": {"l2": 0.05, "dropout": 0.5}}
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_known_truth_little_data_overfits_and_over_regularization_underfits(project, seed):
-    """A plain CNN on ~5 real images per class overfits; a heavily regularized one underfits.
+    """A plain CNN on 3-4 real images per class overfits; a heavily regularized one underfits.
+
+    Digits at 8x8 are easy: with more images per class the gap falls under
+    overfit_gap and no mitigation's effect stands beyond the val noise.
 
     Whether a mitigation helps is only claimed beyond noise: every "Adopt" or
     "Consider" in the advice must be a variant whose effect stood beyond it.
@@ -147,14 +150,17 @@ def test_known_truth_little_data_overfits_and_over_regularization_underfits(proj
         project,
         {"baseline": {}, "overreg": OVER_REGULARIZED},
         seed=seed,
-        train_size=0.03,  # 53 training images; val 539, test the rest
-        train={"batch_size": 16, "epochs": 60},
+        # 35 training images (3-4 per class), val 539, test the rest. Fewer images make
+        # the gap larger still, but the train side of "far below the best" too noisy to call.
+        train_size=0.02,
+        train={"batch_size": 16},
     )
     cfg = load_config(project.paths.params).evaluate
     evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     base = evaluation["variants"]["baseline"]
     assert base["verdict"] == base["model_verdict"] == OVERFITTING, base["evidence"]
-    assert base["gap"]["material"] and base["gap"]["accuracy"] > 1.4 * cfg.overfit_gap
+    # Measured: 22.4 and 12.2 points for seeds 1 and 2, against overfit_gap 8.
+    assert base["gap"]["material"] and base["gap"]["accuracy"] > 1.25 * cfg.overfit_gap
     assert base["gap"]["accuracy"] > 2 * base["gap"]["accuracy_noise"]
     assert evaluation["answer"].startswith("Yes, `baseline` overfits")
     over = evaluation["variants"]["overreg"]
