@@ -7,6 +7,7 @@ never leaves a half-written file that the next stage would trust.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -50,10 +51,27 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """The one place metrics and reports JSON are written."""
-    write_text_atomic(
-        path, json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    """The one place metrics and reports JSON are written.
+
+    Strict JSON: NaN and infinity (an interval of unknown size, a share of
+    nothing) become null, since jq, browsers and other tools reject them.
+    """
+    text = json.dumps(
+        _finite(payload), indent=2, sort_keys=False, default=_jsonable, allow_nan=False
     )
+    write_text_atomic(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalars and arrays
+        return _finite(value.tolist())
+    return value
 
 
 def _jsonable(value: Any) -> Any:
