@@ -474,6 +474,12 @@ def _trajectory_words(t: Trajectory, cfg: EvaluateConfig) -> str:
             f"after {t.epochs_run} epochs: more epochs may help. {stop}"
         )
     if t.val_loss_rise <= 0 or t.peak_epoch == t.min_epoch:
+        if t.stopped_by == "early_stopping" and t.min_epoch > t.best_epoch:
+            # The raw minimum came first; the smoothed curve only drifted within its noise.
+            return (
+                f"After epoch {t.best_epoch} the val loss stopped improving but did not turn "
+                f"up ({cfg.smoothing_window}-epoch mean). {stop}"
+            )
         return f"The val loss did not turn up after its minimum (epoch {t.min_epoch}). {stop}"
     rise = (
         f"After epoch {t.min_epoch} the val loss ({cfg.smoothing_window}-epoch mean) rose by "
@@ -927,9 +933,14 @@ def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
             f"highest val accuracy ({best.val_accuracy:.1%}); it is {best.saved_verdict}"
         )
     others = [s.name for s in contenders if s is not best]
+    unsound = [s for s in contenders if s is not best and s.saved_verdict != GOOD_FIT]
+    why = (
+        "the only sound saved model among them"
+        if best.saved_verdict == GOOD_FIT and len(unsound) == len(others)
+        else "the smallest gap"
+    )
     tie = (
-        f"; {', '.join(others)} within noise of it on val, and {best.name} has the "
-        f"{'sound saved model' if best.saved_verdict == GOOD_FIT else 'smaller gap'}"
+        f"; {', '.join(others)} within noise of it on val, and {best.name} has {why}"
         if others
         else ""
     )

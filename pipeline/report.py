@@ -250,6 +250,15 @@ def learning_curve_context(evaluation: Mapping[str, Any], figures_dir: Path) -> 
     }
 
 
+def code_spans(text: Any) -> Any:
+    """Escape `text`, then show its `backticked` names as <code> (verdicts and advice use them)."""
+    import re
+
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", str(escape(text))))
+
+
 def render_report(context: Mapping[str, Any]) -> str:
     import jinja2
 
@@ -263,6 +272,7 @@ def render_report(context: Mapping[str, Any]) -> str:
     env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
     env.filters["signed_pct"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f}%"
     env.filters["verdict_words"] = lambda v: str(v).replace("_", " ")
+    env.filters["code_spans"] = code_spans
     return env.get_template(TEMPLATE).render(**context)
 
 

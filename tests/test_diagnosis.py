@@ -417,6 +417,7 @@ def test_best_is_the_highest_val_accuracy_and_a_tie_goes_to_the_smaller_gap():
     # augmentation (89%) and dropout (88%) are within noise on 2,000 images: the smaller gap wins.
     assert best == "augmentation"
     assert "neither underfitting nor memorizing" in reason and "dropout within noise" in reason
+    assert "augmentation has the smallest gap" in reason
 
 
 def test_a_diverged_run_with_a_sound_saved_model_can_be_best():
@@ -449,7 +450,7 @@ def test_an_overfit_saved_model_wins_on_val_only_beyond_noise():
 
     # +1.5 points on 270 images is a tie: the sound saved model is preferred...
     best, reason = dg.choose_best(pair(270))
-    assert best == "baseline" and "sound saved model" in reason
+    assert best == "baseline" and "the only sound saved model among them" in reason
     # ...on 100,000 images it is real, and the better model wins, with the caveat said.
     best, reason = dg.choose_best(pair(100_000))
     assert best == "dropout" and "its saved model is overfitting" in reason

@@ -147,7 +147,8 @@ def test_report_is_self_contained_and_complete(project, built):
     assert "<code>baseline</code>" in headline and 'class="verdict overfitting"' in headline
     # One sentence answers the question for the reference model, before the evidence.
     assert evaluation["answer"].startswith("Yes, `baseline` overfits")
-    assert escape(evaluation["answer"]) in headline
+    assert report.code_spans(evaluation["answer"]) in headline
+    assert "<code>baseline</code> overfits" in headline
     assert headline.index('id="answer"') < headline.index('class="evidence"')
     for line in evaluation["variants"]["baseline"]["evidence"]:
         assert escape(line) in headline
@@ -407,3 +408,11 @@ def test_no_more_data_section_without_a_learning_curve(project, built):
     write_inputs(project, built)
     assert report.main([]) == 0
     assert 'id="more-data"' not in project.paths.report_html.read_text()
+
+
+def test_code_spans_escape_first_then_mark_backticked_names():
+    html = str(report.code_spans("Adopt `dropout` <script>x</script> & `l2`"))
+    assert html == (
+        "Adopt <code>dropout</code> &lt;script&gt;x&lt;/script&gt; &amp; <code>l2</code>"
+    )
+    assert str(report.code_spans("no ticks")) == "no ticks"
