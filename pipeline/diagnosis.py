@@ -1051,9 +1051,15 @@ def recommend(
                 }
             )
     best = by_name[best_variant]
+    nothing_generalizes = all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries)
     recs.append(
         {
-            "action": f"Use `{best.name}` (registered as challenger)",
+            "action": (
+                f"Do not deploy `{best.name}`: no variant generalizes (it is registered as "
+                "challenger for the record only)"
+                if nothing_generalizes
+                else f"Use `{best.name}` (registered as challenger)"
+            ),
             "reason": f"{best.name}'s saved model is {best.saved_verdict} with val accuracy "
             f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
             "source": "comparison",

@@ -562,6 +562,7 @@ def test_memorization_puts_the_labels_first_and_never_advises_capacity():
     assert recs[0]["action"].startswith("Check the labels")
     assert "baseline: train accuracy climbed to 24%, val peaked at 11%" in recs[0]["reason"]
     assert not any("capacity" in r["action"] or "Regularize" in r["action"] for r in recs)
+    assert recs[-1]["action"].startswith("Do not deploy `baseline`: no variant generalizes")
 
 
 def test_an_over_regularized_variant_is_told_to_regularize_less():
