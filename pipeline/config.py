@@ -170,6 +170,7 @@ class EvaluateConfig(_Frozen):
     underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)]
     underfit_gap_to_best: Annotated[float, Field(gt=0.0, le=1.0)]
     good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)]
+    min_effect: Annotated[float, Field(ge=0.0, le=1.0)]
     feature_map_images: Annotated[int, Field(ge=1, le=16)]
     feature_map_layers: Annotated[int, Field(ge=1, le=8)]
 

@@ -295,12 +295,14 @@ def onset_epoch(history: pd.DataFrame, tolerance: float, window: int = 1) -> int
 def binomial_se(accuracy: float, n: int) -> float:
     """Standard error of an accuracy measured on `n` images (0 when n is unknown).
 
-    p(1-p) is floored at 0.25/n so that 0% and 100% still carry the noise of
-    one image in n rather than none.
+    Agresti-Coull: the proportion is shrunk by two successes and two failures
+    (p~ = (k + 2) / (n + 4)), so 100% on 269 images still carries about 0.5
+    points of noise instead of none, and small samples are not overconfident.
     """
     if n <= 0:
         return 0.0
-    return math.sqrt(max(accuracy * (1.0 - accuracy), 0.25 / n) / n)
+    shrunk = (accuracy * n + 2.0) / (n + 4.0)
+    return math.sqrt(shrunk * (1.0 - shrunk) / (n + 4.0))
 
 
 def accuracy_ci95(accuracy: float, n: int) -> float:
@@ -362,6 +364,7 @@ class Trajectory:
     stopped_by: str  # early_stopping | epoch_limit | unknown
     still_improving: bool  # the epoch limit ended a run whose val loss was at its minimum
     diverged: bool  # the val loss turned up materially and beyond noise
+    unstable: bool  # val loss rose materially while the train loss rose too
     onset_epoch: int | None
     min_epoch: int  # epoch of the (smoothed) val-loss minimum
     peak_epoch: int  # epoch of the (smoothed) val-loss peak after it
@@ -382,7 +385,7 @@ class Trajectory:
 
 
 def run_trajectory(
-    history: pd.DataFrame, run: RunFacts, n_val: int, cfg: EvaluateConfig
+    history: pd.DataFrame, run: RunFacts, n_val: int, cfg: EvaluateConfig, n_classes: int = 0
 ) -> Trajectory:
     """Whether and how far the run diverged after its val-loss minimum (no verdict).
 
@@ -406,7 +409,11 @@ def run_trajectory(
     min_pos = int(np.argmin(val))
     peak_pos = min_pos + int(np.argmax(val[min_pos:]))
     rise = float(val[peak_pos] - val[min_pos])
-    gained = float(max(raw_val[: min_pos + 1].max(), val[0]) - val[min_pos])
+    # What training gained: from the loss of a uniform guess over the classes
+    # (ln K) to the minimum. Anchoring on the first epoch instead would make a
+    # small rise look large on big data, where epoch 1 already does most of the work.
+    start = math.log(n_classes) if n_classes >= 2 else float(max(raw_val[0], val[0]))
+    gained = float(start - val[min_pos])
     rise_share = rise / gained if gained > 0 else (math.inf if rise > 0 else 0.0)
     residual = (raw_val - val)[min_pos:] if len(raw_val) - min_pos >= 4 else raw_val - val
     noise = float(residual.std()) / math.sqrt(window)
@@ -421,6 +428,7 @@ def run_trajectory(
         widening >= cfg.divergence_gap_widening and widening > widening_noise
     )
     diverged = bool(turned_up and material)
+    unstable = bool(rise > 0 and noise_z >= cfg.min_noise_z and not train_fell and material)
     onset = onset_epoch(frame, cfg.onset_tolerance, window) if diverged else None
     if diverged and onset is None:
         onset = int(epochs[min(min_pos + 1, len(epochs) - 1)])
@@ -438,6 +446,7 @@ def run_trajectory(
             stopped_by != "early_stopping" and min_pos >= len(frame) - max(window, 2)
         ),
         diverged=diverged,
+        unstable=unstable,
         onset_epoch=onset,
         min_epoch=int(epochs[min_pos]),
         peak_epoch=int(epochs[peak_pos]),
@@ -638,7 +647,7 @@ def diagnose(
     frame = check_history(history)
     gaps = compute_gaps(frame, run.best_epoch if run.best_epoch in set(frame["epoch"]) else None)
     run = RunFacts(gaps.best_epoch, run.stopped_early, run.n_train or train.n)
-    trajectory = run_trajectory(frame, run, val.n, cfg)
+    trajectory = run_trajectory(frame, run, val.n, cfg, n_classes)
     chance_train = train.chance if train.chance is not None else 1.0 / n_classes
     chance_val = val.chance if val.chance is not None else 1.0 / n_classes
     memo = memorization(frame, val, run.n_train, chance_train, chance_val, cfg)
@@ -648,7 +657,10 @@ def diagnose(
         binomial_se(train.accuracy, train.n), binomial_se(val.accuracy, val.n)
     )
     gap_material = acc_gap >= cfg.overfit_gap and acc_gap > gap_noise
-    near_chance = train.accuracy - chance_train <= cfg.underfit_chance_margin
+    # The margin is a share of the way from chance to 100%: with a 90% majority
+    # class, 99% is far from chance though only 9 points above it.
+    chance_margin = cfg.underfit_chance_margin * (1.0 - chance_train)
+    near_chance = train.accuracy - chance_train <= chance_margin
     ref = reference or Reference(train.accuracy, val.accuracy)
     train_behind = ref.train_accuracy - train.accuracy
     val_behind = ref.val_accuracy - val.accuracy
@@ -691,12 +703,12 @@ def diagnose(
         if near_chance:
             summary = (
                 f"`{variant}` underfits: train accuracy {train.accuracy:.1%} is within "
-                f"{_pts(cfg.underfit_chance_margin)} of chance ({chance_train:.1%})."
+                f"{_pts(chance_margin)} of chance ({chance_train:.1%})."
             )
             evidence.append(
-                f"train accuracy {train.accuracy:.1%} is within "
-                f"{_pts(cfg.underfit_chance_margin)} of chance ({chance_train:.1%} for "
-                f"{n_classes} classes): the model has not learned the training set"
+                f"train accuracy {train.accuracy:.1%} is within {_pts(chance_margin)} of chance "
+                f"({chance_train:.1%}, the most common class, {n_classes} classes): the model "
+                "has not learned the training set"
             )
         else:
             summary = (
@@ -743,6 +755,18 @@ def diagnose(
                 f"Its training overfits: `{variant}`'s val loss turned up materially after epoch "
                 f"{trajectory.min_epoch}; the saved model (epoch {gaps.best_epoch}) has a gap of "
                 f"{_pts(acc_gap)}."
+            )
+        elif acc_gap >= cfg.overfit_gap:
+            summary = (
+                f"Cannot tell yet: `{variant}`'s gap is {_pts(acc_gap)}, but that is within the "
+                f"noise of {val.n} validation images ({noise_words}); more validation images "
+                "would settle it."
+            )
+        elif trajectory.unstable:
+            summary = (
+                f"`{variant}`'s training is unstable: after epoch {trajectory.min_epoch} the train "
+                "and val loss both rose (check the learning rate); the saved model (epoch "
+                f"{gaps.best_epoch}) has a gap of {_pts(acc_gap)}."
             )
         else:
             summary = (
@@ -862,7 +886,9 @@ def reference_variant(names: Sequence[str]) -> str:
     return BASELINE if BASELINE in names else names[0]
 
 
-def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[str, Any]]:
+def compare_to_baseline(
+    summaries: Sequence[VariantSummary], min_effect: float = 0.0
+) -> dict[str, dict[str, Any]]:
     """Each variant's effect vs the reference: deltas of val/test accuracy and gap.
 
     `delta_val_ci95` and `delta_gap_ci95` are the half-widths of the 95%
@@ -870,7 +896,11 @@ def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[s
     difference is inside its interval and `gap_within_noise` the same for the
     gap (always false when the validation size is unknown). `helped` says
     whether the variant measurably helped: val accuracy up beyond noise, or the
-    gap down beyond noise without losing val accuracy beyond noise.
+    gap down beyond noise without losing val accuracy beyond noise, by at least
+    `min_effect` (accuracy points; on millions of images a 0.2-point change is
+    beyond noise yet no reason to change anything). An underfit or memorizing
+    variant never "helps"; one that helped yet is still overfit is advised as
+    a step, not a fix.
     """
     by_name = {s.name: s for s in summaries}
     ref = by_name[reference_variant([s.name for s in summaries])]
@@ -896,8 +926,12 @@ def compare_to_baseline(summaries: Sequence[VariantSummary]) -> dict[str, dict[s
             "gap_within_noise": bool(known and abs(delta_gap) <= gap_noise),
             "helped": bool(
                 s.name != ref.name
-                and s.saved_verdict == GOOD_FIT
-                and (val_up or (gap_down and not val_down))
+                and s.saved_verdict != UNDERFITTING
+                and not s.memorizing
+                and (
+                    (val_up and delta_val >= min_effect)
+                    or (gap_down and -delta_gap >= min_effect and not val_down)
+                )
             ),
         }
     return effects
@@ -1093,9 +1127,14 @@ def _mitigation_advice(
     for s in sorted(helped, key=strength)[:MAX_MITIGATIONS]:
         eff = effects[s.name]
         verb = "Adopt" if ref.verdict == OVERFITTING else "Consider"
+        still = (
+            ", and strengthen or combine it: its own saved model is still overfit"
+            if s.saved_verdict == OVERFITTING
+            else ""
+        )
         recs.append(
             {
-                "action": f"{verb} the `{s.name}` mitigation",
+                "action": f"{verb} the `{s.name}` mitigation{still}",
                 "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): val accuracy "
                 f"{_signed_pts(eff['delta_val_accuracy'])} (noise ±{_pts(eff['delta_val_ci95'])}), "
                 f"gap {_signed_pts(eff['delta_gap'])} (noise ±{_pts(eff['delta_gap_ci95'])}), "

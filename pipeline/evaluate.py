@@ -424,7 +424,7 @@ def build_evaluation(
                 ),
             )
         )
-    effects = diagnosis.compare_to_baseline(summaries)
+    effects = diagnosis.compare_to_baseline(summaries, cfg.evaluate.min_effect)
     best, reason = diagnosis.choose_best(summaries)
     reference_name = diagnosis.reference_variant([s.name for s in summaries])
     return {

@@ -32,6 +32,11 @@ from typing import Any
 
 Z95 = 1.96
 RISING, FLAT, FALLING = "rising", "flat", "falling"
+INCONCLUSIVE = "inconclusive"
+# "Flat" claims a plateau: only when the step's interval rules out a gain of
+# more than this (1 accuracy point). Otherwise a step within noise is
+# inconclusive: absence of evidence, not evidence that more data won't help.
+PLATEAU_GAIN = 0.01
 SHRINKING, GROWING = "shrinking", "growing"
 
 
@@ -83,6 +88,13 @@ def _trend(ci: tuple[float, float], up: str, down: str) -> str:
     if ci[1] < 0:
         return down
     return FLAT
+
+
+def _step_trend(ci: tuple[float, float]) -> str:
+    trend = _trend(ci, RISING, FALLING)
+    if trend == FLAT and ci[1] > PLATEAU_GAIN:
+        return INCONCLUSIVE
+    return trend
 
 
 def check_points(points: Sequence[CurvePoint]) -> list[CurvePoint]:
@@ -161,7 +173,7 @@ def analyse(points: Sequence[CurvePoint], variant: str = "") -> dict[str, Any]:
         "to_n_train": last["n_train"],
         "delta_val_accuracy": last["val_accuracy"] - before["val_accuracy"],
         "ci95": list(step_ci),
-        "trend": _trend(step_ci, RISING, FALLING),
+        "trend": _step_trend(step_ci),
     }
     first = rows[0]
     gap_ci = difference_interval(
@@ -213,9 +225,16 @@ def step_sentence(step: dict[str, Any], full: int) -> str:
             "training set did worse; check the added images and the training run "
             "before collecting more of the same"
         )
+    if step["trend"] == INCONCLUSIVE:
+        return (
+            f"inconclusive: {delta} points of val accuracy {span}, within noise: this "
+            "validation set cannot tell whether more data would help (the curve may still "
+            "be rising; more validation images, or more seeds, would settle it)"
+        )
     return (
-        f"flat: {delta} points of val accuracy {span}, within noise: "
-        "more data of the same kind is unlikely to help much"
+        f"flat: {delta} points of val accuracy {span}, and the interval rules out a gain of "
+        f"more than {100 * PLATEAU_GAIN:.0f} point: more data of the same kind is unlikely "
+        "to help much"
     )
 
 

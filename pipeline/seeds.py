@@ -127,10 +127,14 @@ def seed_variance_of_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> f
 
 
 def describe(summary: Mapping[str, Any]) -> str:
-    """'gap 3.1 ± 0.8 points over 3 seeds; overfitting in 3 of 3 seeds' (points = %)."""
-    gap = summary["gap"]
+    """'gap 3.1 ± 0.8 points over 3 seeds (val 97.2 ± 0.4%); overfitting in 3 of 3 seeds'."""
     n = summary["n_seeds"]
-    text = f"gap {gap['mean'] * 100:.1f}"
-    if gap["ci95"] is not None:
-        text += f" ± {gap['ci95'] * 100:.1f}"
-    return f"{text} points over {n} seed{'s' if n > 1 else ''}; {summary['agreement']}"
+
+    def mean_ci(spread: Mapping[str, Any]) -> str:
+        text = f"{spread['mean'] * 100:.1f}"
+        return text + (f" ± {spread['ci95'] * 100:.1f}" if spread["ci95"] is not None else "")
+
+    return (
+        f"gap {mean_ci(summary['gap'])} points over {n} seed{'s' if n > 1 else ''} "
+        f"(val {mean_ci(summary['val_accuracy'])}%); {summary['agreement']}"
+    )

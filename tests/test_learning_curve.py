@@ -48,16 +48,23 @@ def test_rising_curve_beyond_noise_says_more_data_helps():
         assert p["gap_ci95"][0] <= p["gap"] <= p["gap_ci95"][1]
 
 
-def test_flat_curve_within_noise_says_more_data_is_unlikely_to_help():
+def test_a_step_within_noise_on_a_small_val_set_is_inconclusive_not_flat():
     points = [CurvePoint(300, 1.0, 0.95, 270), CurvePoint(600, 1.0, 0.96, 270)]
     points.append(CurvePoint(1200, 1.0, 0.963, 270))
     result = lc.analyse(points)
-    assert result["last_step"]["trend"] == "flat" and result["still_rising"] is False
+    assert result["last_step"]["trend"] == "inconclusive" and result["still_rising"] is False
     low, high = result["last_step"]["ci95"]
-    assert low < 0 < high
-    assert result["summary"].startswith("flat: +0.3 points of val accuracy from 50% to 100%")
-    assert "within noise: more data of the same kind is unlikely to help much" in result["summary"]
+    assert low < 0 < high and high > lc.PLATEAU_GAIN
+    assert result["summary"].startswith("inconclusive: +0.3 points of val accuracy from 50%")
+    assert "cannot tell whether more data would help" in result["summary"]
     assert result["gap_change"]["trend"] == "flat" and result["gap_shrinks"] is False
+
+
+def test_flat_only_when_the_interval_rules_out_a_real_gain():
+    points = [CurvePoint(30_000, 1.0, 0.930, 50_000), CurvePoint(60_000, 1.0, 0.931, 50_000)]
+    result = lc.analyse(points)
+    assert result["last_step"]["trend"] == "flat" and result["last_step"]["ci95"][1] < 0.01
+    assert "more data of the same kind is unlikely to help much" in result["summary"]
 
 
 def test_a_big_validation_set_makes_a_small_rise_significant():

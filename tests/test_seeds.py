@@ -49,8 +49,10 @@ def test_summary_of_three_agreeing_seeds():
     assert out["counts"] == {"overfitting": 3}
     assert out["majority"] == "overfitting"
     assert out["agreement"] == "overfitting in 3 of 3 seeds"
+    gap_ci, val_ci = out["gap"]["ci95"] * 100, out["val_accuracy"]["ci95"] * 100
     assert seeds.describe(out) == (
-        f"gap 4.0 ± {out['gap']['ci95'] * 100:.1f} points over 3 seeds; overfitting in 3 of 3 seeds"
+        f"gap 4.0 ± {gap_ci:.1f} points over 3 seeds (val 91.0 ± {val_ci:.1f}%); "
+        "overfitting in 3 of 3 seeds"
     )
 
 
