@@ -123,7 +123,7 @@ def test_known_truth_shuffled_labels_are_memorization(project, seed):
         memo = v["memorization"]
         # Clear margins: train climbs well past the threshold, val stays at chance.
         assert memo["train_peak"] - memo["chance_train"] > 2 * memo["train_margin"]
-        assert memo["val_peak"] - memo["chance_val"] < memo["val_margin"]
+        assert memo["val_peak"] - memo["chance_val"] < 0.75 * memo["val_margin"]
         assert memo["train_margin"] >= cfg.memorization_min_rise
         assert any(e.startswith("memorization: train accuracy") for e in v["evidence"])
     assert "memorizes" in evaluation["answer"] and "check the labels" in evaluation["answer"]
@@ -161,7 +161,9 @@ def test_known_truth_little_data_overfits_and_over_regularization_underfits(proj
     assert base["verdict"] == base["model_verdict"] == OVERFITTING, base["evidence"]
     # Measured: 22.4 and 12.2 points for seeds 1 and 2, against overfit_gap 8.
     assert base["gap"]["material"] and base["gap"]["accuracy"] > 1.25 * cfg.overfit_gap
-    assert base["gap"]["accuracy"] > 2 * base["gap"]["accuracy_noise"]
+    # ...and at least 1.5 times its noise band (2 standard errors, Agresti-Coull: 35
+    # training images make the train side wide): more than 3 standard errors.
+    assert base["gap"]["accuracy"] > 1.5 * base["gap"]["accuracy_noise"]
     assert evaluation["answer"].startswith("Yes, `baseline` overfits")
     over = evaluation["variants"]["overreg"]
     assert over["verdict"] == UNDERFITTING and over["rules"]["behind_best"], over["evidence"]
@@ -185,6 +187,10 @@ def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, s
     cfg = load_config(project.paths.params).evaluate
     evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     variants = evaluation["variants"]
+    # The digits `dropout` case of issue 9: a real val-loss rise after the restored epoch,
+    # reported under `training`, immaterial against what training gained.
+    rise = variants["dropout"]["training"]
+    assert rise["val_loss_rise"] > 0 and rise["peak_epoch"] > rise["min_epoch"], rise
     for name in ("baseline", "dropout"):
         v = variants[name]
         assert v["verdict"] == v["model_verdict"] == GOOD_FIT, v["evidence"]
@@ -196,6 +202,10 @@ def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, s
     assert evaluation["answer"].startswith("No, `baseline` generalizes")
     tiny = variants["tiny"]
     assert tiny["verdict"] == UNDERFITTING and tiny["rules"]["near_chance"], tiny["evidence"]
+    # Clear of the threshold: within half of the chance margin (10% of the way to 100%).
+    chance = tiny["memorization"]["chance_train"]
+    margin = cfg.underfit_chance_margin * (1 - chance)
+    assert tiny["train"]["accuracy"] - chance < margin / 2, tiny["train"]
     assert tiny["training"]["stopped_by"] == "epoch_limit" and tiny["epochs_run"] == 2
     assert evaluation["best_variant"] in ("baseline", "dropout")
 
