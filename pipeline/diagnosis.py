@@ -838,45 +838,68 @@ class VariantSummary:
     # Extra variance of val accuracy and gap from training seeds (0: one seed).
     seed_var_val: float = 0.0
     seed_var_gap: float = 0.0
+    # Per-image correctness of the saved model on the val split and on the
+    # scored train rows (the same rows for every variant): differences between
+    # variants are then paired. None: unknown, the comparison is unpaired.
+    val_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
+    train_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def saved_verdict(self) -> str:
         return self.model_verdict or self.verdict
 
 
+def paired_variance(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Variance of the difference of two accuracies measured on the same images.
+
+    Only the images the two models disagree on carry noise (McNemar's view):
+    the variance of the per-image difference over n, divided by n. Floored at
+    one disagreement (1/n^2), so two identical models are not infinitely sure.
+    None when either vector is missing or they cover different images.
+    """
+    if a is None or b is None or len(a) != len(b) or len(a) == 0:
+        return None
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    return max(float(d.var()) / n, 1.0 / n**2)
+
+
 def difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
     """Half-width of the 95% interval of a.val_accuracy - b.val_accuracy.
 
-    Treats the two as independent samples, which overstates the noise a little
-    for two models scored on the same images: conservative on purpose. Seed
-    variance, when known, is added.
+    Paired when both carry per-image correctness on the same val images (the
+    usual case: every variant is scored on the same split), else as two
+    independent samples (conservative). Seed variance, when known, is added.
     """
     if a.n_val <= 0 or b.n_val <= 0:
         return float("nan")
-    var = (
-        binomial_se(a.val_accuracy, a.n_val) ** 2
-        + binomial_se(b.val_accuracy, b.n_val) ** 2
-        + a.seed_var_val
-        + b.seed_var_val
-    )
-    return 1.96 * math.sqrt(var)
+    paired = paired_variance(a.val_correct, b.val_correct)
+    if paired is None:
+        paired = (
+            binomial_se(a.val_accuracy, a.n_val) ** 2 + binomial_se(b.val_accuracy, b.n_val) ** 2
+        )
+    return 1.96 * math.sqrt(paired + a.seed_var_val + b.seed_var_val)
 
 
 def gap_difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
-    """Half-width of the 95% interval of a.gap - b.gap (train and val noise of both)."""
+    """Half-width of the 95% interval of a.gap - b.gap (train and val noise of both,
+    paired per split when the per-image correctness is known)."""
     if a.n_val <= 0 or b.n_val <= 0:
         return float("nan")
     n_train_a = a.n_train or a.n_val
     n_train_b = b.n_train or b.n_val
-    var = (
-        binomial_se(a.val_accuracy, a.n_val) ** 2
-        + binomial_se(a.train_accuracy, n_train_a) ** 2
-        + binomial_se(b.val_accuracy, b.n_val) ** 2
-        + binomial_se(b.train_accuracy, n_train_b) ** 2
-        + a.seed_var_gap
-        + b.seed_var_gap
-    )
-    return 1.96 * math.sqrt(var)
+    val_var = paired_variance(a.val_correct, b.val_correct)
+    if val_var is None:
+        val_var = (
+            binomial_se(a.val_accuracy, a.n_val) ** 2 + binomial_se(b.val_accuracy, b.n_val) ** 2
+        )
+    train_var = paired_variance(a.train_correct, b.train_correct)
+    if train_var is None:
+        train_var = (
+            binomial_se(a.train_accuracy, n_train_a) ** 2
+            + binomial_se(b.train_accuracy, n_train_b) ** 2
+        )
+    return 1.96 * math.sqrt(val_var + train_var + a.seed_var_gap + b.seed_var_gap)
 
 
 def reference_variant(names: Sequence[str]) -> str:

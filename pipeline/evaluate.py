@@ -251,6 +251,8 @@ class VariantEvaluation:
     scores: dict[str, dict[str, Any]]  # split -> split_scores()
     feature_maps: dict[str, np.ndarray]
     behaviour: dict[str, bool] | None = None  # training_behaviour(); None when unknown
+    # split -> per-row correctness of the saved model (for paired comparisons)
+    correct: dict[str, np.ndarray] | None = None
 
 
 def evaluate_variant(
@@ -264,15 +266,17 @@ def evaluate_variant(
 
     model = keras.saving.load_model(artifacts.model_path, compile=False)
     n_classes = len(data.classes)
-    scores = {}
+    scores, correct = {}, {}
     for split in SPLITS:
         x, idx = data.x(split), indices[split]
         rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
-        scores[split] = split_scores(data.y(split)[idx], predict_proba(model, rows), n_classes)
+        proba = predict_proba(model, rows)
+        scores[split] = split_scores(data.y(split)[idx], proba, n_classes)
+        correct[split] = proba.argmax(axis=1) == np.asarray(data.y(split)[idx])
     maps = feature_maps(model, probe_images, n_layers)
     behaviour = training_behaviour(model)
     keras.backend.clear_session()
-    return VariantEvaluation(artifacts.name, scores, maps, behaviour)
+    return VariantEvaluation(artifacts.name, scores, maps, behaviour, correct)
 
 
 # --------------------------------------------------------------------------- assembling
@@ -414,6 +418,8 @@ def build_evaluation(
                 memorizing=bool(diag.rules["memorization"]),
                 train_peak=diag.memorization["train_peak"],
                 val_peak=diag.memorization["val_peak"],
+                val_correct=(ev.correct or {}).get("val"),
+                train_correct=(ev.correct or {}).get("train"),
                 seed_var_val=_sd_squared(seed_summary["val_accuracy"]),
                 seed_var_gap=_sd_squared(seed_summary["gap"]),
                 regularized=bool(

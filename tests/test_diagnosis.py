@@ -954,3 +954,47 @@ def test_a_small_rise_on_big_data_is_not_material_against_the_chance_loss():
     t = d.training
     assert t["noise_z"] > CFG.min_noise_z and t["train_loss_fell"]  # a real rise
     assert t["rise_share"] < CFG.divergence_share / 4 and not t["diverged"]
+
+
+def test_paired_comparison_counts_only_the_images_the_models_disagree_on():
+    """Same 1,000 val images: B fixes 25 of A's errors and breaks 5 -> +2.0 points."""
+    rng = np.random.default_rng(0)
+    a = rng.random(1000) < 0.90
+    b = a.copy()
+    wrong, right = np.flatnonzero(~a), np.flatnonzero(a)
+    b[wrong[:25]] = True
+    b[right[:5]] = False
+    V = dg.VariantSummary
+
+    def pair(paired: bool):
+        return [
+            V(
+                "baseline",
+                dg.GOOD_FIT,
+                0.95,
+                a.mean(),
+                0.9,
+                0.95 - a.mean(),
+                n_val=1000,
+                val_correct=a if paired else None,
+            ),
+            V(
+                "dropout",
+                dg.GOOD_FIT,
+                0.95,
+                b.mean(),
+                0.9,
+                0.95 - b.mean(),
+                n_val=1000,
+                val_correct=b if paired else None,
+            ),
+        ]
+
+    paired = dg.compare_to_baseline(pair(True), CFG.min_effect)["dropout"]
+    unpaired = dg.compare_to_baseline(pair(False), CFG.min_effect)["dropout"]
+    assert paired["delta_val_accuracy"] == pytest.approx(0.020)
+    # 30 disagreements out of 1,000: about +-1.1 points paired, +-2.6 unpaired.
+    assert paired["delta_val_ci95"] < 0.5 * unpaired["delta_val_ci95"]
+    assert not paired["within_noise"] and unpaired["within_noise"]
+    assert dg.paired_variance(a, a) == pytest.approx(1 / 1000**2)  # identical: floored
+    assert dg.paired_variance(a, b[:500]) is None  # different images: unpaired
