@@ -969,25 +969,16 @@ def test_paired_comparison_counts_only_the_images_the_models_disagree_on():
     def pair(paired: bool):
         return [
             V(
-                "baseline",
+                name,
                 dg.GOOD_FIT,
                 0.95,
-                a.mean(),
+                c.mean(),
                 0.9,
-                0.95 - a.mean(),
+                0.95 - c.mean(),
                 n_val=1000,
-                val_correct=a if paired else None,
-            ),
-            V(
-                "dropout",
-                dg.GOOD_FIT,
-                0.95,
-                b.mean(),
-                0.9,
-                0.95 - b.mean(),
-                n_val=1000,
-                val_correct=b if paired else None,
-            ),
+                val_correct=c if paired else None,
+            )
+            for name, c in (("baseline", a), ("dropout", b))
         ]
 
     paired = dg.compare_to_baseline(pair(True), CFG.min_effect)["dropout"]
