@@ -225,6 +225,14 @@ class GeneralizationLoss:
     noise_z: float = math.inf
 
 
+def smoothed_noise(raw: np.ndarray, smooth: np.ndarray, from_pos: int, window: int) -> float:
+    """Epoch-to-epoch noise of a smoothed curve: the raw values' standard deviation
+    around it from `from_pos` on (the whole run when that stretch is shorter than
+    4 epochs), divided by sqrt(window)."""
+    residual = (raw - smooth)[from_pos:] if len(raw) - from_pos >= 4 else raw - smooth
+    return float(residual.std()) / math.sqrt(window)
+
+
 def max_generalization_loss(history: pd.DataFrame, window: int = 1) -> GeneralizationLoss:
     """The largest GL of the (smoothed) run, the train-loss change behind it, and
     how far the rise stands above the val loss's epoch-to-epoch noise.
@@ -240,8 +248,7 @@ def max_generalization_loss(history: pd.DataFrame, window: int = 1) -> Generaliz
     val = smoothed(raw, window)
     min_pos = int(np.argmin(val[: worst + 1]))
     loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
-    residual = (raw - val)[min_pos:] if len(raw) - min_pos >= 4 else raw - val
-    noise = float(residual.std()) / math.sqrt(window)
+    noise = smoothed_noise(raw, val, min_pos, window)
     rise = float(val[worst] - val[min_pos])
     return GeneralizationLoss(
         max_gl=float(gl[worst]),
@@ -415,8 +422,7 @@ def run_trajectory(
     start = math.log(n_classes) if n_classes >= 2 else float(max(raw_val[0], val[0]))
     gained = float(start - val[min_pos])
     rise_share = rise / gained if gained > 0 else (math.inf if rise > 0 else 0.0)
-    residual = (raw_val - val)[min_pos:] if len(raw_val) - min_pos >= 4 else raw_val - val
-    noise = float(residual.std()) / math.sqrt(window)
+    noise = smoothed_noise(raw_val, val, min_pos, window)
     noise_z = rise / noise if noise > 0 else (math.inf if rise > 0 else 0.0)
     train_fell = bool(loss[peak_pos] < loss[min_pos])
     widening = float(gap[peak_pos] - gap[min_pos])
