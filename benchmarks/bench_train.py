@@ -63,13 +63,9 @@ def bench_params(epochs: int, batch_size: int) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source=str(FASHION), image_size=[28, 28])
     # Fixed epoch count and no class weights, the same for all three ways.
-    params["train"].update(
-        epochs=epochs,
-        batch_size=batch_size,
-        class_weight="off",
-        early_stopping={"enabled": False},
-        reduce_lr={"enabled": False},
-    )
+    params["train"].update(epochs=epochs, batch_size=batch_size, class_weight="off")
+    params["train"]["early_stopping"]["enabled"] = False
+    params["train"]["reduce_lr"]["enabled"] = False
     params["variants"] = {VARIANT: {}}
     return params
 

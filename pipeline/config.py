@@ -1,9 +1,11 @@
 """params.yaml -> frozen, typed configuration.
 
 This module is the only reader of params.yaml. Every key is declared here with
-its type and allowed range (pydantic does the checking); an unknown key, a
-wrong type or an out-of-range value raises `ConfigError` naming the key, the
-value and what is allowed, before any stage does work.
+its type and allowed range (pydantic does the checking), and without a default:
+params.yaml holds each value once, so there is no second copy to drift (a test
+walks these models to keep it so). An unknown key, a missing key, a wrong type
+or an out-of-range value raises `ConfigError` naming the key, the value and
+what is allowed, before any stage does work.
 
 Inputs: params.yaml. Outputs: `Config` objects; nothing is written.
 """
@@ -50,14 +52,14 @@ def _list_to_tuple(value: Any) -> Any:
 
 class DataConfig(_Frozen):
     source: str = Field(min_length=1)
-    format: Literal["auto", "folder", "idx"] = "auto"
+    format: Literal["auto", "folder", "idx"]
     image_size: tuple[Annotated[int, Field(ge=4, le=1024)], Annotated[int, Field(ge=4, le=1024)]]
-    color_mode: Literal["grayscale", "rgb"] = "grayscale"
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.15
-    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: Annotated[int, Field(ge=0)] = 42
-    workers: Annotated[int, Field(ge=0, le=256)] = 0
+    color_mode: Literal["grayscale", "rgb"]
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
+    seed: Annotated[int, Field(ge=0)]
+    workers: Annotated[int, Field(ge=0, le=256)]
 
     _image_size_tuple = field_validator("image_size", mode="before")(_list_to_tuple)
 
@@ -77,87 +79,89 @@ class DataConfig(_Frozen):
 
 
 class SeverityConfig(_Frozen):
-    label_set: Severity = "error"
-    class_balance: Severity = "warning"
-    min_images_per_class: Severity = "error"
-    corrupt_images: Severity = "warning"
-    image_properties: Severity = "warning"
-    duplicates: Severity = "warning"
-    split_leakage: Severity = "error"
+    label_set: Severity
+    class_balance: Severity
+    min_images_per_class: Severity
+    corrupt_images: Severity
+    image_properties: Severity
+    duplicates: Severity
+    split_leakage: Severity
 
 
 class ValidateConfig(_Frozen):
-    max_examples: Annotated[int, Field(ge=1, le=10_000)] = 20
-    min_images_per_class: Annotated[int, Field(ge=1)] = 10
-    max_imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0
-    min_class_share: Fraction01 = 0.0
-    max_label_divergence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    max_corrupt_fraction: Fraction01 = 0.0
-    blank_std_threshold: Annotated[float, Field(ge=0.0)] = 2.0
-    max_blank_fraction: Fraction01 = 0.01
-    max_duplicate_fraction: Fraction01 = 0.0
-    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)] = 4
-    near_duplicate_max_pixel_diff: Annotated[float, Field(ge=0.0, le=255.0)] = 4.0
-    severity: SeverityConfig = SeverityConfig()
+    max_examples: Annotated[int, Field(ge=1, le=10_000)]
+    min_images_per_class: Annotated[int, Field(ge=1)]
+    max_imbalance_ratio: Annotated[float, Field(ge=1.0)]
+    min_class_share: Fraction01
+    max_label_divergence: Annotated[float, Field(ge=0.0, le=1.0)]
+    max_corrupt_fraction: Fraction01
+    blank_std_threshold: Annotated[float, Field(ge=0.0)]
+    max_blank_fraction: Fraction01
+    max_duplicate_fraction: Fraction01
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=32)]
+    near_duplicate_max_pixel_diff: Annotated[float, Field(ge=0.0, le=255.0)]
+    severity: SeverityConfig
 
 
 class AugmentationConfig(_Frozen):
-    enabled: bool = False
-    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.08
-    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    translation: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
-    flip: bool = False
+    enabled: bool
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)]
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)]
+    translation: Annotated[float, Field(ge=0.0, lt=1.0)]
+    flip: bool
 
 
 class ModelConfig(_Frozen):
     conv_filters: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         min_length=1, max_length=8
     )
-    kernel_size: Annotated[int, Field(ge=1, le=15)] = 3
-    dense_units: Annotated[int, Field(ge=1, le=65_536)] = 128
-    dropout: Fraction01 = 0.0
-    conv_dropout: Fraction01 = 0.0
-    l2: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    augmentation: AugmentationConfig = AugmentationConfig()
+    kernel_size: Annotated[int, Field(ge=1, le=15)]
+    dense_units: Annotated[int, Field(ge=1, le=65_536)]
+    dropout: Fraction01
+    conv_dropout: Fraction01
+    l2: Annotated[float, Field(ge=0.0, le=1.0)]
+    augmentation: AugmentationConfig
 
     _filters_tuple = field_validator("conv_filters", mode="before")(_list_to_tuple)
 
 
 class EarlyStoppingConfig(_Frozen):
-    enabled: bool = True
-    patience: Annotated[int, Field(ge=1)] = 8
-    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    enabled: bool
+    patience: Annotated[int, Field(ge=1)]
+    min_delta: Annotated[float, Field(ge=0.0)]
 
 
 class ReduceLRConfig(_Frozen):
-    enabled: bool = False
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    patience: Annotated[int, Field(ge=1)] = 3
+    enabled: bool
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)]
+    patience: Annotated[int, Field(ge=1)]
 
 
 class TrainConfig(_Frozen):
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 40
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
-    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.001
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-    reduce_lr: ReduceLRConfig = ReduceLRConfig()
-    class_weight: Literal["off", "on", "auto"] = "auto"
-    seed: Annotated[int, Field(ge=0)] = 42
-    # How many seeds each variant trains (seed, seed + 1, ...). No default here:
-    # params.yaml holds the one default. The bound keeps a typo (100 for 10)
-    # from silently multiplying the training time.
+    epochs: Annotated[int, Field(ge=1, le=10_000)]
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)]
+    early_stopping: EarlyStoppingConfig
+    reduce_lr: ReduceLRConfig
+    class_weight: Literal["off", "on", "auto"]
+    seed: Annotated[int, Field(ge=0)]
+    # How many seeds each variant trains (seed, seed + 1, ...). The bound keeps
+    # a typo (100 for 10) from silently multiplying the training time.
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
 
 
 class VariantOverrides(_Frozen):
-    """What a variant may change: parts of `model` and `train`, nothing else."""
+    """What a variant may change: parts of `model` and `train`, nothing else.
+
+    The empty defaults are structure, not knobs: `baseline: {}` overrides nothing.
+    """
 
     model: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
 
 
 class EvaluateConfig(_Frozen):
-    """Verdict thresholds; their values live in params.yaml only (no defaults here)."""
+    """Verdict thresholds (documented in params.yaml, which holds their values)."""
 
     noise_z: Annotated[float, Field(gt=0.0, le=10.0)]
     overfit_gap: Annotated[float, Field(gt=0.0, le=1.0)]
@@ -180,18 +184,15 @@ class RegistryConfig(_Frozen):
 
 
 class RetrainConfig(_Frozen):
-    require_validation_success: bool = True
-    reject_overfitting: bool = True
-    accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
-    max_gap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
-    lock_stale_seconds: Annotated[int, Field(ge=1)] = 21_600
+    require_validation_success: bool
+    reject_overfitting: bool
+    accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)]
+    max_gap: Annotated[float, Field(gt=0.0, le=1.0)]
+    lock_stale_seconds: Annotated[int, Field(ge=1)]
 
 
 class LearningCurveConfig(_Frozen):
-    """Train `variant` on nested subsets of the train split ("would more data help?").
-
-    No defaults here: params.yaml holds them (one place per default).
-    """
+    """Train `variant` on nested subsets of the train split ("would more data help?")."""
 
     variant: str = Field(min_length=1)
     # The full-data point (1.0) is the variant's own train stage, never trained twice.
@@ -224,7 +225,7 @@ class Config(_Frozen):
     )
     evaluate: EvaluateConfig
     registry: RegistryConfig
-    retrain: RetrainConfig = RetrainConfig()
+    retrain: RetrainConfig
     learning_curve: LearningCurveConfig
     mlflow: MlflowConfig
 
@@ -268,8 +269,8 @@ class Config(_Frozen):
                 + ", ".join(sorted(self.variants))
             )
         overrides = self.variants[name]
-        model = _merge(self.model.model_dump(), overrides.model)
-        train = _merge(self.train.model_dump(), overrides.train)
+        model = merge(self.model.model_dump(), overrides.model)
+        train = merge(self.train.model_dump(), overrides.train)
         sections = {}
         for section, cls, values in (("model", ModelConfig, model), ("train", TrainConfig, train)):
             try:
@@ -297,11 +298,12 @@ class VariantConfig(_Frozen):
         return hash_dict(self.model_dump(mode="json"))
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, recursively for mappings (neither is changed)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -7,7 +7,6 @@ the real backends without touching the developer's mlflow.db.
 
 from __future__ import annotations
 
-import copy
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import Config, parse_config
+from pipeline.config import Config, merge, parse_config
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, manifest_frame, write_prepared
 
@@ -42,7 +41,7 @@ def small_params(**sections) -> dict:
             and isinstance(params.get(section), dict)
             and section != "variants"
         ):
-            params[section] = _merge(params[section], values)
+            params[section] = merge(params[section], values)
         else:
             params[section] = values
     if params["learning_curve"]["variant"] not in params["variants"]:
@@ -51,14 +50,16 @@ def small_params(**sections) -> dict:
     return params
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def shipped(section: str, **overrides):
+    """One section of the shipped params.yaml as its typed config, `overrides` merged in.
+
+    Tests build configs this way, never from code defaults (there are none), so
+    they test the numbers the product ships.
+    """
+    params = real_params()
+    params[section] = merge(params[section], overrides)
+    cfg = parse_config(params)
+    return getattr(cfg, "validate_" if section == "validate" else section)
 
 
 class Project:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from pipeline.config import Config, ConfigError, load_config, parse_config
 
@@ -231,3 +235,35 @@ def test_seeds_default_lives_in_params_yaml_and_a_variant_may_override_it() -> N
     config = parse_config(raw)
     assert config.variant("dropout").train.seeds == 3
     assert config.variant("baseline").train.seeds == 1
+
+
+def _knob_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """Every field of the config tree under `model`, with its dotted params.yaml key."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        yield key, field
+        for arg in (field.annotation, *get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                yield from _knob_fields(arg, prefix=f"{key}.")
+
+
+def test_no_knob_has_a_default_in_code_so_params_yaml_is_the_only_one() -> None:
+    """A default written in config.py and in params.yaml drifts (epochs 40 vs 100 once)."""
+    keys = dict(_knob_fields(Config))
+    assert {"train.epochs", "train.early_stopping.patience", "evaluate.noise_z"} <= set(keys)
+    # A variant's override sections default to "override nothing": structure, not a knob.
+    structure = {"variants.model", "variants.train"}
+    with_default = [k for k, f in keys.items() if not f.is_required() and k not in structure]
+    assert with_default == [], f"defaults in code (move them to params.yaml): {with_default}"
+
+
+@pytest.mark.parametrize("key", ["train.epochs", "validate.severity.split_leakage", "retrain"])
+def test_a_missing_key_is_named(key: str) -> None:
+    raw = real_params()
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    del section[leaf]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: required key is missing"):
+        parse_config(raw)

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import ModelConfig, parse_config
+from pipeline.config import parse_config
 from pipeline.models import AUGMENTATION_LAYERS, build_model, conv_layer_names
 
-from .conftest import real_params
+from .conftest import real_params, shipped
 
 SHAPE = (16, 16, 1)
 
@@ -86,7 +86,7 @@ def test_augmentation_acts_in_training_only(variant_models):
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
-    cfg = ModelConfig(conv_filters=(4,), dense_units=8, dropout=0.5)
+    cfg = shipped("model", conv_filters=[4], dense_units=8, dropout=0.5)
     a = build_model(cfg, (8, 8, 1), 3, seed=7)
     b = build_model(cfg, (8, 8, 1), 3, seed=7)
     c = build_model(cfg, (8, 8, 1), 3, seed=8)
@@ -96,7 +96,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_tiny_images_are_never_pooled_below_one_pixel():
-    cfg = ModelConfig(conv_filters=(2, 2, 2, 2), dense_units=4, conv_dropout=0.1)
+    cfg = shipped("model", conv_filters=[2, 2, 2, 2], dense_units=4, conv_dropout=0.1)
     model = build_model(cfg, (4, 4, 1), 2, seed=0)
     assert conv_layer_names(model) == ["conv_1", "conv_2", "conv_3", "conv_4"]
     assert len(_layers_of(model, keras.layers.MaxPooling2D)) == 2
@@ -106,13 +106,13 @@ def test_tiny_images_are_never_pooled_below_one_pixel():
 
 
 def test_flip_is_added_when_configured():
-    cfg = ModelConfig(conv_filters=(2,), augmentation={"enabled": True, "flip": True})
+    cfg = shipped("model", conv_filters=[2], augmentation={"enabled": True, "flip": True})
     names = [layer.name for layer in build_model(cfg, (8, 8, 3), 2, seed=0).layers]
     assert "augment_flip" in names
 
 
 def test_a_single_class_is_rejected():
-    cfg = ModelConfig(conv_filters=(2,))
+    cfg = shipped("model", conv_filters=[2])
     with pytest.raises(ValueError, match="n_classes"):
         build_model(cfg, (8, 8, 1), 1, seed=0)
 

@@ -23,13 +23,17 @@ import pytest
 import yaml
 
 from pipeline import retrain, tracking
-from pipeline.config import RetrainConfig, load_config
+from pipeline.config import load_config
 from pipeline.retrain import GateResult, ModelFacts, ValidationFacts
 
-from .conftest import REPO, digits_arrays
+from .conftest import REPO, digits_arrays, shipped
 
-CFG = RetrainConfig(
-    require_validation_success=True, reject_overfitting=True, accuracy_tolerance=0.01, max_gap=0.1
+CFG = shipped(
+    "retrain",
+    require_validation_success=True,
+    reject_overfitting=True,
+    accuracy_tolerance=0.01,
+    max_gap=0.1,
 )
 GOOD = ModelFacts(
     version="2", variant="dropout", test_accuracy=0.90, gap_accuracy=0.03, verdict="good_fit"

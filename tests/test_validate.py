@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from pipeline import validate
-from pipeline.config import ValidateConfig
 from pipeline.prepared import SPLITS, load_prepared, manifest_frame, write_prepared
 
-from .conftest import REPO, small_params
+from .conftest import REPO, shipped, small_params
 
 CLASSES = ["a", "b", "c"]
 PER_CLASS = {"train": 14, "val": 5, "test": 5}
@@ -132,7 +131,7 @@ def write_rows(root: Path, rows: list[dict], classes: list[str] = CLASSES) -> Pa
 
 def run_checks(tmp_path: Path, rows: list[dict], **overrides) -> dict:
     prepared = write_rows(tmp_path, rows)
-    return validate.validate_dataset(load_prepared(prepared), ValidateConfig(**overrides))
+    return validate.validate_dataset(load_prepared(prepared), shipped("validate", **overrides))
 
 
 def check(report: dict, name: str) -> dict:
