@@ -15,8 +15,17 @@ from collections.abc import Callable
 EXIT_USER_ERROR = 2
 
 
-class StageError(RuntimeError):
-    """A problem the user can fix; printed without a traceback."""
+class UserError(Exception):
+    """A problem the user can fix (bad params, missing input, unreachable MLflow).
+
+    `run_stage` prints it as one message, without a traceback. Config and
+    tracking errors derive from it, so this module imports nothing of the
+    pipeline and every stage's import closure stays what the stage uses.
+    """
+
+
+class StageError(UserError, RuntimeError):
+    """A stage's own user-fixable problem; printed without a traceback."""
 
 
 def setup_logging() -> None:
@@ -32,13 +41,10 @@ def run_stage(
     main: Callable[[list[str] | None], int | None], argv: list[str] | None = None
 ) -> None:
     """Run a stage's main() and exit with its code; user errors exit 2 with a message."""
-    from pipeline.config import ConfigError
-    from pipeline.tracking import TrackingError
-
     setup_logging()
     try:
         code = main(argv)
-    except (ConfigError, StageError, TrackingError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.exit(code or 0)

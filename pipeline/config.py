@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.cli import UserError
+
 # A variant may not be called this: models/<it>/ holds the learning curve's outputs.
 LEARNING_CURVE_DIR = "learning_curve"
 Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -35,7 +37,7 @@ Severity = Literal["error", "warning"]
 MAX_SEEDS = 20
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params.yaml problem, phrased for the user."""
 
 

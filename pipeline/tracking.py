@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import UserError
 from pipeline.config import Config
 from pipeline.paths import Paths
 
@@ -42,7 +43,7 @@ _HTTP_DEFAULTS = {
 REACHABILITY_TIMEOUT_S = 5.0
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """MLflow is misconfigured or unreachable."""
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import yaml
 
@@ -138,3 +140,63 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in readme
     assert "scripts/test.sh" in ci
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The `pipeline.*` modules a source file imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pipeline.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "pipeline":  # from pipeline import train
+                found |= {f"pipeline.{a.name}" for a in node.names}
+            elif node.module.startswith("pipeline."):
+                found.add(node.module)
+    return {m for m in found if (REPO / module_file(m)).exists()}
+
+
+def module_file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
+
+
+def import_closure(module: str) -> set[str]:
+    """Every pipeline/ source file that running `python -m <module>` may execute."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(imported_modules(REPO / module_file(current)))
+    return {module_file(m) for m in seen}
+
+
+def test_each_stage_deps_are_exactly_its_import_closure():
+    """A module a stage imports but does not list leaves `dvc repro` reporting stale
+    results as up to date; one it lists but does not import reruns it for nothing."""
+    # pipeline/__init__.py runs on every import; it holds only a docstring and the
+    # version, which no stage reads, so it is no dependency.
+    init = ast.parse((REPO / "pipeline/__init__.py").read_text()).body
+    assert all(isinstance(n, (ast.Expr, ast.Assign)) for n in init), "list it in deps now"
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        module = re.match(r"python -m (pipeline\.\w+)", body["cmd"]).group(1)
+        listed = {d for d in body["deps"] if d.startswith("pipeline/") and d.endswith(".py")}
+        closure = import_closure(module)
+        assert not closure - listed, f"stage {name}: deps miss {sorted(closure - listed)}"
+        assert not listed - closure, f"stage {name}: deps list unused {sorted(listed - closure)}"
+        assert len(body["deps"]) == len(set(body["deps"])), f"stage {name}: a dep is listed twice"
+
+
+def test_the_closure_follows_imports_inside_functions(tmp_path: Path):
+    """The deps test must see lazy imports (stages import TensorFlow-side code late)."""
+    source = tmp_path / "stage.py"
+    source.write_text(
+        "from pipeline import config\n"
+        "def main():\n"
+        "    from pipeline.io import write_json_atomic\n"
+        "    import pipeline.paths\n"
+        "    from pipeline.nowhere import x\n"
+    )
+    assert imported_modules(source) == {"pipeline.config", "pipeline.io", "pipeline.paths"}
