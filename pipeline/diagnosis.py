@@ -849,6 +849,11 @@ class VariantSummary:
     # variants are then paired. None: unknown, the comparison is unpaired.
     val_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
     train_correct: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The run's own behaviour (the `training` block): did it diverge, and how far
+    # did the accuracy gap widen after the best epoch, with its noise half-width.
+    diverged: bool = False
+    gap_widening: float | None = None
+    gap_widening_noise: float | None = None
 
     @property
     def saved_verdict(self) -> str:
@@ -930,6 +935,13 @@ def compare_to_baseline(
     beyond noise yet no reason to change anything). An underfit or memorizing
     variant never "helps"; one that helped yet is still overfit is advised as
     a step, not a fix.
+
+    `steadied` is the run-level effect: the reference's run diverged and this
+    variant's did not, its accuracy gap widening after the best epoch smaller by
+    more than the two runs' noise (and `min_effect`), without losing val accuracy
+    beyond noise. The saved models of both are their best epochs, so a
+    regularizer's typical effect on a few hundred images per class shows here:
+    the run no longer overfits if left running. It also counts as `helped`.
     """
     by_name = {s.name: s for s in summaries}
     ref = by_name[reference_variant([s.name for s in summaries])]
@@ -943,6 +955,8 @@ def compare_to_baseline(
         val_up = known and delta_val > noise
         val_down = known and delta_val < -noise
         gap_down = known and delta_gap < -gap_noise
+        steadied = _steadied(s, ref, min_effect) and not val_down
+        sound = s.name != ref.name and s.saved_verdict != UNDERFITTING and not s.memorizing
         effects[s.name] = {
             "reference": ref.name,
             "delta_val_accuracy": delta_val,
@@ -953,17 +967,38 @@ def compare_to_baseline(
             "delta_gap_ci95": gap_noise,
             "within_noise": bool(known and abs(delta_val) <= noise),
             "gap_within_noise": bool(known and abs(delta_gap) <= gap_noise),
+            **_widening_difference(s, ref),
+            "steadied": bool(sound and steadied),
             "helped": bool(
-                s.name != ref.name
-                and s.saved_verdict != UNDERFITTING
-                and not s.memorizing
+                sound
                 and (
                     (val_up and delta_val >= min_effect)
                     or (gap_down and -delta_gap >= min_effect and not val_down)
+                    or steadied
                 )
             ),
         }
     return effects
+
+
+def _widening_difference(s: VariantSummary, ref: VariantSummary) -> dict[str, float | None]:
+    """How much less the gap widened after the best epoch than the reference's, ± noise."""
+    if None in (s.gap_widening, ref.gap_widening, s.gap_widening_noise, ref.gap_widening_noise):
+        return {"delta_gap_widening": None, "delta_gap_widening_ci95": None}
+    return {
+        "delta_gap_widening": s.gap_widening - ref.gap_widening,
+        # Each noise is already a z-scaled half-width of an independent run.
+        "delta_gap_widening_ci95": math.hypot(s.gap_widening_noise, ref.gap_widening_noise),
+    }
+
+
+def _steadied(s: VariantSummary, ref: VariantSummary, min_effect: float) -> bool:
+    """The reference's run diverged, this one's did not, and its gap widened measurably less."""
+    diff = _widening_difference(s, ref)
+    if not ref.diverged or s.diverged or diff["delta_gap_widening"] is None:
+        return False
+    narrower = -diff["delta_gap_widening"]
+    return narrower > diff["delta_gap_widening_ci95"] and narrower >= min_effect
 
 
 def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
@@ -972,8 +1007,9 @@ def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
     The highest val accuracy among variants that learned something that
     generalizes (not underfitting, not memorizing); among those within the
     noise of the top (the 95% interval of the difference), a sound saved model
-    (model_verdict good_fit) first, then the smaller gap, then the name. A run
-    that diverged after the epoch early stopping restored never excludes it.
+    (model_verdict good_fit) first, then a run that did not diverge, then the
+    smaller gap, then the name. A run that diverged after the epoch early
+    stopping restored never excludes a variant; it only breaks a tie.
     """
     if not summaries:
         raise ValueError("no variants to choose from")
@@ -988,7 +1024,8 @@ def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
 
     contenders = [s for s in usable if tied(s)]
     best = min(
-        contenders, key=lambda s: (s.saved_verdict != GOOD_FIT, s.gap, -s.val_accuracy, s.name)
+        contenders,
+        key=lambda s: (s.saved_verdict != GOOD_FIT, s.diverged, s.gap, -s.val_accuracy, s.name),
     )
     if all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries):
         return best.name, (
@@ -997,11 +1034,13 @@ def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
         )
     others = [s.name for s in contenders if s is not best]
     unsound = [s for s in contenders if s is not best and s.saved_verdict != GOOD_FIT]
-    why = (
-        "the only sound saved model among them"
-        if best.saved_verdict == GOOD_FIT and len(unsound) == len(others)
-        else "the smallest gap"
-    )
+    peers = [s for s in contenders if s is not best and s.saved_verdict == best.saved_verdict]
+    if best.saved_verdict == GOOD_FIT and len(unsound) == len(others):
+        why = "the only sound saved model among them"
+    elif not best.diverged and any(s.diverged for s in peers):
+        why = "a run that does not diverge if left running"
+    else:
+        why = "the smallest gap"
     tie = (
         f"; {', '.join(others)} within noise of it on val, and {best.name} has {why}"
         if others
@@ -1150,7 +1189,12 @@ def _mitigation_advice(
         # Excess over the noise band, in points, on val accuracy (up) and gap (down).
         val_excess = max(0.0, eff["delta_val_accuracy"] - eff["delta_val_ci95"])
         gap_excess = max(0.0, -eff["delta_gap"] - eff["delta_gap_ci95"])
-        return (-(val_excess + gap_excess), -eff["delta_val_accuracy"], s.name)
+        run_excess = (
+            max(0.0, -eff["delta_gap_widening"] - eff["delta_gap_widening_ci95"])
+            if eff.get("steadied")
+            else 0.0
+        )
+        return (-(val_excess + gap_excess + run_excess), -eff["delta_val_accuracy"], s.name)
 
     recs = []
     for s in sorted(helped, key=strength)[:MAX_MITIGATIONS]:
@@ -1161,10 +1205,19 @@ def _mitigation_advice(
             if s.saved_verdict == OVERFITTING
             else ""
         )
+        steadied = ""
+        if eff.get("steadied"):
+            steadied = (
+                f"its run no longer overfits if left running: after its best epoch the gap "
+                f"widened {_signed_pts(s.gap_widening)} vs {_signed_pts(ref.gap_widening)} "
+                f"(difference {_signed_pts(eff['delta_gap_widening'])}, noise "
+                f"±{_pts(eff['delta_gap_widening_ci95'])}); "
+            )
         recs.append(
             {
                 "action": f"{verb} the `{s.name}` mitigation{still}",
-                "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): val accuracy "
+                "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): {steadied}"
+                f"val accuracy "
                 f"{_signed_pts(eff['delta_val_accuracy'])} (noise ±{_pts(eff['delta_val_ci95'])}), "
                 f"gap {_signed_pts(eff['delta_gap'])} (noise ±{_pts(eff['delta_gap_ci95'])}), "
                 f"test accuracy {_signed_pts(eff['delta_test_accuracy'])}",
@@ -1191,8 +1244,9 @@ def _mitigation_advice(
                     if ref.verdict == OVERFITTING
                     else ""
                 ),
-                "reason": f"{lead}; no variant raised val accuracy, or cut the gap without "
-                f"losing val accuracy, beyond the noise of the split sizes{noise}",
+                "reason": f"{lead}; no variant raised val accuracy, cut the gap, or stopped "
+                "the run from diverging without losing val accuracy, beyond the noise of the "
+                f"split sizes{noise}",
                 "source": "comparison",
             }
         )

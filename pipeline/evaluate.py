@@ -106,6 +106,9 @@ COMPARISON_COLUMNS = [
     "delta_gap",
     "delta_val_ci95",
     "delta_gap_ci95",
+    "delta_gap_widening",
+    "delta_gap_widening_ci95",
+    "steadied",
     "helped",
 ]
 
@@ -422,6 +425,9 @@ def build_evaluation(
                 train_correct=(ev.correct or {}).get("train"),
                 seed_var_val=_sd_squared(seed_summary["val_accuracy"]),
                 seed_var_gap=_sd_squared(seed_summary["gap"]),
+                diverged=bool(diag.training.get("diverged")),
+                gap_widening=diag.training.get("gap_widening"),
+                gap_widening_noise=diag.training.get("gap_widening_noise"),
                 regularized=bool(
                     model_cfg.dropout > 0
                     or model_cfg.conv_dropout > 0
@@ -548,6 +554,9 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
                 "delta_gap": eff["delta_gap"],
                 "delta_val_ci95": eff["delta_val_ci95"],
                 "delta_gap_ci95": eff["delta_gap_ci95"],
+                "delta_gap_widening": eff["delta_gap_widening"],
+                "delta_gap_widening_ci95": eff["delta_gap_widening_ci95"],
+                "steadied": bool(eff["steadied"]),
                 "helped": bool(eff["helped"]),
             }
         )

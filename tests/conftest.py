@@ -95,6 +95,22 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     yield proj
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+needs_fashion = pytest.mark.skipif(
+    not FASHION.is_dir(), reason="dataset-fashion-mnist is not installed"
+)
+
+
+def fashion_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` real Fashion-MNIST training images (uint8, n x 28 x 28 x 1), drawn at random."""
+    from pipeline.datasets import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    x = read_idx(FASHION / "train-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)
+    y = read_idx(FASHION / "train-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC).astype(np.int64)
+    idx = np.random.default_rng(seed).permutation(len(y))[:n]
+    return x[idx][..., None], y[idx]
+
+
 def digits_arrays(size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's real digits as uint8 (n, size, size, 1) and labels."""
     from sklearn.datasets import load_digits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -989,3 +990,63 @@ def test_paired_comparison_counts_only_the_images_the_models_disagree_on():
     assert not paired["within_noise"] and unpaired["within_noise"]
     assert dg.paired_variance(a, a) == pytest.approx(1 / 1000**2)  # identical: floored
     assert dg.paired_variance(a, b[:500]) is None  # different images: unpaired
+
+
+def _run_pair(drop_widening: float, *, drop_diverged: bool = False, drop_val: float = 0.86):
+    """Baseline diverged (gap widened 8 points after its best epoch); dropout as given."""
+    V = dg.VariantSummary
+    run = {"n_val": 2000, "n_train": 2000, "gap_widening_noise": 0.016}
+    return [
+        V("baseline", dg.OVERFITTING, 0.93, 0.855, 0.85, 0.075, diverged=True, **run,
+          gap_widening=0.08, model_verdict=dg.GOOD_FIT),
+        V("dropout", dg.GOOD_FIT, 0.93, drop_val, 0.85, 0.93 - drop_val,
+          diverged=drop_diverged, gap_widening=drop_widening, **run),
+    ]  # fmt: skip
+
+
+def test_a_mitigation_whose_run_stops_diverging_steadied_it_and_is_adopted():
+    """Best epochs restored: saved gaps alike; the run left running is what changed."""
+    s = _run_pair(0.01)
+    eff = dg.compare_to_baseline(s, CFG.min_effect)
+    drop = eff["dropout"]
+    assert drop["gap_within_noise"] and drop["within_noise"]  # saved models: no difference
+    assert drop["delta_gap_widening"] == pytest.approx(-0.07)
+    assert drop["delta_gap_widening_ci95"] == pytest.approx(0.016 * 2**0.5)
+    assert drop["steadied"] and drop["helped"]
+    recs = dg.recommend(s, eff, "dropout", {"success": True, "checks": []})
+    assert recs[0]["action"] == "Adopt the `dropout` mitigation"
+    assert "no longer overfits if left running" in recs[0]["reason"]
+    assert "+1.0 points vs +8.0 points" in recs[0]["reason"]
+    assert dg.choose_best(s)[0] == "dropout"
+
+
+@pytest.mark.parametrize(
+    ("widening", "diverged", "val", "why"),
+    [
+        (0.06, False, 0.86, "2 points narrower: inside the 2.3-point noise"),
+        (0.01, True, 0.86, "its own run diverged too"),
+        (0.01, False, 0.80, "lost val accuracy beyond noise"),
+    ],
+)
+def test_a_run_is_not_steadied_without_a_difference_beyond_noise(widening, diverged, val, why):
+    eff = dg.compare_to_baseline(
+        _run_pair(widening, drop_diverged=diverged, drop_val=val), CFG.min_effect
+    )
+    assert not eff["dropout"]["steadied"], why
+
+
+def test_a_run_is_not_steadied_when_the_reference_never_diverged():
+    s = _run_pair(0.01)
+    s[0] = dataclasses.replace(s[0], diverged=False, verdict=dg.GOOD_FIT)
+    assert not dg.compare_to_baseline(s, CFG.min_effect)["dropout"]["steadied"]
+
+
+def test_among_tied_models_a_run_that_does_not_diverge_wins_before_the_smaller_gap():
+    V = dg.VariantSummary
+    s = [
+        V("baseline", dg.OVERFITTING, 0.944, 0.855, 0.86, 0.089, n_val=2000, diverged=True),
+        V("dropout", dg.OVERFITTING, 0.955, 0.860, 0.86, 0.095, n_val=2000),
+    ]
+    best, reason = dg.choose_best(s)
+    assert best == "dropout"
+    assert "a run that does not diverge if left running" in reason
