@@ -140,6 +140,7 @@ def mitigations_context(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "delta_gap": effect.get("delta_gap"),
                 "gap_ci95": ci_halfwidth(effect.get("delta_gap_ci95")),
                 "helped": bool(effect.get("helped", False)),
+                "steadied": bool(effect.get("steadied", False)),
                 **noise_context(evaluation, name),
             }
         )

@@ -241,6 +241,21 @@ def test_intervals_and_within_noise_are_shown_when_evaluation_has_them(project, 
     assert "±" not in _row(table, "dropout") and "nan" not in table
 
 
+def test_a_mitigation_that_steadied_the_run_says_so_in_the_mitigations_table(project, built):
+    evaluation = write_inputs(project, built)
+
+    def mitigation_row() -> str:
+        ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+        report.write_report(project.paths)
+        html = project.paths.report_html.read_text()
+        return _row(html[html.index('id="mitigations"') :], "dropout")
+
+    evaluation["effects"]["dropout"].update(helped=True, steadied=False)
+    assert "helped" in mitigation_row() and "stopped diverging" not in mitigation_row()
+    evaluation["effects"]["dropout"]["steadied"] = True
+    assert "(its run stopped diverging)" in mitigation_row()
+
+
 def test_evaluation_without_intervals_shows_none(project, built):
     """An evaluation.json from before intervals existed: nothing is invented."""
     evaluation = write_inputs(project, built)
