@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from crontab import CronTab
 
 from pipeline import retrain
 
@@ -24,29 +25,15 @@ from .conftest import REPO, copy_project_tree
 DEPLOY = REPO / "deploy"
 PLACEHOLDER = "/srv/cnn-overfitting"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
-CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
 
 
 def cron_jobs(text: str) -> list[tuple[list[str], str]]:
-    """(five schedule fields, command) per job line; raises ValueError on a bad line."""
-    jobs = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or re.match(r"^[A-Z_]+=", line):
-            continue
-        parts = line.split(None, 5)
-        if len(parts) < 6:
-            raise ValueError(f"crontab line needs 5 schedule fields and a command: {line!r}")
-        fields, command = parts[:5], parts[5]
-        for field, (low, high) in zip(fields, CRON_RANGES, strict=True):
-            if not CRON_FIELD.match(field):
-                raise ValueError(f"bad crontab field {field!r} in {line!r}")
-            for number in re.findall(r"\d+", field.split("/")[0]):
-                if not low <= int(number) <= high:
-                    raise ValueError(f"crontab field {field!r} outside {low}-{high}")
-        jobs.append((fields, command))
-    return jobs
+    """(five schedule fields, command) per job, parsed by python-crontab.
+
+    A line cron would not run (a malformed or out-of-range field, too few
+    fields) is no job at all, so "exactly one job" catches it.
+    """
+    return [(str(job.slices).split(), job.command) for job in CronTab(tab=text)]
 
 
 def deployed_project(tmp_path: Path) -> Path:
@@ -79,13 +66,11 @@ def test_cron_and_systemd_stop_a_hung_run_after_the_same_time():
     assert cron_limit.group(1) == service_limit.group(1)
 
 
-def test_cron_parser_rejects_broken_lines():
-    with pytest.raises(ValueError, match="5 schedule fields"):
-        cron_jobs("17 * * *")
-    with pytest.raises(ValueError, match="outside 0-23"):
-        cron_jobs("17 25 * * * true")
-    with pytest.raises(ValueError, match="bad crontab field"):
-        cron_jobs("17 x * * * true")
+def test_the_crontab_check_rejects_lines_cron_would_not_run():
+    """Negative control: a line cron would not run is no job, so "exactly one job" fails."""
+    for broken in ("17 * * *", "17 25 * * * true", "17 x * * * true", "61 * * * * true"):
+        assert cron_jobs(broken) == [], broken
+    assert len(cron_jobs("17 3 * * * true")) == 1
 
 
 def test_crontab_command_runs_retrain_through_sh(tmp_path):
