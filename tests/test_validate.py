@@ -443,6 +443,17 @@ def test_main_without_prepared_data_is_a_user_error(project) -> None:
     assert not project.paths.validation_json.exists()
 
 
+def test_unreachable_tracking_server_fails_before_any_output(project, monkeypatch) -> None:
+    from pipeline.tracking import TrackingError
+
+    write_rows(project.root, clean_rows())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(TrackingError, match="unreachable"):
+        validate.main([])
+    assert not project.paths.validation_json.exists()
+    assert not project.paths.data_docs_dir.exists()
+
+
 @pytest.mark.slow
 def test_cli_exit_codes(project) -> None:
     """The module as DVC runs it: 1 on a failed error check, 2 on a user error."""
