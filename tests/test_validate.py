@@ -1,6 +1,6 @@
-"""Tests for pipeline/validate.py: each check with and without its problem,
-the near-duplicate search against brute force, the JSON contract, exit codes,
-Data Docs and the MLflow run. Real GX, real MLflow (sqlite in tmp_path)."""
+"""Tests for pipeline/validate.py: each check with and without its problem
+(the near-duplicate search itself: tests/test_leakage.py), the JSON contract,
+exit codes, Data Docs and the MLflow run. Real GX, real MLflow (sqlite in tmp_path)."""
 
 from __future__ import annotations
 
