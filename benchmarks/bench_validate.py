@@ -32,15 +32,11 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.config import parse_config  # noqa: E402
+from pipeline.leakage import brute_force_pairs, near_pairs, phash_to_uint64  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.prepared import SPLITS, load_prepared, manifest_frame, write_prepared  # noqa: E402
-from pipeline.validate import (  # noqa: E402
-    brute_force_pairs,
-    near_pairs,
-    phash_to_uint64,
-    split_images,
-    validate_dataset,
-)
+from pipeline.validate import validate_dataset  # noqa: E402
+from pipeline.validation_tables import split_images  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SUBSAMPLE = 10_000

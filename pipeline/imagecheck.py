@@ -37,7 +37,6 @@ from pipeline.prepared import STATUS_OK
 
 ColorMode = Literal["grayscale", "rgb"]
 RESAMPLE = Image.Resampling.BILINEAR
-_WHITE = {"L": 255, "RGB": (255, 255, 255)}
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,27 @@ def stage_run(
     finally:
         if parent:
             os.environ[PARENT_RUN_ENV] = parent
+
+
+# --- validate: tags, metrics and files of the active run ---
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tag the active run, for tags known only once the stage's work is done."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    """Log metrics (no step) into the active run."""
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def log_artifact(file: Path, folder: str | None = None) -> None:
+    """Copy one file into the active run's artifacts, under `folder` when given."""
+    import mlflow
+
+    mlflow.log_artifact(str(file), artifact_path=folder)

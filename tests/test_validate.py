@@ -1,6 +1,6 @@
-"""Tests for pipeline/validate.py: each check with and without its problem,
-the near-duplicate search against brute force, the JSON contract, exit codes,
-Data Docs and the MLflow run. Real GX, real MLflow (sqlite in tmp_path)."""
+"""Tests for pipeline/validate.py: each check with and without its problem
+(the near-duplicate search itself: tests/test_leakage.py), the JSON contract,
+exit codes, Data Docs and the MLflow run. Real GX, real MLflow (sqlite in tmp_path)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import validate
+from pipeline import checks, validate
 from pipeline.prepared import SPLITS, load_prepared, manifest_frame, write_prepared
 
 from .conftest import REPO, shipped, small_params
@@ -146,78 +146,6 @@ def paths_where(rows: list[dict], pred) -> list[str]:
     return [f"/data/{r['label']}/img{i:04d}.png" for i, r in enumerate(rows) if pred(i, r)]
 
 
-# ---------------------------------------------------------------- near-duplicate search
-
-
-def clustered_hashes(rng: np.random.Generator, base: np.ndarray, n: int, flips: int) -> np.ndarray:
-    """n hashes near the `base` centres: a few random bits flipped each."""
-    values = base[rng.integers(0, len(base), size=n)]
-    for _ in range(flips):
-        bit = rng.integers(0, 64, size=n).astype(np.uint64)
-        values = values ^ np.where(rng.random(n) < 0.5, np.uint64(1) << bit, np.uint64(0))
-    return values
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("distance", [0, 1, 3, 4, 7])
-def test_near_pairs_matches_brute_force(seed: int, distance: int) -> None:
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(0, 2**64 - 1, size=12, dtype=np.uint64, endpoint=True)
-    query = clustered_hashes(rng, centres, 300, flips=5)
-    reference = np.concatenate(
-        [
-            clustered_hashes(rng, centres, 400, flips=5),
-            rng.integers(0, 2**64 - 1, size=50, dtype=np.uint64, endpoint=True),
-        ]
-    )
-    fast = validate.near_pairs(query, reference, distance)
-    slow = validate.brute_force_pairs(query, reference, distance)
-    assert len(slow[0]) > 0
-    for a, b in zip(fast, slow, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_near_pairs_degenerate_bucket_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Many images with one phash (blank-ish images): one huge bucket, chunked.
-    monkeypatch.setattr(validate, "PAIR_CHUNK", 97)
-    query = np.full(60, 7, dtype=np.uint64)
-    reference = np.concatenate([np.full(80, 7, dtype=np.uint64), np.array([7 ^ 0b111], np.uint64)])
-    fast = validate.near_pairs(query, reference, 2)
-    slow = validate.brute_force_pairs(query, reference, 2)
-    assert len(fast[0]) == 60 * 80
-    for a, b in zip(fast, slow, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_near_pairs_empty_inputs() -> None:
-    empty = np.zeros(0, dtype=np.uint64)
-    assert all(len(a) == 0 for a in validate.near_pairs(empty, np.ones(3, np.uint64), 4))
-    assert all(len(a) == 0 for a in validate.near_pairs(np.ones(3, np.uint64), empty, 4))
-
-
-def test_hash_bands_partition_the_bits() -> None:
-    for d in range(0, 33):
-        bands = validate.hash_bands(d)
-        assert len(bands) == d + 1
-        assert sum(w for _, w in bands) == 64
-        assert [s for s, _ in bands] == list(np.cumsum([0] + [w for _, w in bands])[:-1])
-    with pytest.raises(ValueError):
-        validate.hash_bands(64)
-
-
-def test_phash_to_uint64() -> None:
-    values = validate.phash_to_uint64(["0000000000000001", "ffffffffffffffff", "8000000000000000"])
-    assert values.tolist() == [1, 2**64 - 1, 2**63]
-    with pytest.raises(ValueError, match="16 hex digits"):
-        validate.phash_to_uint64(["abc"])
-
-
-def test_js_distance() -> None:
-    assert validate.js_distance([5, 5], [10, 10]) == pytest.approx(0.0)
-    assert validate.js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
-    assert 0 < validate.js_distance([6, 4], [5, 5]) < 0.1
-
-
 # ---------------------------------------------------------------- the checks
 
 
@@ -226,7 +154,7 @@ def test_clean_dataset_passes_every_check(tmp_path: Path) -> None:
     assert failed(report) == set()
     assert report["success"] is True
     assert report["errors"] == [] and report["warnings"] == []
-    assert [c["name"] for c in report["checks"]] == list(validate.CHECKS)
+    assert [c["name"] for c in report["checks"]] == list(checks.CHECK_NAMES)
     assert all(c["examples"] == [] for c in report["checks"])
 
 
@@ -402,17 +330,6 @@ def test_unused_rows_are_excluded_from_split_checks(tmp_path: Path) -> None:
     assert failed(report) == set()
 
 
-def test_derived_tables_cover_every_split_and_class() -> None:
-    import pandas as pd
-
-    images = pd.DataFrame({"split": ["train", "train", "val"], "label": ["a", "b", "a"]})
-    table, splits = validate.class_tables(images, ["a", "b"])
-    assert len(table) == 6
-    assert table.loc[(table["split"] == "test"), "count"].tolist() == [0, 0]
-    assert splits.set_index("split").loc["train", "imbalance_ratio"] == 1.0
-    assert pd.isna(splits.set_index("split").loc["test", "imbalance_ratio"])
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -435,7 +352,7 @@ def test_main_clean_digits_exit_0_json_docs_and_mlflow(digits_prepared, capsys) 
     for c in report["checks"]:
         assert set(c) == {"name", "success", "severity", "observed", "examples"}
         assert c["severity"] in ("error", "warning")
-    assert [c["name"] for c in report["checks"]] == list(validate.CHECKS)
+    assert [c["name"] for c in report["checks"]] == list(checks.CHECK_NAMES)
     text = paths.validation_json.read_text()
     assert "run_id" not in text
 
@@ -523,6 +440,17 @@ def test_main_without_prepared_data_is_a_user_error(project) -> None:
     with pytest.raises(FileNotFoundError, match="prepare"):
         validate.main([])
     assert not project.paths.validation_json.exists()
+
+
+def test_unreachable_tracking_server_fails_before_any_output(project, monkeypatch) -> None:
+    from pipeline.tracking import TrackingError
+
+    write_rows(project.root, clean_rows())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(TrackingError, match="unreachable"):
+        validate.main([])
+    assert not project.paths.validation_json.exists()
+    assert not project.paths.data_docs_dir.exists()
 
 
 @pytest.mark.slow
