@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from pipeline import train  # noqa: E402
+from pipeline import fitting, history, resume, train  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.datasets import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
@@ -84,9 +84,9 @@ def run_bare(vcfg, arrays) -> tuple[float, float]:
     x_train, y_train = arrays["train"]
     x_val, y_val = arrays["val"]
     x_train, x_val = x_train.astype(np.float32), x_val.astype(np.float32)
-    train.set_determinism(vcfg.train.seed)
+    fitting.set_determinism(vcfg.train.seed)
     model = build_model(vcfg.model, x_train.shape[1:], 10, seed=vcfg.train.seed)
-    train.compile_model(model, vcfg.train.learning_rate)
+    fitting.compile_model(model, vcfg.train.learning_rate)
     seconds: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -113,9 +113,9 @@ def run_bare(vcfg, arrays) -> tuple[float, float]:
 def run_pipeline(vcfg, paths: Paths) -> tuple[float, float]:
     """(b): fit_variant from the memmapped prepared arrays, without MLflow."""
     data = load_prepared(paths.prepared_dir)
-    state = train.open_backup(paths.backup_dir("bench"), {"bench": "b"})
+    state = resume.open_backup(paths.backup_dir("bench"), {"bench": "b"})
     start = time.perf_counter()
-    result = train.fit_variant(vcfg, data, state, class_weight=None, log_to_mlflow=False)
+    result = fitting.fit_variant(vcfg, data, state, class_weight=None, log_to_mlflow=False)
     wall = time.perf_counter() - start
     state.discard()
     rate = steady_rate(len(data.y("train")), [r["epoch_seconds"] for r in result.rows])
@@ -133,7 +133,7 @@ def run_full(cfg, paths: Paths) -> tuple[float, float]:
     start = time.perf_counter()
     train.train_variant(paths, cfg, VARIANT)
     wall = time.perf_counter() - start
-    rows = train.read_history(paths.history_csv(VARIANT))
+    rows = history.read_history(paths.history_csv(VARIANT))
     n_train = len(load_prepared(paths.prepared_dir).y("train"))
     return steady_rate(n_train, [r["epoch_seconds"] for r in rows]), wall
 

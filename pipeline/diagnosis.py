@@ -76,12 +76,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import EvaluateConfig
+from pipeline.history import CURVE_COLUMNS
 
 OVERFITTING = "overfitting"
 UNDERFITTING = "underfitting"
 GOOD_FIT = "good_fit"
 VERDICTS = (OVERFITTING, UNDERFITTING, GOOD_FIT)
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+# The columns a diagnosis needs; history.csv has more (pipeline.history).
+HISTORY_COLUMNS = CURVE_COLUMNS
 BASELINE = "baseline"
 
 

@@ -21,11 +21,10 @@ Inputs: a ModelConfig and the data's shape. Outputs: a keras.Model; no I/O.
 
 from __future__ import annotations
 
-import hashlib
-
 import keras
 
 from pipeline.config import AugmentationConfig, ModelConfig
+from pipeline.seeds import layer_seed
 
 # Layer names other stages look up.
 CONV_PREFIX = "conv_"
@@ -162,5 +161,4 @@ class _SeedSequence:
         self._base = int(base)
 
     def of(self, layer_name: str) -> int:
-        digest = hashlib.sha256(f"{self._base}:{layer_name}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+        return layer_seed(self._base, layer_name)

@@ -1,5 +1,20 @@
-"""Pure aggregation of one variant's runs across training seeds (`train.seeds`).
+"""Training seeds: how each seed is derived, and the aggregation across them.
 
+Derivation (the one place every seed of a training run comes from):
+
+- `training_seed`: seed i of `train.seeds` is train.seed + i (i = 0 is the
+  variant's own run);
+- `layer_seed`: a layer's initializer/dropout/augmentation seed, from the
+  training seed and the layer's name (pipeline.models);
+- `epoch_stream_seed`: the state every random stream (dropout, augmentation)
+  is reset to at the start of an epoch, so a resumed run draws the same
+  masks (pipeline.callbacks.EpochSeeder).
+
+The two hashed formulas differ (byte order, reduction to 31 bits) for
+historical reasons; they are kept exactly, since recorded results (README's
+digits evidence, existing models) depend on their values.
+
+Aggregation: pure, over one variant's runs across training seeds (`train.seeds`).
 No TensorFlow, no files, no MLflow. Inputs are per-seed numbers that evaluate
 measured on each seed's saved model (val accuracy, gap = train - val accuracy)
 and each seed's verdict from `diagnosis.diagnose`; outputs are plain dicts that
@@ -22,12 +37,39 @@ set that `diagnosis.compare_to_baseline` already accounts for.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 CONFIDENCE = 0.95
+
+
+# ------------------------------------------------------------------ derivation
+
+
+def training_seed(base: int, index: int) -> int:
+    """The seed of training run `index` of a variant whose train.seed is `base`."""
+    return int(base) + int(index)
+
+
+def _sha256_uint32(*parts: object, byteorder: str) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], byteorder)
+
+
+def layer_seed(base: int, layer_name: str) -> int:
+    """A layer's seed: depends on the base seed and the layer's name only."""
+    return _sha256_uint32(int(base), layer_name, byteorder="big") % (2**31 - 1)
+
+
+def epoch_stream_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of a model's `index`-th random stream at the start of (0-based) `epoch`."""
+    return _sha256_uint32(int(seed), int(epoch), int(index), byteorder="little") & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------ aggregation
 
 
 def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:

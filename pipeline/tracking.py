@@ -233,15 +233,122 @@ def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    """Log metrics (no step) into the active run."""
-    import mlflow
-
-    mlflow.log_metrics(metrics)
-
-
 def log_artifact(file: Path, folder: str | None = None) -> None:
     """Copy one file into the active run's artifacts, under `folder` when given."""
     import mlflow
 
     mlflow.log_artifact(str(file), artifact_path=folder)
+
+
+# --- train: run logging, resume checks and the Keras model (pipeline.train, fitting) ---
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Parameters of the active run."""
+    import mlflow
+
+    mlflow.log_params(params)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (at `step`, e.g. a 1-based epoch)."""
+    import mlflow
+
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """A text artifact of the active run."""
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def run_exists(run_id: str | None) -> bool:
+    """Whether the tracking backend still has this run."""
+    if not run_id:
+        return False
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def metric_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which `key` was logged in the run."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step for m in MlflowClient().get_metric_history(run_id, key)}
+
+
+def log_keras_model(model: Any, input_example: Any) -> str:
+    """Log the model with MLflow's Keras 3 flavour (signature + input example).
+
+    Returns the logged model's URI (registrable with mlflow.register_model).
+    """
+    import io
+
+    import numpy as np
+    from mlflow.models import Model, infer_signature
+
+    example = np.asarray(input_example, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model(example, training=False)))
+    # MLflow checks the input example by predicting; keep Keras's progress bar
+    # out of the stage's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=_KerasFlavorWithExample(),
+            model=model,
+            signature=signature,
+            input_example=example,
+            pip_requirements=model_requirements(),
+            # MLflow would reload the saved model to predict on the example; the
+            # signature above already came from predicting on it.
+            validate_serving_input=False,
+        )
+    return info.model_uri
+
+
+def model_requirements() -> list[str]:
+    """keras plus the installed TensorFlow backend, pinned.
+
+    Given explicitly because inferring them would reload the model in a
+    subprocess, and MLflow's Keras default lists keras alone.
+    """
+    from importlib import metadata
+
+    import mlflow.keras
+
+    requirements = list(mlflow.keras.get_default_pip_requirements())
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            requirements.append(f"{dist}=={metadata.version(dist)}")
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return requirements
+
+
+class _KerasFlavorWithExample:
+    """mlflow.keras, except that save_model creates its target directory first.
+
+    mlflow.keras.save_model writes input_example.json before creating the model
+    directory, so `mlflow.keras.log_model(..., input_example=...)` fails with
+    FileNotFoundError (mlflow/mlflow#16183, still open in MLflow 3.17).
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        kwargs.pop("validate_serving_input", None)  # Model.log's option, not save_model's
+        return mlflow.keras.save_model(path=path, **kwargs)

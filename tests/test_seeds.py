@@ -236,7 +236,8 @@ def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from pipeline import train
+    from pipeline import history, train, train_input
+    from pipeline.resume import checkpoint_epoch
 
     from .conftest import Project, small_params
 
@@ -244,7 +245,7 @@ def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp
     paths = project.paths
     over = {"epochs": 3, "batch_size": 64, "class_weight": "off", "seeds": 2}
     project.write_params(small_params(data={"image_size": [8, 8]}, train=over))
-    real_metrics = train.epoch_metrics
+    real_metrics = history.epoch_metrics
     calls = []
 
     def interrupt_in_seed_1_epoch_2(row):
@@ -253,18 +254,18 @@ def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp
             raise KeyboardInterrupt
         return real_metrics(row)
 
-    monkeypatch.setattr(train, "epoch_metrics", interrupt_in_seed_1_epoch_2)
+    monkeypatch.setattr(history, "epoch_metrics", interrupt_in_seed_1_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train.main(["--variant", "baseline"])
     assert not paths.seeds_json("baseline").exists()
     seed1_state = json.loads((paths.backup_dir("baseline", 1) / "state.json").read_text())
-    assert train.checkpoint_epoch(paths.backup_dir("baseline", 1) / "checkpoint") == 2
+    assert checkpoint_epoch(paths.backup_dir("baseline", 1) / "checkpoint") == 2
 
-    monkeypatch.setattr(train, "epoch_metrics", real_metrics)
+    monkeypatch.setattr(history, "epoch_metrics", real_metrics)
     fits = []
-    real_dataset = train.train_dataset
+    real_dataset = train_input.train_dataset
     monkeypatch.setattr(
-        train, "train_dataset", lambda *a, **k: fits.append(a[3:5]) or real_dataset(*a, **k)
+        train_input, "train_dataset", lambda *a, **k: fits.append(a[3:5]) or real_dataset(*a, **k)
     )
     assert train.main(["--variant", "baseline"]) == 0
     assert fits == [(43, 2)]  # seed 0 not retrained; seed 43 resumed after epoch 2
@@ -290,3 +291,20 @@ def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp
         )
         for split in ("train", "val"):
             assert got["scores"][split] == pytest.approx(want["scores"][split], abs=1e-5)
+
+
+# ------------------------------------------------------------------ derivation
+
+
+def test_training_seeds_count_up_from_train_seed():
+    assert [seeds.training_seed(42, i) for i in range(3)] == [42, 43, 44]
+
+
+def test_derived_seeds_keep_their_recorded_values():
+    # Pinned: trained models and the README's digits evidence depend on these.
+    assert seeds.layer_seed(42, "conv_1") == 1506472480
+    assert seeds.layer_seed(0, "output") == 1221128963
+    assert seeds.epoch_stream_seed(42, 0, 0) == 1352010951
+    assert seeds.epoch_stream_seed(42, 3, 1) == 2032862312
+    assert seeds.epoch_stream_seed(7, 10, 2) == 861684230
+    assert all(0 <= seeds.layer_seed(s, "x") < 2**31 for s in range(50))

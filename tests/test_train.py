@@ -1,4 +1,4 @@
-"""pipeline.train: data pipeline, class weights, determinism, resume, MLflow, failures.
+"""pipeline.train (the stage): outputs, MLflow, determinism, resume, failures, fractions.
 
 Training runs on the real digits at 8x8 (conftest's digits_prepared) with a
 tiny CNN for 1-3 epochs; the resume test kills a real training subprocess.
@@ -7,7 +7,6 @@ tiny CNN for 1-3 epochs; the resume test kills a real training subprocess.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -20,11 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import train
+from pipeline import history, train, train_input
 from pipeline.cli import StageError
-from pipeline.config import ConfigError, parse_config
+from pipeline.config import ConfigError
+from pipeline.history import HISTORY_COLUMNS
+from pipeline.resume import checkpoint_epoch
 
 from .conftest import REPO, Project, small_params
+from .test_train_input import validation_report
 
 VARIANT_TRAIN = {"epochs": 2, "batch_size": 64, "class_weight": "off"}
 # Dropout and augmentation: the random streams a resume must reproduce.
@@ -49,129 +51,6 @@ def _subprocess_env(project: Project, **extra: str) -> dict[str, str]:
     return env
 
 
-# ----------------------------------------------------------------- pure parts
-
-
-def test_epoch_order_is_a_function_of_seed_and_epoch():
-    a = train.epoch_order(50, seed=3, epoch=1)
-    np.testing.assert_array_equal(a, train.epoch_order(50, seed=3, epoch=1))
-    assert sorted(a) == list(range(50))
-    assert not np.array_equal(a, train.epoch_order(50, seed=3, epoch=2))
-    assert not np.array_equal(a, train.epoch_order(50, seed=4, epoch=1))
-
-
-def test_train_dataset_batches_each_epoch_separately_and_resumes_mid_stream():
-    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    y = np.arange(10, dtype=np.int64)
-    full = [
-        (xb.numpy(), yb.numpy())
-        for xb, yb in train.train_dataset(x, y, batch_size=4, seed=5, first_epoch=0, epochs=3)
-    ]
-    assert [len(yb) for _, yb in full] == [4, 4, 2] * 3  # no batch straddles two epochs
-    for epoch in range(3):
-        seen = np.concatenate([yb for _, yb in full[3 * epoch : 3 * epoch + 3]])
-        np.testing.assert_array_equal(seen, train.epoch_order(10, 5, epoch))
-    xb, yb = full[0]
-    assert xb.dtype == np.float32 and xb.shape == (4, 1, 1, 1)
-    np.testing.assert_array_equal(xb[:, 0, 0, 0], yb.astype(np.float32))
-    resumed = [yb.numpy() for _, yb in train.train_dataset(x, y, 4, 5, first_epoch=2, epochs=3)]
-    for got, want in zip(resumed, [yb for _, yb in full[6:]], strict=True):
-        np.testing.assert_array_equal(got, want)
-
-
-def test_eval_dataset_keeps_file_order():
-    x = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1)
-    labels = [yb.numpy() for _, yb in train.eval_dataset(x, np.arange(5), batch_size=2)]
-    np.testing.assert_array_equal(np.concatenate(labels), np.arange(5))
-
-
-def test_balanced_class_weights():
-    weights = train.balanced_class_weights(np.array([0, 0, 0, 1]), n_classes=3)
-    assert weights[0] == pytest.approx(4 / (2 * 3))
-    assert weights[1] == pytest.approx(4 / (2 * 1))
-    assert weights[2] == 1.0  # absent class
-
-
-def _validation(path: Path, balance_ok: bool) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "success": True,
-                "checks": [
-                    {"name": "label_set", "success": True, "severity": "error"},
-                    {"name": "class_balance", "success": balance_ok, "severity": "warning"},
-                ],
-            }
-        )
-    )
-    return path
-
-
-def test_class_weight_auto_follows_the_class_balance_check(tmp_path, caplog):
-    y = np.array([0, 0, 0, 1])
-    failed = _validation(tmp_path / "failed.json", balance_ok=False)
-    passed = _validation(tmp_path / "passed.json", balance_ok=True)
-    assert train.resolve_class_weights("auto", y, 2, failed) == train.balanced_class_weights(y, 2)
-    assert train.resolve_class_weights("auto", y, 2, passed) is None
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
-        assert train.resolve_class_weights("auto", y, 2, tmp_path / "missing.json") is None
-    assert "missing.json not found: class weights off" in caplog.text
-    assert train.resolve_class_weights("on", y, 2, passed) == train.balanced_class_weights(y, 2)
-    assert train.resolve_class_weights("off", y, 2, failed) is None
-
-
-def test_class_weight_auto_rejects_a_broken_validation_report(tmp_path):
-    bad = tmp_path / "validation.json"
-    bad.write_text("{not json")
-    with pytest.raises(StageError, match="validation.json: not valid JSON"):
-        train.resolve_class_weights("auto", np.array([0, 1]), 2, bad)
-
-
-def _rows(val_losses, lr=0.01):
-    return [
-        {"epoch": i + 1, "loss": 1.0, "accuracy": 0.5, "val_loss": v, "val_accuracy": 0.5,
-         "learning_rate": lr, "epoch_seconds": 0.1}
-        for i, v in enumerate(val_losses)
-    ]  # fmt: skip
-
-
-def test_replayed_callbacks_follow_keras_rules():
-    cfg = parse_config(
-        small_params(
-            train={"early_stopping": {"patience": 2}, "reduce_lr": {"enabled": True, "patience": 1}}
-        )
-    )
-    vcfg = cfg.variant("baseline")
-    es, rl = train.make_early_stopping(vcfg), train.make_reduce_lr(vcfg)
-    lr, stop = train.replay_callbacks(_rows([1.0, 0.9, 0.95]), es, rl)
-    assert (lr, stop) == (pytest.approx(0.005), False)
-    assert (es.best, es.wait, es.best_epoch) == (0.9, 1, 1)
-    assert train.stopped_early(_rows([1.0, 0.9, 0.95, 0.97]), vcfg)
-    assert not train.stopped_early(_rows([1.0, 0.9, 0.95, 0.8]), vcfg)
-
-
-def test_backup_state_is_dropped_when_params_change_or_rows_are_missing(tmp_path):
-    root = tmp_path / "state"
-    state = train.open_backup(root, {"variant_params_hash": "a"})
-    state.run_id = "r1"
-    state.rows = _rows([1.0, 0.9, 0.8])
-    state.save()
-    (root / "history.csv").write_text(train.history_text(state.rows))
-    (root / "checkpoint").mkdir()
-    (root / "checkpoint" / "latest.weights.h5").write_bytes(b"x")
-    (root / "checkpoint" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
-    resumed = train.open_backup(root, {"variant_params_hash": "a"})
-    # The third row was written after the last checkpoint: that epoch is rerun.
-    assert resumed.run_id == "r1" and [r["epoch"] for r in resumed.rows] == [1, 2]
-    (root / "checkpoint" / "training_metadata.json").write_text('{"epoch": 5, "batch": 0}')
-    assert train.open_backup(root, {"variant_params_hash": "a"}).rows == []  # inconsistent
-    assert not root.exists()
-    fresh = train.open_backup(root, {"variant_params_hash": "a"})
-    fresh.run_id = "r2"
-    fresh.save()
-    assert train.open_backup(root, {"variant_params_hash": "b"}).run_id is None
-
-
 # ------------------------------------------------------------------- training
 
 
@@ -187,11 +66,11 @@ def test_train_writes_the_contract_outputs_and_mlflow_run(digits_prepared):
     # class_weight auto + a failed class_balance check: fit runs with weights.
     _write(project, train_over={"class_weight": "auto"})
     project.paths.reports_dir.mkdir()
-    _validation(project.paths.validation_json, balance_ok=False)
+    validation_report(project.paths.validation_json, balance_ok=False)
     assert train.main(["--variant", "baseline"]) == 0
 
     history = _history(project, "baseline")
-    assert list(history.columns) == list(train.HISTORY_COLUMNS)
+    assert list(history.columns) == list(HISTORY_COLUMNS)
     assert history["epoch"].tolist() == [1, 2]
     assert (history["epoch_seconds"] > 0).all()
     metrics = json.loads(project.paths.train_metrics("baseline").read_text())
@@ -307,9 +186,9 @@ def test_a_kill_after_training_reuses_the_finished_epochs(digits_prepared, monke
     assert not project.paths.variant_dir("baseline").exists()
     monkeypatch.setattr(train, "write_outputs", real_write)
     fitted = []
-    real_fit = train.train_dataset
+    real_fit = train_input.train_dataset
     monkeypatch.setattr(
-        train, "train_dataset", lambda *a, **k: fitted.append(1) or real_fit(*a, **k)
+        train_input, "train_dataset", lambda *a, **k: fitted.append(1) or real_fit(*a, **k)
     )
     assert train.main(["--variant", "baseline"]) == 0
     assert fitted == []  # no epoch was trained again
@@ -357,7 +236,7 @@ def test_unreachable_tracking_server_fails_fast_without_outputs(digits_prepared)
 
 
 def _checkpoint_epoch(project: Project, variant: str) -> int:
-    return train.checkpoint_epoch(project.paths.backup_dir(variant) / "checkpoint")
+    return checkpoint_epoch(project.paths.backup_dir(variant) / "checkpoint")
 
 
 @pytest.mark.slow
@@ -455,7 +334,7 @@ def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
         "reduce_lr": {"enabled": True, "patience": 1, "factor": 0.5},
     }
     _write(project, train_over=over)
-    real_metrics = train.epoch_metrics
+    real_metrics = history.epoch_metrics
     calls = []
 
     def interrupt_after_epoch_4(row):
@@ -464,11 +343,11 @@ def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
             raise KeyboardInterrupt  # after epoch 4's checkpoint, before its MLflow log
         return real_metrics(row)
 
-    monkeypatch.setattr(train, "epoch_metrics", interrupt_after_epoch_4)
+    monkeypatch.setattr(history, "epoch_metrics", interrupt_after_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         train.main(["--variant", "noisy"])
     assert _checkpoint_epoch(project, "noisy") == 4
-    monkeypatch.setattr(train, "epoch_metrics", real_metrics)
+    monkeypatch.setattr(history, "epoch_metrics", real_metrics)
     assert train.main(["--variant", "noisy"]) == 0
     resumed = _history(project, "noisy")
     run_id = json.loads(project.paths.run_info("noisy").read_text())["run_id"]
@@ -490,22 +369,6 @@ def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
 
 
 # ------------------------------------------------------------- learning curve
-
-
-def test_train_subset_is_stratified_nested_and_deterministic():
-    y = np.repeat(np.arange(4), [40, 20, 100, 8])
-    quarter = train.train_subset(y, 0.25, seed=42)
-    half = train.train_subset(y, 0.5, seed=42)
-    np.testing.assert_array_equal(quarter, train.train_subset(y, 0.25, seed=42))
-    assert np.all(np.diff(quarter) > 0)  # sorted, unique rows
-    assert set(quarter) < set(half)  # nested
-    assert np.bincount(y[quarter]).tolist() == [10, 5, 25, 2]  # every class keeps its share
-    assert np.bincount(y[half]).tolist() == [20, 10, 50, 4]
-    assert not np.array_equal(quarter, train.train_subset(y, 0.25, seed=43))
-    # A class too small for the fraction keeps one image rather than vanishing.
-    assert np.bincount(y[train.train_subset(y, 0.01, seed=42)]).tolist() == [1, 1, 1, 1]
-    with pytest.raises(ValueError, match="fraction"):
-        train.train_subset(y, 0.0, seed=42)
 
 
 def test_fraction_must_be_listed_and_the_variant_must_be_the_curves(digits_prepared):
@@ -542,7 +405,7 @@ def test_fraction_stage_scores_its_subset_and_logs_a_tagged_run(digits_prepared)
     y_train = np.load(project.paths.prepared_dir / "train_y.npy")
     n_val = len(np.load(project.paths.prepared_dir / "val_y.npy"))
     for fraction, result in results.items():
-        rows = train.train_subset(y_train, float(fraction), seed=42)
+        rows = train_input.train_subset(y_train, float(fraction), seed=42)
         assert result["fraction"] == float(fraction) and result["variant"] == "baseline"
         assert result["n_train"] == len(rows) == result["train"]["n"]
         assert result["n_train"] == pytest.approx(float(fraction) * n_full, abs=10)

@@ -1,0 +1,137 @@
+"""The one module that relies on Keras internals (written against Keras 3.15).
+
+Exact resume needs three things Keras does not offer publicly:
+
+1. An atomic checkpoint. BackupAndRestore writes the weights and then the
+   epoch number in place; a kill in between pairs one epoch's weights with
+   another's number. `AtomicBackupAndRestore` overrides the private
+   `BackupAndRestore._save_model` and reads its private `_current_epoch`,
+   `_last_batch_seen`, `_weights_path` and `_training_metadata_path`.
+2. Every random stream of a model (dropout, augmentation), to re-seed at each
+   epoch: Keras 3 keeps SeedGenerator states out of weight checkpoints.
+   `seed_generators` walks the private `Layer._flatten_layers` and reads each
+   layer's private `_seed_generators`.
+3. The weights EarlyStopping(restore_best_weights=True) restores, set on
+   resume through its undocumented `best_weights` attribute.
+
+`PRIVATE_API` lists them; tests/test_resume.py fails naming the attribute when
+a Keras upgrade removes or renames one, and at run time `require` raises
+KerasInternalsError instead of letting a resumed run silently diverge.
+
+Inputs: Keras objects. Outputs: the checkpoint files under a BackupState's
+`checkpoint` (see pipeline.resume). Importing this module imports Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras.callbacks import BackupAndRestore, EarlyStopping
+
+from pipeline.io import write_json_atomic
+from pipeline.resume import CHECKPOINT_METADATA, CHECKPOINT_WEIGHTS
+
+# (class, attribute) pairs this module relies on.
+PRIVATE_API = (
+    ("BackupAndRestore", "_save_model"),
+    ("BackupAndRestore", "_current_epoch"),
+    ("BackupAndRestore", "_last_batch_seen"),
+    ("BackupAndRestore", "_weights_path"),
+    ("BackupAndRestore", "_training_metadata_path"),
+    ("Layer", "_flatten_layers"),
+    ("Layer", "_seed_generators"),
+    ("EarlyStopping", "best_weights"),
+)
+
+
+class KerasInternalsError(RuntimeError):
+    """A Keras internal that exact resume relies on is gone (a Keras upgrade)."""
+
+
+def require(obj: Any, attribute: str) -> Any:
+    """obj.<attribute>, or KerasInternalsError naming it."""
+    try:
+        return getattr(obj, attribute)
+    except AttributeError:
+        owner = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise KerasInternalsError(
+            f"Keras {keras.__version__} has no {owner}.{attribute}, which exact resume relies "
+            "on (pipeline/keras_private.py, written for Keras 3.15); adapt that module to "
+            "this Keras or pin keras==3.15.1"
+        ) from None
+
+
+def probe_objects() -> dict[str, Any]:
+    """One fresh instance per class of PRIVATE_API (no training, nothing written)."""
+    layer = keras.layers.Dropout(0.5, seed=1)
+    return {
+        "BackupAndRestore": BackupAndRestore(backup_dir="unused-probe"),
+        "Layer": layer,
+        "EarlyStopping": EarlyStopping(restore_best_weights=True),
+    }
+
+
+def missing_private_api() -> list[str]:
+    """`Class.attribute` for each entry of PRIVATE_API this Keras lacks."""
+    objects = probe_objects()
+    return [f"{cls}.{attr}" for cls, attr in PRIVATE_API if not hasattr(objects[cls], attr)]
+
+
+class AtomicBackupAndRestore(BackupAndRestore):
+    """BackupAndRestore whose checkpoint (weights + epoch) changes atomically.
+
+    `backup_dir` is a symlink to a complete `<backup_dir>-<epoch>` directory,
+    swapped in one rename.
+    """
+
+    def __init__(self, backup_dir: str, **kwargs: Any) -> None:
+        # Otherwise a renamed hook would leave ours uncalled and Keras writing in place.
+        require(BackupAndRestore, "_save_model")
+        super().__init__(backup_dir, **kwargs)
+        for attribute, name in (
+            ("_weights_path", CHECKPOINT_WEIGHTS),
+            ("_training_metadata_path", CHECKPOINT_METADATA),
+        ):
+            if Path(require(self, attribute)).name != name:
+                raise KerasInternalsError(
+                    f"Keras {keras.__version__} names BackupAndRestore.{attribute} "
+                    f"{Path(getattr(self, attribute)).name!r}, not {name!r} "
+                    "(pipeline/resume.py reads the checkpoint by that name)"
+                )
+
+    def _save_model(self) -> None:
+        epoch = require(self, "_current_epoch")
+        link = Path(self.backup_dir)
+        target = link.with_name(f"{link.name}-{epoch}")
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        self.model.save_weights(str(target / CHECKPOINT_WEIGHTS))
+        write_json_atomic(
+            target / CHECKPOINT_METADATA,
+            {"epoch": epoch, "batch": require(self, "_last_batch_seen")},
+        )
+        tmp_link = link.with_name(f".{link.name}.tmp")
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(target.name, tmp_link)
+        os.replace(tmp_link, link)
+        for old in link.parent.glob(f"{link.name}-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def seed_generators(model: keras.Model) -> list:
+    """Every SeedGenerator of the model's layers, in a fixed order."""
+    generators = []
+    for layer in require(model, "_flatten_layers")(include_self=False):
+        generators.extend(require(layer, "_seed_generators"))
+    return generators
+
+
+def set_restored_weights(early_stopping: EarlyStopping, weights: list) -> None:
+    """The weights early_stopping restores if it stops training (restore_best_weights)."""
+    require(early_stopping, "best_weights")
+    early_stopping.best_weights = weights
