@@ -60,6 +60,12 @@ class Paths:
         return self.reports_dir / "validation.json"
 
     @property
+    def validation_flags_json(self) -> Path:
+        """The one fact train needs from validate (did class_balance fail?), kept apart
+        so that a validate knob that only moves a number does not retrain every variant."""
+        return self.reports_dir / "validation_flags.json"
+
+    @property
     def data_docs_dir(self) -> Path:
         return self.reports_dir / "data_docs"
 
