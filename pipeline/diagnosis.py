@@ -80,7 +80,6 @@ from pipeline.config import EvaluateConfig
 OVERFITTING = "overfitting"
 UNDERFITTING = "underfitting"
 GOOD_FIT = "good_fit"
-VERDICTS = (OVERFITTING, UNDERFITTING, GOOD_FIT)
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 BASELINE = "baseline"
 
@@ -613,9 +612,6 @@ class Diagnosis:
     training: dict[str, Any]
     memorization: dict[str, Any]
     rules: dict[str, bool] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _pts(value: float) -> str:
