@@ -114,8 +114,9 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     histories = {name: art.history for name, art in artifacts.items()}
 
     log.info("writing figures to %s", paths.figures_dir)
-    maps = {name: ev.feature_maps for name, ev in evaluations.items()}
-    figures.write_figures(paths.figures_dir, evaluation, histories, maps, probe)
+    figures.write_figures(
+        paths.figures_dir, evaluation, histories, evaluations, probe.images, probe.labels
+    )
     write_tables(paths, evaluation, histories)
 
     log.info("logging to MLflow and registering %s", evaluation["best_variant"])

@@ -1,8 +1,9 @@
 """What the evaluate stage draws: feature-map probes and activations, and reports/figures/.
 
 Inputs: the evaluation payload (pipeline.assessment.build_evaluation), every
-variant's history (models/<variant>/history.csv), its feature maps
-(`feature_maps` of its saved model on the probe) and the probe itself.
+variant's history (models/<variant>/history.csv), what evaluate measured on
+its saved model (pipeline.scoring.VariantEvaluation, holding the
+`feature_maps` on the probe) and the probe images.
 Outputs: the PNGs of reports/figures/ (learning curves, all-variant curves,
 gaps, confusion matrices, feature maps, the learning curve; file names in
 pipeline.plots), replaced as a whole so no stale variant's figure survives.
@@ -27,6 +28,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.prepared import PreparedDataset, staging_dir
+from pipeline.scoring import VariantEvaluation
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +112,14 @@ def write_figures(
     figures_dir: Path,
     evaluation: Mapping[str, Any],
     histories: Mapping[str, pd.DataFrame],
-    maps: Mapping[str, Mapping[str, np.ndarray]],
-    probe: Probe,
+    evaluations: Mapping[str, VariantEvaluation],
+    probe_images: np.ndarray,
+    probe_labels: Sequence[str] | None = None,
 ) -> None:
     """All PNGs into a fresh figures dir, swapped in whole (no stale variants).
 
-    Args:
-        maps: variant -> its feature_maps() on `probe` (empty: no figure).
+    A variant's feature maps (its evaluation's, measured on `probe_images`) are
+    drawn when it has any.
     """
     marks = {
         name: (v["best_epoch"], v["onset_epoch"]) for name, v in evaluation["variants"].items()
@@ -126,9 +129,10 @@ def write_figures(
             write_variant_figures(
                 tmp, name, evaluation["variants"][name], evaluation["classes"], history
             )
-            if maps.get(name):
+            maps = evaluations[name].feature_maps
+            if maps:
                 plots.save_png(
-                    plots.feature_maps_figure(probe.images, maps[name], name, probe.labels),
+                    plots.feature_maps_figure(probe_images, maps, name, probe_labels),
                     tmp / plots.feature_maps_name(name),
                 )
         plots.save_png(plots.all_val_curves(histories, marks), tmp / plots.VAL_CURVES)

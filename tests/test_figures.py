@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import figures, plots
 from pipeline.config import parse_config
+from pipeline.scoring import VariantEvaluation
 
 from .conftest import small_params
 
@@ -99,9 +100,16 @@ def test_write_figures_replaces_the_folder_whole(tmp_path):
         "variants": {"a": entry("good_fit"), "b": entry("overfitting")},
         "classes": ["x", "y"],
     }
-    probe = figures.Probe(np.zeros((2, 8, 8, 1), dtype=np.uint8), ["x", "y"])
-    maps = {"a": {"conv_1": np.random.default_rng(0).random((2, 8, 8, 4))}, "b": {}}
-    figures.write_figures(figures_dir, evaluation, {"a": history, "b": history}, maps, probe)
+    maps = {"conv_1": np.random.default_rng(0).random((2, 8, 8, 4))}
+    evaluations = {"a": VariantEvaluation("a", {}, maps), "b": VariantEvaluation("b", {}, {})}
+    figures.write_figures(
+        figures_dir,
+        evaluation,
+        {"a": history, "b": history},
+        evaluations,
+        np.zeros((2, 8, 8, 1), dtype=np.uint8),
+        ["x", "y"],
+    )
     assert {p.name for p in figures_dir.iterdir()} == {
         plots.curves_name("a"),
         plots.curves_name("b"),
