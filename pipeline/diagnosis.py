@@ -81,7 +81,6 @@ from pipeline.history import CURVE_COLUMNS
 OVERFITTING = "overfitting"
 UNDERFITTING = "underfitting"
 GOOD_FIT = "good_fit"
-VERDICTS = (OVERFITTING, UNDERFITTING, GOOD_FIT)
 # The columns a diagnosis needs; history.csv has more (pipeline.history).
 HISTORY_COLUMNS = CURVE_COLUMNS
 BASELINE = "baseline"
@@ -615,9 +614,6 @@ class Diagnosis:
     training: dict[str, Any]
     memorization: dict[str, Any]
     rules: dict[str, bool] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _pts(value: float) -> str:

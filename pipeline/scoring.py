@@ -14,14 +14,22 @@ Loss is plain cross-entropy of the model's probabilities (clipped as Keras
 clips), without the L2 penalty Keras adds during training, so train and val
 losses compare like for like.
 
+Evaluate scores every split of each variant's saved model (`score_model`:
+macro precision/recall/F1, per-class arrays and the confusion matrix too, and
+each row's correctness for paired comparisons) and notes which training-only
+behaviour the model has (`training_behaviour`), since Keras measured the
+history's train curves with it active.
+
 Inputs: a Keras-like model (anything with `predict_on_batch`) and a split's
-pixels and labels as the prepared dataset stores them. Outputs: plain dicts;
-nothing is written. Importing this module does not import TensorFlow.
+pixels and labels as the prepared dataset stores them. Outputs: plain dicts
+and `VariantEvaluation`; nothing is written. Importing this module does not
+import TensorFlow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,20 @@ from pipeline.prepared import MODEL_INPUT_BATCH, SPLITS, PreparedDataset, predic
 # The train-split sample is fixed, not a knob: the same rows for every variant, seed and run.
 TRAIN_SAMPLE_SEED = 0
 EPS = 1e-7  # same clipping as Keras' cross-entropy
+# Keras layer classes that act only while training (the per-epoch train metrics include them).
+AUGMENTATION_PREFIX = "Random"
+
+
+@dataclass
+class VariantEvaluation:
+    """What evaluate measured on one variant's saved model."""
+
+    name: str
+    scores: dict[str, dict[str, Any]]  # split -> split_scores()
+    feature_maps: dict[str, np.ndarray]
+    behaviour: dict[str, bool] | None = None  # training_behaviour(); None when unknown
+    # split -> per-row correctness of the saved model (for paired comparisons)
+    correct: dict[str, np.ndarray] | None = None
 
 
 def evaluation_indices(
@@ -107,9 +129,53 @@ def score_splits(
     splits: Sequence[str] = ("train", "val"),
 ) -> dict[str, dict[str, Any]]:
     """accuracy_and_loss of `model` on each split's `indices` rows."""
-    scores = {}
-    for split in splits:
-        x, idx = data.x(split), indices[split]
-        rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
-        scores[split] = model_accuracy_and_loss(model, rows, data.y(split)[idx])
-    return scores
+    return {
+        split: model_accuracy_and_loss(
+            model, split_rows(data, split, indices[split]), data.y(split)[indices[split]]
+        )
+        for split in splits
+    }
+
+
+def split_rows(data: PreparedDataset, split: str, idx: np.ndarray) -> np.ndarray:
+    """The split's pixels at `idx`: the split itself when `idx` covers it, else those rows."""
+    x = data.x(split)
+    return x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
+
+
+def score_model(
+    model: Any, data: PreparedDataset, indices: Mapping[str, np.ndarray]
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """split_scores of `model` on every split's `indices` rows, and each row's correctness.
+
+    Returns:
+        (split -> split_scores(), split -> per-row bool: the prediction was right).
+    """
+    scores, correct = {}, {}
+    for split in SPLITS:
+        idx = indices[split]
+        labels = data.y(split)[idx]
+        proba = predict_proba(model, split_rows(data, split, idx))
+        scores[split] = split_scores(labels, proba, len(data.classes))
+        correct[split] = proba.argmax(axis=1) == np.asarray(labels)
+    return scores, correct
+
+
+def training_behaviour(model: Any) -> dict[str, bool]:
+    """Which training-only behaviour the model has: dropout, augmentation, an L2 penalty.
+
+    Keras reports the per-epoch train loss and accuracy with these active, so
+    they make the history's train curves differ from an inference-mode score.
+    """
+    import keras
+
+    layers = list(getattr(model, "layers", []))
+    return {
+        "dropout": any(
+            isinstance(layer, keras.layers.Dropout) and float(layer.rate) > 0 for layer in layers
+        ),
+        "augmentation": any(
+            type(layer).__name__.startswith(AUGMENTATION_PREFIX) for layer in layers
+        ),
+        "l2": any(getattr(layer, "kernel_regularizer", None) is not None for layer in layers),
+    }

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,7 @@ def log_text(text: str, artifact_file: str) -> None:
 
 
 def run_exists(run_id: str | None) -> bool:
-    """Whether the tracking backend still has this run."""
+    """Whether the tracking backend has a run with this id."""
     if not run_id:
         return False
     from mlflow.exceptions import MlflowException
@@ -352,3 +352,56 @@ class _KerasFlavorWithExample:
         os.makedirs(path, exist_ok=True)
         kwargs.pop("validate_serving_input", None)  # Model.log's option, not save_model's
         return mlflow.keras.save_model(path=path, **kwargs)
+
+
+# --- evaluate: runs other than the active one, and the model registry ---
+
+
+def log_to_run(
+    run_id: str,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    texts: Mapping[str, str] | None = None,
+    artifacts: Mapping[str, Sequence[Path]] | None = None,
+) -> None:
+    """Log into a run by id, active or finished (evaluate annotates the train runs).
+
+    Args:
+        metrics: logged at step 0 in one batch.
+        texts: artifact file name -> its text.
+        artifacts: artifact directory -> local files, or directories whose contents go there.
+    """
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    for name, text in (texts or {}).items():
+        client.log_text(run_id, text, name)
+    for directory, local_paths in (artifacts or {}).items():
+        for path in local_paths:
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), directory)
+            else:
+                client.log_artifact(run_id, str(path), directory)
+
+
+def register_model_version(model_uri: str, name: str, tags: Mapping[str, str], alias: str) -> int:
+    """Register `model_uri` as a new version of `name` with `tags`, point `alias` at it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        version = mlflow.register_model(model_uri, name, tags=dict(tags))
+    except MlflowException as exc:
+        raise TrackingError(f"could not register {model_uri} as {name!r}: {exc.message}") from None
+    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return int(version.version)

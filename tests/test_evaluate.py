@@ -25,11 +25,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import assessment, figures, publishing, scoring, tables, tracking
 from pipeline import evaluate as ev
-from pipeline import tracking
 from pipeline.cli import StageError
 from pipeline.config import load_config, merge
 from pipeline.diagnosis import GOOD_FIT, OVERFITTING, UNDERFITTING
+from pipeline.io import write_json_atomic
 
 from .conftest import (
     REPO,
@@ -336,7 +337,7 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
     assert {"model_verdict", "diverged", "delta_val_ci95", "helped"} <= set(comparison.columns)
     assert "| tiny | underfitting | underfitting |" in paths.comparison_md.read_text()
     curves = pd.read_csv(paths.curves_csv)
-    assert list(curves.columns) == ev.CURVES_COLUMNS
+    assert list(curves.columns) == tables.CURVES_COLUMNS
     assert len(curves) == base["epochs_run"] + tiny["epochs_run"]
     metrics = json.loads(paths.evaluation_metrics.read_text())
     assert set(metrics["baseline"]) >= {"test_accuracy", "val_accuracy", "gap"}
@@ -404,9 +405,9 @@ def test_missing_validation_json_is_a_stage_error(digits_prepared):
 def test_unknown_mlflow_run_is_a_stage_error(project):
     tracking.configure(project.paths)
     with pytest.raises(StageError, match="not in the tracking backend"):
-        ev.require_variant_runs(project.paths, {"baseline": "0" * 32})
+        publishing.require_variant_runs(project.paths, {"baseline": "0" * 32})
     with pytest.raises(StageError, match="has no run_id"):
-        ev.require_variant_runs(project.paths, {"baseline": None})
+        publishing.require_variant_runs(project.paths, {"baseline": None})
 
 
 def fake_trained_variants(project, run_id: str) -> None:
@@ -456,14 +457,14 @@ def test_stale_run_json_stops_evaluate_before_any_write(digits_prepared):
 def test_split_scores_on_known_probabilities():
     y = np.array([0, 0, 1, 2])
     proba = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
-    s = ev.split_scores(y, proba, 3)
+    s = scoring.split_scores(y, proba, 3)
     assert s["accuracy"] == pytest.approx(0.75)
     assert s["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.2, 0.8, 0.8])))
     assert s["_confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert s["_per_class"]["recall"] == [0.5, 1.0, 1.0]
     assert s["recall"] == pytest.approx(2.5 / 3)
     with pytest.raises(ValueError, match="shape"):
-        ev.split_scores(y, proba[:, :2], 3)
+        scoring.split_scores(y, proba[:, :2], 3)
 
 
 def test_predict_proba_batches_memmap_as_float32(tmp_path):
@@ -477,11 +478,11 @@ def test_predict_proba_batches_memmap_as_float32(tmp_path):
             seen.append((batch.dtype, len(batch)))
             return np.tile([0.25, 0.75], (len(batch), 1))
 
-    proba = ev.predict_proba(Model(), mm, batch_size=4)
+    proba = scoring.predict_proba(Model(), mm, batch_size=4)
     assert proba.shape == (10, 2)
     assert seen == [(np.float32, 4), (np.float32, 4), (np.float32, 2)]
     with pytest.raises(StageError, match="empty"):
-        ev.predict_proba(Model(), mm[:0])
+        scoring.predict_proba(Model(), mm[:0])
 
 
 def test_per_class_gap_is_train_minus_val_recall():
@@ -495,7 +496,7 @@ def test_per_class_gap_is_train_minus_val_recall():
             }
         }
 
-    rows = ev.per_class_table(
+    rows = assessment.per_class_table(
         {"train": scores([1.0, 0.9]), "val": scores([0.6, 0.9]), "test": scores([0.5, 0.8])},
         ["cat", "dog"],
     )
@@ -513,8 +514,8 @@ def test_curves_frame_is_long_format():
             "val_accuracy": [0.4, 0.7],
         }
     )
-    frame = ev.curves_frame({"a": h, "b": h})
-    assert list(frame.columns) == ev.CURVES_COLUMNS
+    frame = tables.curves_frame({"a": h, "b": h})
+    assert list(frame.columns) == tables.CURVES_COLUMNS
     assert frame["variant"].tolist() == ["a", "a", "b", "b"]
     assert frame["gap"].tolist() == pytest.approx([0.1, 0.2, 0.1, 0.2])
 
@@ -538,7 +539,7 @@ def test_dvc_renders_the_variants_template(tmp_path):
         }
     )
     (tmp_path / "reports").mkdir()
-    ev.curves_frame({"a": h, "b": h}).to_csv(tmp_path / "reports" / "curves.csv", index=False)
+    tables.curves_frame({"a": h, "b": h}).to_csv(tmp_path / "reports" / "curves.csv", index=False)
     (tmp_path / "dvc.yaml").write_text(
         "plots:\n  - gap_all_variants:\n      template: variants\n      x: epoch\n"
         "      y:\n        reports/curves.csv: gap\n"
@@ -559,15 +560,15 @@ def test_dvc_renders_the_variants_template(tmp_path):
 
 def test_probe_images_are_one_per_class_and_fixed():
     labels = np.repeat(np.arange(4), 5)  # sorted by class, like the prepared val split
-    idx = ev.probe_indices(labels, 3)
+    idx = figures.probe_indices(labels, 3)
     assert labels[idx].tolist() == [0, 1, 2]
-    assert np.array_equal(idx, ev.probe_indices(labels, 3))
+    assert np.array_equal(idx, figures.probe_indices(labels, 3))
     # More images than classes: cycle over the classes, never repeat a row.
-    more = ev.probe_indices(labels, 6)
+    more = figures.probe_indices(labels, 6)
     assert labels[more].tolist() == [0, 1, 2, 3, 0, 1] and len(set(more)) == 6
-    assert len(ev.probe_indices(labels[:2], 5)) == 2  # capped at the split's size
-    assert len(ev.probe_indices(labels, 0)) == 0
-    assert len(ev.probe_indices(np.zeros(0, dtype=int), 3)) == 0
+    assert len(figures.probe_indices(labels[:2], 5)) == 2  # capped at the split's size
+    assert len(figures.probe_indices(labels, 0)) == 0
+    assert len(figures.probe_indices(np.zeros(0, dtype=int), 3)) == 0
 
 
 def test_training_behaviour_reads_the_model_layers():
@@ -585,9 +586,13 @@ def test_training_behaviour_reads_the_model_layers():
         )
     )
     plain = build_model(cfg.variant("plain").model, (8, 8, 1), 3, seed=0)
-    assert ev.training_behaviour(plain) == {"dropout": False, "augmentation": False, "l2": False}
+    assert scoring.training_behaviour(plain) == {
+        "dropout": False,
+        "augmentation": False,
+        "l2": False,
+    }
     full = build_model(cfg.variant("all").model, (8, 8, 1), 3, seed=0)
-    assert ev.training_behaviour(full) == {"dropout": True, "augmentation": True, "l2": True}
+    assert scoring.training_behaviour(full) == {"dropout": True, "augmentation": True, "l2": True}
     keras.backend.clear_session()
 
 
@@ -634,11 +639,11 @@ def test_train_is_scored_on_a_fixed_sample_as_large_as_val(digits_prepared):
     from pipeline.prepared import load_prepared
 
     data = load_prepared(digits_prepared.paths.prepared_dir)
-    idx = ev.evaluation_indices(data)
+    idx = scoring.evaluation_indices(data)
     cap = max(len(data.y("val")), len(data.y("test")))
     assert len(idx["train"]) == cap < len(data.y("train"))
     assert np.all(np.diff(idx["train"]) > 0)  # sorted, no repeats
-    assert np.array_equal(idx["train"], ev.evaluation_indices(data)["train"])
+    assert np.array_equal(idx["train"], scoring.evaluation_indices(data)["train"])
     assert np.array_equal(idx["val"], np.arange(len(data.y("val"))))
 
 
@@ -650,7 +655,7 @@ def test_empty_history_is_a_stage_error_naming_the_variant(project):
     paths.train_metrics("baseline").write_text("{}")
     paths.run_info("baseline").write_text("{}")
     with pytest.raises(StageError, match="variant 'baseline': unreadable.*history is empty"):
-        ev.load_variant_artifacts(paths, "baseline")
+        assessment.load_variant_artifacts(paths, "baseline")
 
 
 # --------------------------------------------------------------------------- learning curve
@@ -667,7 +672,7 @@ def _fraction_result(paths, fraction: float, n_train: int, val_acc: float, **ove
         "mlflow_run_id": f"run-{fraction}",
         **over,
     }
-    ev.write_json_atomic(paths.fraction_result(fraction), result)
+    write_json_atomic(paths.fraction_result(fraction), result)
 
 
 def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(project):
@@ -675,7 +680,7 @@ def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(projec
     full = {"train": {"accuracy": 0.99, "n": 270}, "val": {"accuracy": 0.97, "n": 270}}
 
     def points():
-        return ev.learning_curve_points(project.paths, cfg, 1200, full, "run-full", "v1")
+        return assessment.learning_curve_points(project.paths, cfg, 1200, full, "run-full", "v1")
 
     assert points() is None  # the stages have not run: no curve, no error
     _fraction_result(project.paths, 0.25, 300, 0.90)
@@ -695,7 +700,7 @@ def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(projec
             {"action": "Use `baseline`", "reason": "z", "source": "comparison", "rank": "2"},
         ]
     }
-    ev.add_learning_curve(evaluation, got, "baseline")
+    assessment.add_learning_curve(evaluation, got, "baseline")
     assert evaluation["learning_curve"]["still_rising"]
     recs = evaluation["recommendations"]
     # Before the closing "Use <best>" item, after the rest; ranks renumbered.
@@ -704,9 +709,9 @@ def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(projec
     # A flat curve adds the block but no advice.
     flat = {"train": {"accuracy": 1.0, "n": 270}, "val": {"accuracy": 0.931, "n": 270}}
     evaluation = {"recommendations": []}
-    ev.add_learning_curve(
+    assessment.add_learning_curve(
         evaluation,
-        ev.learning_curve_points(project.paths, cfg, 1200, flat, "run-full", "v1"),
+        assessment.learning_curve_points(project.paths, cfg, 1200, flat, "run-full", "v1"),
         "baseline",
     )
     assert not evaluation["learning_curve"]["still_rising"]

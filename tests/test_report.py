@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from markupsafe import escape  # what Jinja2 autoescape uses (&#39; for quotes)
 
-from pipeline import evaluate as ev
-from pipeline import report
+from pipeline import assessment, figures, report, scoring, tables
 from pipeline.cli import StageError
 from pipeline.config import parse_config
+from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
 
 from .conftest import small_params
@@ -68,7 +68,7 @@ def synthetic_scores(rng, accuracy: float, n: int = 60) -> dict:
     right = rng.random(n) < accuracy
     target = np.where(right, y, (y + 1) % len(CLASSES))
     proba[np.arange(n), target] += 0.7
-    return ev.split_scores(y, proba, len(CLASSES))
+    return scoring.split_scores(y, proba, len(CLASSES))
 
 
 def build_inputs(paths: Paths) -> dict:
@@ -80,7 +80,7 @@ def build_inputs(paths: Paths) -> dict:
     probe = rng.integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8)
     for name, (overfit, train_acc, val_acc) in specs.items():
         history = synthetic_history(12, overfit)
-        artifacts[name] = ev.VariantArtifacts(
+        artifacts[name] = assessment.VariantArtifacts(
             name, Path("unused"), history, {"best_epoch": 5}, {"run_id": f"run-{name}"}
         )
         scores = {
@@ -89,13 +89,13 @@ def build_inputs(paths: Paths) -> dict:
             "test": synthetic_scores(rng, val_acc),
         }
         maps = {"conv_1": rng.random((2, 8, 8, 4)), "conv_2": rng.random((2, 4, 4, 8))}
-        evaluations[name] = ev.VariantEvaluation(name, scores, maps)
-    evaluation = ev.build_evaluation(cfg, CLASSES, artifacts, evaluations, VALIDATION)
+        evaluations[name] = scoring.VariantEvaluation(name, scores, maps)
+    evaluation = assessment.build_evaluation(cfg, CLASSES, artifacts, evaluations, VALIDATION)
     evaluation["registered"] = {"model_name": "m", "version": 3, "alias": "challenger"}
     histories = {n: a.history for n, a in artifacts.items()}
-    ev.write_figures(paths.figures_dir, evaluation, histories, evaluations, probe)
-    ev.write_json_atomic(paths.evaluation_json, evaluation)
-    paths.comparison_csv.write_text(ev.comparison_frame(evaluation).to_csv(index=False))
+    figures.write_figures(paths.figures_dir, evaluation, histories, evaluations, probe)
+    write_json_atomic(paths.evaluation_json, evaluation)
+    paths.comparison_csv.write_text(tables.comparison_frame(evaluation).to_csv(index=False))
     paths.validation_json.write_text(json.dumps(VALIDATION))
     return evaluation
 
@@ -191,7 +191,7 @@ def test_caveat_names_the_variants_trained_with_dropout_augmentation_or_l2(proje
         "augmentation": False,
         "l2": True,
     }
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     caveat = _caveat(project)
     assert "(here: dropout), so" in caveat and "weight penalty (here: dropout)" in caveat
     assert "baseline" not in caveat
@@ -222,7 +222,7 @@ def test_intervals_and_within_noise_are_shown_when_evaluation_has_them(project, 
     for name in ("baseline", "dropout"):  # diagnosis.compare_to_baseline supplies them
         assert {"val_accuracy_ci95", "delta_val_ci95", "within_noise"} <= set(effects[name])
     effects["dropout"]["within_noise"] = True
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     table = _comparison_table(project)
     for name in ("baseline", "dropout"):
         assert f"±{effects[name]['val_accuracy_ci95'] * 100:.1f}" in _row(table, name)
@@ -235,7 +235,7 @@ def test_intervals_and_within_noise_are_shown_when_evaluation_has_them(project, 
 
     effects["dropout"]["within_noise"] = False
     effects["dropout"]["val_accuracy_ci95"] = float("nan")  # sample size unknown
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     table = _comparison_table(project)
     assert "within noise</span>" not in table
     assert "±" not in _row(table, "dropout") and "nan" not in table
@@ -245,7 +245,7 @@ def test_a_mitigation_that_steadied_the_run_says_so_in_the_mitigations_table(pro
     evaluation = write_inputs(project, built)
 
     def mitigation_row() -> str:
-        ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+        write_json_atomic(project.paths.evaluation_json, evaluation)
         report.write_report(project.paths)
         html = project.paths.report_html.read_text()
         return _row(html[html.index('id="mitigations"') :], "dropout")
@@ -262,7 +262,7 @@ def test_evaluation_without_intervals_shows_none(project, built):
     for effect in evaluation["effects"].values():
         for key in ("val_accuracy_ci95", "delta_val_ci95", "delta_gap_ci95", "within_noise"):
             effect.pop(key, None)
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     table = _comparison_table(project)
     assert "±" not in table and "within noise" not in table
     html = project.paths.report_html.read_text()
@@ -278,7 +278,7 @@ def test_seed_aggregate_shows_on_the_card_and_in_the_table_only_with_several_see
     evaluation["variants"]["dropout"]["seeds"] = {**three, "summary": seeds.describe(three)}
     one = seeds.summarize_seeds([0.9], [0.01], ["good_fit"])
     evaluation["variants"]["baseline"]["seeds"] = {**one, "summary": seeds.describe(one)}
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     table = _comparison_table(project)
     line = seeds.describe(three)
     assert line.startswith("gap 3.0 ± ") and line.endswith("overfitting in 3 of 3 seeds")
@@ -289,7 +289,7 @@ def test_seed_aggregate_shows_on_the_card_and_in_the_table_only_with_several_see
     assert line in card[: card.index("</summary>")]
 
     evaluation["variants"]["dropout"]["seeds"] = evaluation["variants"]["baseline"]["seeds"]
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     assert "across seeds" not in _comparison_table(project)  # one seed: today's page
 
 
@@ -306,7 +306,7 @@ def test_ci_halfwidth_accepts_number_pair_or_nothing():
 def test_report_escapes_untrusted_text(project, built):
     evaluation = write_inputs(project, built)
     evaluation["variants"]["baseline"]["evidence"].append('<script>alert("x")</script>')
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     report.write_report(project.paths)
     html = project.paths.report_html.read_text()
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -400,10 +400,10 @@ def test_more_data_section_shows_the_learning_curve_sentence_and_figure(project,
         CurvePoint(1200, 0.99, 0.97, 270, n_train_scored=270),
     ]
     n_recs = len(evaluation["recommendations"])
-    ev.add_learning_curve(evaluation, points, "baseline")
+    assessment.add_learning_curve(evaluation, points, "baseline")
     assert evaluation["recommendations"][-2]["action"] == "Get more training data"
     assert len(evaluation["recommendations"]) == n_recs + 1
-    ev.write_json_atomic(project.paths.evaluation_json, evaluation)
+    write_json_atomic(project.paths.evaluation_json, evaluation)
     plots.save_png(
         plots.learning_curve_figure(evaluation["learning_curve"]),
         project.paths.figures_dir / plots.LEARNING_CURVE,

@@ -154,3 +154,41 @@ def test_train_logs_to_a_tracking_server(digits_prepared: Project, tracking_serv
     model = mlflow.pyfunc.load_model(run_info["model_uri"])
     images = np.load(digits_prepared.paths.prepared_dir / "test_x.npy")[:4].astype("float32")
     assert model.predict(images).shape == (4, 10)
+
+
+# --------------------------------------------------------------------------- evaluate's section
+
+
+def test_log_to_run_annotates_a_finished_run(project: Project, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    cfg = project.write_params(small_params())
+    with tracking.stage_run(project.paths, cfg, stage="train", variant="baseline") as run:
+        run_id = run.info.run_id
+    assert tracking.run_exists(run_id)
+    assert not tracking.run_exists("0" * 32)
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"a")
+    (tmp_path / "table.csv").write_text("x\n1\n")
+    tracking.log_to_run(
+        run_id,
+        metrics={"m": 2},
+        tags={"t": "v"},
+        texts={"notes/n.json": "{}"},
+        artifacts={"figures": [folder], "tables": [tmp_path / "table.csv"]},
+    )
+    client = MlflowClient(project.tracking_uri)
+    data = client.get_run(run_id).data
+    assert data.metrics["m"] == 2.0 and data.tags["t"] == "v"
+    assert [(m.value, m.step) for m in client.get_metric_history(run_id, "m")] == [(2.0, 0)]
+    # A folder's contents go under the artifact dir, a file under its own.
+    assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/a.png"]
+    assert [a.path for a in client.list_artifacts(run_id, "tables")] == ["tables/table.csv"]
+    assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/n.json"]
+
+
+def test_registering_a_missing_model_is_a_tracking_error(project: Project):
+    tracking.configure(project.paths)
+    with pytest.raises(tracking.TrackingError, match=r"could not register runs:/0+/model as 'm'"):
+        tracking.register_model_version(f"runs:/{'0' * 32}/model", "m", {}, "challenger")

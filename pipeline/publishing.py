@@ -1,0 +1,200 @@
+"""What the evaluate stage records in MLflow (through pipeline.tracking).
+
+Inputs: the evaluation payload (pipeline.assessment), reports/figures/,
+reports/comparison.{csv,md} and reports/validation.json's payload.
+Outputs, all in the tracking backend:
+- each variant's own train run: eval_* metrics, `verdict` and `model_verdict`
+  tags, the answer and its evidence as the run's description,
+  evaluation/diagnosis.json and the variant's figures; with several seeds also
+  seeds_* metrics, a `verdict_agreement` tag, and each extra seed's verdict on
+  that seed's run;
+- an `evaluate` run holding the comparison, evaluation.json and the figures;
+- the best variant's model as a new version of registry.model_name with the
+  alias the stage names ("challenger"; "champion" is never touched here:
+  only the retrain gate moves it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline import plots, tracking
+from pipeline.cli import StageError
+from pipeline.config import Config
+from pipeline.paths import Paths
+from pipeline.prepared import SPLITS
+
+log = logging.getLogger(__name__)
+
+# The diagnosis fields logged as evaluation/diagnosis.json on a variant's run.
+DIAGNOSIS_KEYS = (
+    "verdict",
+    "model_verdict",
+    "summary",
+    "evidence",
+    "gap",
+    "onset_epoch",
+    "training",
+    "memorization",
+    "rules",
+)
+
+
+def require_variant_runs(paths: Paths, run_ids: Mapping[str, str | None]) -> None:
+    """Raise StageError unless every variant's train run (run.json) is in the tracking backend.
+
+    Called before any inference or write: a stale run.json or the wrong
+    MLFLOW_TRACKING_URI must not leave reports/ half updated.
+    """
+    for name, run_id in run_ids.items():
+        if not run_id:
+            raise StageError(f"{paths.run_info(name)} has no run_id; retrain variant {name!r}")
+        if not tracking.run_exists(run_id):
+            raise StageError(
+                f"variant {name!r}: MLflow run {run_id} from {paths.run_info(name)} is not in the "
+                "tracking backend (MLFLOW_TRACKING_URI or ./mlflow.db); retrain the variant"
+            )
+
+
+def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
+    """The eval_* metrics of one variant's evaluation entry (train logs the same names)."""
+    metrics = {
+        f"eval_{split}_{m}": float(v[split][m])
+        for split in SPLITS
+        for m in ("accuracy", "loss", "precision", "recall", "f1")
+    }
+    metrics["eval_gap_accuracy"] = float(v["gap"]["accuracy"])
+    metrics["eval_gap_relative"] = float(v["gap"]["relative"])
+    metrics["eval_gap_loss"] = float(v["gap"]["loss"])
+    metrics["eval_max_generalization_loss"] = float(v["max_generalization_loss"])
+    metrics["eval_diverged"] = float(bool(v["training"]["diverged"]))
+    metrics["eval_val_loss_rise_share"] = finite(v["training"]["rise_share"])
+    if v["onset_epoch"] is not None:
+        metrics["eval_onset_epoch"] = float(v["onset_epoch"])
+    return metrics
+
+
+def finite(value: float, cap: float = 1e6) -> float:
+    """MLflow metrics must be finite: an unbounded share (nothing gained) is capped."""
+    return float(min(value, cap)) if math.isfinite(value) or value > 0 else 0.0
+
+
+def log_to_variant_runs(evaluation: Mapping[str, Any], figures_dir: Path) -> None:
+    """Evaluation metrics, verdict tags, evidence and figures into each variant's train run."""
+    for name, v in evaluation["variants"].items():
+        figures = [
+            figures_dir / fig
+            for fig in (
+                plots.curves_name(name),
+                plots.confusion_name(name),
+                plots.feature_maps_name(name),
+            )
+        ]
+        tracking.log_to_run(
+            v["mlflow_run_id"],
+            metrics=variant_run_metrics(v),
+            tags={
+                "verdict": v["verdict"],
+                "model_verdict": v["model_verdict"],
+                # The run's description in the MLflow UI: the answer, then its evidence.
+                "mlflow.note.content": "\n".join(
+                    [f"**{v['summary']}**", "", *(f"- {line}" for line in v["evidence"])]
+                ),
+                "evaluated": "true",
+            },
+            texts={
+                "evaluation/diagnosis.json": json.dumps({k: v[k] for k in DIAGNOSIS_KEYS}, indent=2)
+            },
+            artifacts={"evaluation": [f for f in figures if f.exists()]},
+        )
+
+
+def log_seeds_to_variant_runs(evaluation: Mapping[str, Any]) -> None:
+    """Across-seed aggregate on each variant's run, and each extra seed's verdict on its own."""
+    for v in evaluation["variants"].values():
+        s = v.get("seeds")
+        if not s or s["n_seeds"] < 2:
+            continue
+        metrics = {
+            f"seeds_{metric}_{stat}": s[metric][stat]
+            for metric in ("val_accuracy", "gap")
+            for stat in ("mean", "ci95", "sd")
+        }
+        metrics["seeds_n"] = s["n_seeds"]
+        tracking.log_to_run(
+            v["mlflow_run_id"], metrics=metrics, tags={"verdict_agreement": s["agreement"]}
+        )
+        for seed in s["per_seed"]:
+            if seed["index"] > 0 and seed["mlflow_run_id"]:
+                tracking.log_to_run(seed["mlflow_run_id"], tags={"verdict": seed["verdict"]})
+
+
+def register_best(
+    paths: Paths,
+    cfg: Config,
+    evaluation: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    alias: str,
+) -> dict[str, Any]:
+    """The best variant's model as a new registry version under `alias`, with tags."""
+    best = evaluation["best_variant"]
+    v = evaluation["variants"][best]
+    uri = v.get("model_uri")
+    if not uri:
+        raise StageError(f"{paths.run_info(best)} has no model_uri; retrain variant {best!r}")
+    name = cfg.registry.model_name
+    tags = {
+        "variant": best,
+        "test_accuracy": f"{v['test']['accuracy']:.6f}",
+        "val_accuracy": f"{v['val']['accuracy']:.6f}",
+        "train_accuracy": f"{v['train']['accuracy']:.6f}",
+        "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
+        "verdict": v["verdict"],
+        "model_verdict": v["model_verdict"],
+        "validation_success": "true" if validation.get("success") else "false",
+        "data_version": tracking.data_version(paths),
+        "repro_id": tracking.repro_id(paths, cfg),
+    }
+    version = tracking.register_model_version(uri, name, tags, alias)
+    log.info("registered %s version %s (%s) as %s", name, version, best, alias)
+    return {"model_name": name, "version": version, "alias": alias, "tags": tags}
+
+
+def log_evaluate_run(
+    paths: Paths,
+    cfg: Config,
+    evaluation: dict[str, Any],
+    validation: Mapping[str, Any],
+    alias: str,
+) -> None:
+    """The evaluate stage's own run: comparison, figures, and the registration.
+
+    Adds `registered` (register_best) and `evaluate_run_id` to `evaluation`.
+    """
+    variants = evaluation["variants"]
+    with tracking.stage_run(
+        paths, cfg, "evaluate", extra_tags={"best_variant": evaluation["best_variant"]}
+    ) as run:
+        run_id = run.info.run_id
+        metrics = {}
+        for name, v in variants.items():
+            metrics[f"{name}.val_accuracy"] = v["val"]["accuracy"]
+            metrics[f"{name}.test_accuracy"] = v["test"]["accuracy"]
+            metrics[f"{name}.gap_accuracy"] = v["gap"]["accuracy"]
+        tags = {f"verdict.{name}": v["verdict"] for name, v in variants.items()}
+        tracking.log_to_run(run_id, metrics=metrics, tags=tags)
+        evaluation["registered"] = register_best(paths, cfg, evaluation, validation, alias)
+        evaluation["evaluate_run_id"] = run_id
+        tracking.log_to_run(
+            run_id,
+            texts={"evaluation.json": json.dumps(evaluation, indent=2, default=str)},
+            artifacts={
+                "comparison": [paths.comparison_csv, paths.comparison_md],
+                "figures": [paths.figures_dir],
+            },
+        )
