@@ -40,9 +40,9 @@ import pandas as pd
 
 from pipeline import diagnosis, seeds
 from pipeline import learning_curve as lc
+from pipeline.catalog import Validation, read_json
 from pipeline.cli import StageError
 from pipeline.config import Config
-from pipeline.io import read_stage_json
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import SPLITS
 from pipeline.scoring import VariantEvaluation
@@ -139,7 +139,7 @@ def learning_curve_points(
 def fraction_point(paths: Paths, fraction: float, variant: str, data_version: str) -> lc.CurvePoint:
     """One learning_curve stage's point; StageError when it was trained for other inputs."""
     stage = f"learning_curve@{fraction_key(fraction)}"
-    result = read_stage_json(paths.fraction_result(fraction), stage)
+    result = read_json(paths.fraction_result(fraction), stage)
     if result.get("variant") != variant or result.get("data_version") != data_version:
         raise StageError(
             f"{paths.fraction_result(fraction)} was trained for variant "
@@ -253,7 +253,7 @@ def build_evaluation(
     classes: Sequence[str],
     artifacts: Mapping[str, VariantArtifacts],
     evaluations: Mapping[str, VariantEvaluation],
-    validation: Mapping[str, Any],
+    validation: Validation,
     n_train: int = 0,
     chance: Mapping[str, float | None] | None = None,
     seed_records: Mapping[str, Mapping[str, Any] | None] | None = None,
@@ -298,8 +298,10 @@ def build_evaluation(
         "best_variant_reason": reason,
         "reference_variant": reference_name,
         "effects": effects,
-        "recommendations": diagnosis.recommend(summaries, effects, best, validation),
-        "validation_success": bool(validation.get("success", False)),
+        "recommendations": diagnosis.recommend(
+            summaries, effects, best, validation.failed_checks()
+        ),
+        "validation_success": validation.success,
         "classes": list(classes),
     }
 

@@ -7,7 +7,7 @@ file is optional), and an unreadable one always raises `StageError`. Writers
 are atomic (pipeline.io).
 
 Files: reports/validation.json (+ reports/validation_flags.json, the part train
-reads).
+reads), reports/evaluation.json.
 """
 
 from __future__ import annotations
@@ -108,3 +108,18 @@ def read_validation_flags(paths: Paths) -> ValidationFlags | None:
         raise StageError(
             f"{paths.validation_flags_json}: no class_balance_failed; rerun the validate stage"
         ) from None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def write_evaluation(paths: Paths, evaluation: Mapping[str, Any]) -> None:
+    write_json_atomic(paths.evaluation_json, evaluation)
+
+
+def read_evaluation(paths: Paths) -> dict[str, Any]:
+    """reports/evaluation.json (layout: README "evaluation.json"); needs `variants`."""
+    payload = read_json(paths.evaluation_json, "evaluate")
+    if not isinstance(payload, dict) or not isinstance(payload.get("variants"), dict):
+        raise StageError(f"{paths.evaluation_json}: no `variants` object; rerun the evaluate stage")
+    return payload

@@ -68,7 +68,7 @@ the noise is no reason to adopt anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -1059,7 +1059,7 @@ def recommend(
     summaries: Sequence[VariantSummary],
     effects: Mapping[str, Mapping[str, Any]],
     best_variant: str,
-    validation: Mapping[str, Any] | None = None,
+    failed_checks: Collection[str] = (),
 ) -> list[dict[str, str]]:
     """Ranked advice, each item grounded in a number or a failed data check.
 
@@ -1068,12 +1068,15 @@ def recommend(
     ranked by their effect beyond noise on val accuracy and the gap, then what
     to do about underfit variants.
 
+    Args:
+        failed_checks: names of the data checks that failed (catalog.Validation).
+
     Returns:
         [{"action", "reason", "source", "rank"}], most important first; source
         is "validation", "comparison" or "diagnosis".
     """
     recs: list[dict[str, str]] = []
-    failed = _failed_checks(validation or {})
+    failed = set(failed_checks)
     by_name = {s.name: s for s in summaries}
     ref = reference_variant([s.name for s in summaries])
     ref_summary = by_name[ref]
@@ -1253,14 +1256,6 @@ def _mitigation_advice(
 
 def _signed_pts(value: float) -> str:
     return f"{value * 100:+.1f} points"
-
-
-def _failed_checks(validation: Mapping[str, Any]) -> set[str]:
-    failed = set(validation.get("warnings", [])) | set(validation.get("errors", []))
-    for check in validation.get("checks", []):
-        if isinstance(check, Mapping) and not check.get("success", True):
-            failed.add(str(check.get("name")))
-    return failed
 
 
 def _relative_change(before: float, after: float) -> float:

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import assessment, figures, publishing, scoring, tables, tracking
+from pipeline import assessment, catalog, figures, publishing, scoring, tables, tracking
 from pipeline.cli import run_stage
 from pipeline.config import Config, load_config
-from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
+from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, PreparedDataset, load_prepared
 
@@ -77,7 +77,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     """Everything the stage does; returns the evaluation payload it wrote."""
     # MLflow first: nothing is computed or written unless the results can be logged.
     tracking.configure(paths)
-    validation = read_stage_json(paths.validation_json, "validate")
+    validation = catalog.read_validation(paths)
     artifacts = {name: assessment.load_variant_artifacts(paths, name) for name in cfg.variants}
     publishing.require_variant_runs(
         paths, {n: a.run_info.get("run_id") for n, a in artifacts.items()}
@@ -123,7 +123,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     publishing.log_to_variant_runs(evaluation, paths.figures_dir)
     publishing.log_seeds_to_variant_runs(evaluation)
     publishing.log_evaluate_run(paths, cfg, evaluation, validation, CHALLENGER)
-    write_json_atomic(paths.evaluation_json, evaluation)
+    catalog.write_evaluation(paths, evaluation)
     return evaluation
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import history, scoring, tracking, train_input
+from pipeline import catalog, history, scoring, tracking, train_input
 from pipeline.cli import StageError
 from pipeline.config import Config, VariantConfig
 from pipeline.paths import Paths
@@ -317,8 +317,10 @@ def tracked_fit(
     is dropped only when the block completes. `on_new_run()` runs when no
     earlier run is being resumed.
     """
+    mode = vcfg.train.class_weight
+    flags = catalog.read_validation_flags(paths) if mode == "auto" else None
     class_weight = train_input.resolve_class_weights(
-        vcfg.train.class_weight, data.y("train"), len(data.classes), paths.validation_json
+        mode, data.y("train"), len(data.classes), flags
     )
     fingerprint = {**fingerprint_of(vcfg, data, class_weight), **(fingerprint_extra or {})}
     state = open_run_backup(backup_root, fingerprint)

@@ -28,18 +28,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def read_stage_json(path: Path, stage: str) -> Any:
-    """A JSON output of an earlier stage; StageError naming the stage to rerun."""
-    from pipeline.cli import StageError
-
-    if not path.exists():
-        raise StageError(f"{path} is missing; run the {stage} stage first (dvc repro {stage})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise StageError(f"{path} is not valid JSON: {exc}") from None
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

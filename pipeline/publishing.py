@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots, tracking
+from pipeline.catalog import Validation
 from pipeline.cli import StageError
 from pipeline.config import Config
 from pipeline.paths import Paths
@@ -138,7 +139,7 @@ def register_best(
     paths: Paths,
     cfg: Config,
     evaluation: Mapping[str, Any],
-    validation: Mapping[str, Any],
+    validation: Validation,
     alias: str,
 ) -> dict[str, Any]:
     """The best variant's model as a new registry version under `alias`, with tags."""
@@ -156,7 +157,7 @@ def register_best(
         "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
         "verdict": v["verdict"],
         "model_verdict": v["model_verdict"],
-        "validation_success": "true" if validation.get("success") else "false",
+        "validation_success": "true" if validation.success else "false",
         "data_version": tracking.data_version(paths),
         "repro_id": tracking.repro_id(paths, cfg),
     }
@@ -169,7 +170,7 @@ def log_evaluate_run(
     paths: Paths,
     cfg: Config,
     evaluation: dict[str, Any],
-    validation: Mapping[str, Any],
+    validation: Validation,
     alias: str,
 ) -> None:
     """The evaluate stage's own run: comparison, figures, and the registration.

@@ -43,9 +43,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import plots
+from pipeline import catalog, plots
+from pipeline.catalog import Validation
 from pipeline.cli import StageError, run_stage
-from pipeline.io import read_stage_json, write_text_atomic
+from pipeline.io import write_text_atomic
 from pipeline.paths import Paths
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -71,9 +72,9 @@ def _sentence(text: str) -> str:
     return text if not text or text.endswith((".", "!", "?")) else text + "."
 
 
-def validation_context(validation: Mapping[str, Any]) -> dict[str, Any]:
+def validation_context(validation: Validation) -> dict[str, Any]:
     checks = []
-    for check in validation.get("checks", []):
+    for check in validation.checks:
         checks.append(
             {
                 "name": check.get("name", "?"),
@@ -84,10 +85,10 @@ def validation_context(validation: Mapping[str, Any]) -> dict[str, Any]:
             }
         )
     return {
-        "success": bool(validation.get("success", False)),
+        "success": validation.success,
         "checks": checks,
-        "warnings": list(validation.get("warnings", [])),
-        "errors": list(validation.get("errors", [])),
+        "warnings": list(validation.warnings),
+        "errors": list(validation.errors),
     }
 
 
@@ -191,7 +192,7 @@ def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[
 
 def build_context(
     evaluation: Mapping[str, Any],
-    validation: Mapping[str, Any],
+    validation: Validation,
     comparison: pd.DataFrame,
     figures_dir: Path,
 ) -> dict[str, Any]:
@@ -278,8 +279,8 @@ def render_report(context: Mapping[str, Any]) -> str:
 
 
 def write_report(paths: Paths) -> Path:
-    evaluation = read_stage_json(paths.evaluation_json, "evaluate")
-    validation = read_stage_json(paths.validation_json, "validate")
+    evaluation = catalog.read_evaluation(paths)
+    validation = catalog.read_validation(paths)
     if not paths.comparison_csv.exists():
         raise StageError(f"{paths.comparison_csv} is missing; run the evaluate stage first")
     comparison = pd.read_csv(paths.comparison_csv)

@@ -10,9 +10,9 @@
   cut at the fraction, so a smaller fraction's subset lies inside a larger
   one's); val and test stay whole.
 - `resolve_class_weights`: `train.class_weight` off | on | auto, where auto
-  follows validate's class_balance check in reports/validation.json.
+  follows validate's class_balance check (catalog.ValidationFlags).
 
-Inputs: numpy arrays or a PreparedDataset, reports/validation.json. Outputs:
+Inputs: numpy arrays, a PreparedDataset, the validation flags. Outputs:
 tf.data datasets, index arrays, Keras class_weight dicts; nothing is written.
 TensorFlow is imported only when a dataset is built.
 """
@@ -20,15 +20,13 @@ TensorFlow is imported only when a dataset is built.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli import StageError
+from pipeline.catalog import ValidationFlags
 from pipeline.prepared import PreparedDataset
 
 log = logging.getLogger(__name__)
@@ -171,34 +169,20 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {c: (total / (k * float(counts[c])) if present[c] else 1.0) for c in range(n_classes)}
 
 
-def class_balance_failed(validation_json: Path) -> bool | None:
-    """Whether validate's class_balance check failed; None when the report is missing."""
-    try:
-        report = json.loads(validation_json.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise StageError(
-            f"{validation_json}: not valid JSON ({exc}); rerun the validate stage"
-        ) from None
-    for check in report.get("checks", []):
-        if check.get("name") == "class_balance":
-            return not bool(check.get("success", True))
-    return False
-
-
 def resolve_class_weights(
-    mode: str, y: np.ndarray, n_classes: int, validation_json: Path
+    mode: str, y: np.ndarray, n_classes: int, flags: ValidationFlags | None
 ) -> dict[int, float] | None:
-    """train.class_weight off | on | auto -> Keras class_weight (or None)."""
+    """train.class_weight off | on | auto -> Keras class_weight (or None).
+
+    `auto` follows validate's class_balance check (`flags`; None: validate has not run).
+    """
     if mode == "off":
         return None
     if mode == "auto":
-        failed = class_balance_failed(validation_json)
-        if failed is None:
-            log.info("%s not found: class weights off (class_weight: auto)", validation_json)
+        if flags is None:
+            log.info("no validation flags (validate has not run): class weights off (auto)")
             return None
-        if not failed:
+        if not flags.class_balance_failed:
             log.info("class_balance check passed: class weights off (class_weight: auto)")
             return None
         log.info("class_balance check failed: balanced class weights on (class_weight: auto)")

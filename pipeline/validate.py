@@ -4,7 +4,8 @@ Inputs: data/prepared/ (manifest.parquet, meta.json, <split>_x.npy) and
 params.yaml `validate`.
 Outputs: reports/validation.json (contract: success, checks[name, success,
 severity, observed, examples], warnings, errors; no timestamps, so it is
-byte-identical when nothing changed), reports/data_docs/ (GX Data Docs; open
+byte-identical when nothing changed), reports/validation_flags.json (the one
+fact train reads: did class_balance fail), reports/data_docs/ (GX Data Docs; open
 index.html) and an MLflow run tagged stage=validate. Exit code 1 when an
 error-severity check fails (the JSON is still written).
 
@@ -27,11 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline import catalog, tracking
 from pipeline.checks import all_expectations, failure_summary, numeric_observations, summarise
 from pipeline.config import Config, ValidateConfig, load_config
 from pipeline.gx_suite import data_docs_artifacts, run_suite
-from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
 from pipeline.prepared import PreparedDataset, load_prepared, staging_dir
 from pipeline.validation_tables import build_tables
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(paths, cfg, stage="validate"):
         with staging_dir(paths.data_docs_dir) as docs_tmp:
             report = validate_dataset(dataset, cfg.validate_, docs_dir=docs_tmp)
-        write_json_atomic(paths.validation_json, report)
+        catalog.write_validation(paths, report)
         log_report(paths, report)
 
     docs = paths.data_docs_dir / "index.html"

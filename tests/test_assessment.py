@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline import assessment
+from pipeline.catalog import Validation
 from pipeline.cli import StageError
 from pipeline.config import parse_config
 from pipeline.diagnosis import OVERFITTING
@@ -78,7 +79,7 @@ def two_variants():
 def test_build_evaluation_diagnoses_compares_and_keeps_the_file_layout():
     cfg, arts, evals = two_variants()
     evaluation = assessment.build_evaluation(
-        cfg, ["a", "b", "c"], arts, evals, {"success": True}, n_train=300
+        cfg, ["a", "b", "c"], arts, evals, Validation(success=True), n_train=300
     )
     assert list(evaluation) == [
         "answer",
@@ -128,7 +129,12 @@ def test_extra_seeds_are_diagnosed_and_summarized():
         ]
     }
     evaluation = assessment.build_evaluation(
-        cfg, ["a", "b", "c"], arts, evals, {}, seed_records={"baseline": record}
+        cfg,
+        ["a", "b", "c"],
+        arts,
+        evals,
+        Validation(success=True),
+        seed_records={"baseline": record},
     )
     seeds = evaluation["variants"]["baseline"]["seeds"]
     assert seeds["n_seeds"] == 2
@@ -146,7 +152,12 @@ def test_an_unusable_seed_entry_names_the_variant_and_seed():
     record = {"seeds": [{"index": 1, "seed": 43, "history": [], "scores": {}}]}
     with pytest.raises(StageError, match=r"variant 'dropout' seed 43: unusable seeds\.json"):
         assessment.build_evaluation(
-            cfg, ["a", "b", "c"], arts, evals, {}, seed_records={"dropout": record}
+            cfg,
+            ["a", "b", "c"],
+            arts,
+            evals,
+            Validation(success=True),
+            seed_records={"dropout": record},
         )
 
 

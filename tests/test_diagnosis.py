@@ -487,13 +487,8 @@ def test_best_skips_underfit_and_memorizing_variants_and_says_when_all_are():
 def test_recommendations_ranked_and_grounded():
     s = summaries()
     eff = dg.compare_to_baseline(s)
-    validation = {
-        "success": False,
-        "warnings": ["class_balance"],
-        "errors": ["split_leakage"],
-        "checks": [{"name": "min_images_per_class", "success": False}],
-    }
-    recs = dg.recommend(s, eff, "augmentation", validation)
+    failed = {"class_balance", "split_leakage", "min_images_per_class"}
+    recs = dg.recommend(s, eff, "augmentation", failed)
     actions = [r["action"] for r in recs]
     assert actions[0].startswith("Fix the split")
     assert any("class weights" in a for a in actions)
@@ -516,9 +511,7 @@ def test_recommendations_ranked_and_grounded():
 
 def test_clean_data_gives_no_data_advice():
     s = summaries()
-    recs = dg.recommend(
-        s, dg.compare_to_baseline(s), "augmentation", {"success": True, "checks": []}
-    )
+    recs = dg.recommend(s, dg.compare_to_baseline(s), "augmentation", set())
     assert all(r["source"] != "validation" for r in recs)
 
 
@@ -541,7 +534,7 @@ def test_effects_inside_the_noise_are_no_reason_to_adopt_anything():
     ]
     eff = dg.compare_to_baseline(s)
     assert eff["l2"]["within_noise"] and eff["l2"]["gap_within_noise"] and not eff["l2"]["helped"]
-    recs = dg.recommend(s, eff, "l2", {"success": True, "checks": []})
+    recs = dg.recommend(s, eff, "l2", set())
     assert not any(r["action"].startswith(("Adopt", "Consider")) for r in recs)
     assert recs[0]["action"].startswith("No mitigation measurably helped")
     # The same deltas on far more images would be beyond noise: the test has teeth.
@@ -571,7 +564,7 @@ def test_memorization_puts_the_labels_first_and_never_advises_capacity():
         V("dropout", dg.UNDERFITTING, 0.12, 0.10, 0.10, 0.02, n_val=300, regularized=True),
         V("small", dg.UNDERFITTING, 0.11, 0.10, 0.10, 0.01, n_val=300),
     ]
-    recs = dg.recommend(s, dg.compare_to_baseline(s), "baseline", {"success": True})
+    recs = dg.recommend(s, dg.compare_to_baseline(s), "baseline", set())
     assert recs[0]["action"].startswith("Check the labels")
     assert "baseline: train accuracy climbed to 24%, val peaked at 11%" in recs[0]["reason"]
     assert not any("capacity" in r["action"] or "Regularize" in r["action"] for r in recs)
@@ -584,7 +577,7 @@ def test_an_over_regularized_variant_is_told_to_regularize_less():
         V("baseline", dg.GOOD_FIT, 0.96, 0.93, 0.92, 0.03, n_val=9000),
         V("combined", dg.UNDERFITTING, 0.849, 0.851, 0.843, -0.002, n_val=9000, regularized=True),
     ]
-    recs = dg.recommend(s, dg.compare_to_baseline(s), "baseline", {"success": True})
+    recs = dg.recommend(s, dg.compare_to_baseline(s), "baseline", set())
     assert any(r["action"].startswith("Regularize `combined` less") for r in recs)
 
 
@@ -736,7 +729,7 @@ def test_effects_carry_the_noise_of_the_validation_set():
     assert 0.015 < eff["baseline"]["val_accuracy_ci95"] < 0.025
     assert eff["dropout"]["within_noise"] and not eff["dropout"]["helped"]
     assert not eff["big_win"]["within_noise"] and eff["big_win"]["helped"]
-    recs = dg.recommend(s, eff, "dropout", {"success": True, "checks": []})
+    recs = dg.recommend(s, eff, "dropout", set())
     consider = [r for r in recs if r["action"].startswith("Consider")]
     assert [r["action"] for r in consider] == ["Consider the `big_win` mitigation"]
 
@@ -761,7 +754,7 @@ def test_a_mitigation_that_helped_but_is_still_overfit_is_a_step_not_a_fix():
     ]
     eff = dg.compare_to_baseline(s, CFG.min_effect)
     assert eff["dropout"]["helped"] and not eff["tiny"]["helped"]
-    recs = dg.recommend(s, eff, "dropout", {"success": True, "checks": []})
+    recs = dg.recommend(s, eff, "dropout", set())
     adopt = [r for r in recs if r["action"].startswith("Adopt")]
     assert [r["action"] for r in adopt] == [
         "Adopt the `dropout` mitigation, and strengthen or combine it: its own saved model "
@@ -1013,7 +1006,7 @@ def test_a_mitigation_whose_run_stops_diverging_steadied_it_and_is_adopted():
     assert drop["delta_gap_widening"] == pytest.approx(-0.07)
     assert drop["delta_gap_widening_ci95"] == pytest.approx(0.016 * 2**0.5)
     assert drop["steadied"] and drop["helped"]
-    recs = dg.recommend(s, eff, "dropout", {"success": True, "checks": []})
+    recs = dg.recommend(s, eff, "dropout", set())
     assert recs[0]["action"] == "Adopt the `dropout` mitigation"
     assert "no longer overfits if left running" in recs[0]["reason"]
     assert "+1.0 points vs +8.0 points" in recs[0]["reason"]

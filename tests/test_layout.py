@@ -200,3 +200,18 @@ def test_the_closure_follows_imports_inside_functions(tmp_path: Path):
         "    from pipeline.nowhere import x\n"
     )
     assert imported_modules(source) == {"pipeline.config", "pipeline.io", "pipeline.paths"}
+
+
+def test_training_depends_on_the_validation_flags_not_the_whole_report():
+    """A validate knob that only moves a number in validation.json must not retrain."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    paths = Paths(REPO)
+    flags = str(paths.validation_flags_json.relative_to(REPO))
+    report = str(paths.validation_json.relative_to(REPO))
+    validate_outs = [
+        next(iter(o)) if isinstance(o, dict) else o for o in stages["validate"]["outs"]
+    ]
+    assert flags in validate_outs
+    for name in ("train", "learning_curve"):
+        deps = stages[name]["do"]["deps"]
+        assert flags in deps and report not in deps, name

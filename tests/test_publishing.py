@@ -8,6 +8,7 @@ import math
 import pytest
 
 from pipeline import plots, publishing, tracking
+from pipeline.catalog import Validation
 from pipeline.cli import StageError
 
 from .conftest import small_params
@@ -94,4 +95,6 @@ def test_registering_needs_a_model_uri(project):
     cfg = project.write_params(small_params())
     evaluation = {"best_variant": "baseline", "variants": {"baseline": entry("r")}}
     with pytest.raises(StageError, match=r"run\.json has no model_uri; retrain variant 'baseline'"):
-        publishing.register_best(project.paths, cfg, evaluation, {"success": True}, "challenger")
+        publishing.register_best(
+            project.paths, cfg, evaluation, Validation(success=True), "challenger"
+        )

@@ -19,6 +19,7 @@ import pytest
 from markupsafe import escape  # what Jinja2 autoescape uses (&#39; for quotes)
 
 from pipeline import assessment, figures, report, scoring, tables
+from pipeline.catalog import Validation
 from pipeline.cli import StageError
 from pipeline.config import parse_config
 from pipeline.io import write_json_atomic
@@ -90,7 +91,9 @@ def build_inputs(paths: Paths) -> dict:
         }
         maps = {"conv_1": rng.random((2, 8, 8, 4)), "conv_2": rng.random((2, 4, 4, 8))}
         evaluations[name] = scoring.VariantEvaluation(name, scores, maps)
-    evaluation = assessment.build_evaluation(cfg, CLASSES, artifacts, evaluations, VALIDATION)
+    evaluation = assessment.build_evaluation(
+        cfg, CLASSES, artifacts, evaluations, Validation.from_payload(VALIDATION)
+    )
     evaluation["registered"] = {"model_name": "m", "version": 3, "alias": "challenger"}
     histories = {n: a.history for n, a in artifacts.items()}
     figures.write_figures(paths.figures_dir, evaluation, histories, evaluations, probe)

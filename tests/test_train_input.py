@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import train_input
-from pipeline.cli import StageError
+from pipeline.catalog import ValidationFlags
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
@@ -53,41 +51,17 @@ def test_balanced_class_weights():
     assert weights[2] == 1.0  # absent class
 
 
-def validation_report(path: Path, balance_ok: bool) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "success": True,
-                "checks": [
-                    {"name": "label_set", "success": True, "severity": "error"},
-                    {"name": "class_balance", "success": balance_ok, "severity": "warning"},
-                ],
-            }
-        )
-    )
-    return path
-
-
-def test_class_weight_auto_follows_the_class_balance_check(tmp_path, caplog):
+def test_class_weight_auto_follows_the_class_balance_check(caplog):
     y = np.array([0, 0, 0, 1])
-    failed = validation_report(tmp_path / "failed.json", balance_ok=False)
-    passed = validation_report(tmp_path / "passed.json", balance_ok=True)
+    failed, passed = ValidationFlags(class_balance_failed=True), ValidationFlags(False)
     balanced = train_input.balanced_class_weights(y, 2)
     assert train_input.resolve_class_weights("auto", y, 2, failed) == balanced
     assert train_input.resolve_class_weights("auto", y, 2, passed) is None
     with caplog.at_level(logging.INFO, logger="pipeline.train_input"):
-        missing = tmp_path / "missing.json"
-        assert train_input.resolve_class_weights("auto", y, 2, missing) is None
-    assert "missing.json not found: class weights off" in caplog.text
+        assert train_input.resolve_class_weights("auto", y, 2, None) is None
+    assert "validate has not run): class weights off" in caplog.text
     assert train_input.resolve_class_weights("on", y, 2, passed) == balanced
     assert train_input.resolve_class_weights("off", y, 2, failed) is None
-
-
-def test_class_weight_auto_rejects_a_broken_validation_report(tmp_path):
-    bad = tmp_path / "validation.json"
-    bad.write_text("{not json")
-    with pytest.raises(StageError, match="validation.json: not valid JSON"):
-        train_input.resolve_class_weights("auto", np.array([0, 1]), 2, bad)
 
 
 def test_train_subset_is_stratified_nested_and_deterministic():
