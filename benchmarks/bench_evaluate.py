@@ -22,7 +22,6 @@ Exits 0 within the limit, 1 over it, 2 when the dataset is absent.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -113,9 +112,10 @@ def prepare(root: Path) -> None:
 def train_variants(root: Path) -> None:
     """Every params variant, trained briefly and saved per the train contract."""
     import keras
-    import mlflow
 
     from pipeline import tracking
+    from pipeline.catalog.training import write_train_outputs
+    from pipeline.catalog.validation import write_validation
     from pipeline.config import load_config
     from pipeline.models import build_model
     from pipeline.paths import Paths
@@ -140,38 +140,29 @@ def train_variants(root: Path) -> None:
         hist.insert(0, "epoch", np.arange(1, len(hist) + 1))
         hist["learning_rate"] = 1e-3
         hist["epoch_seconds"] = 0.0
-        paths.variant_dir(name).mkdir(parents=True, exist_ok=True)
-        model.save(paths.model_file(name))
-        hist.to_csv(paths.history_csv(name), index=False)
         with tracking.stage_run(paths, cfg, "train", variant=name) as run:
-            info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
-        best = int(hist["val_loss"].idxmin()) + 1
-        paths.train_metrics(name).write_text(
-            json.dumps(
-                {
-                    "variant": name,
-                    "best_epoch": best,
-                    "stopped_epoch": len(hist),
-                    "epochs_run": len(hist),
-                    "params": int(model.count_params()),
-                }
-            )
-        )
-        paths.run_info(name).write_text(
-            json.dumps(
-                {
-                    "run_id": run.info.run_id,
-                    "experiment_id": run.info.experiment_id,
-                    "model_uri": info.model_uri,
-                    "variant": name,
-                }
-            )
+            model_uri = tracking.log_keras_model(model, x[:3])
+        write_train_outputs(
+            paths,
+            name,
+            save_model=lambda path, model=model: model.save(str(path)),
+            history_csv=hist.to_csv(index=False),
+            metrics={
+                "variant": name,
+                "best_epoch": int(hist["val_loss"].idxmin()) + 1,
+                "stopped_epoch": len(hist),
+                "epochs_run": len(hist),
+                "params": int(model.count_params()),
+            },
+            run_info={
+                "run_id": run.info.run_id,
+                "experiment_id": run.info.experiment_id,
+                "model_uri": model_uri,
+                "variant": name,
+            },
         )
         keras.backend.clear_session()
-    paths.validation_json.parent.mkdir(parents=True, exist_ok=True)
-    paths.validation_json.write_text(
-        json.dumps({"success": True, "checks": [], "warnings": [], "errors": []})
-    )
+    write_validation(paths, {"success": True, "checks": [], "warnings": [], "errors": []})
 
 
 def timed_stage(root: Path, module: str, env: dict[str, str]) -> float:

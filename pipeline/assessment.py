@@ -1,10 +1,8 @@
 """The evaluation payload: every variant's scores diagnosed, compared and advised on.
 
-Inputs: what the train stage left per variant (`load_variant_artifacts`:
-models/<variant>/{model.keras, history.csv, metrics.json, run.json};
-`load_seed_records`: seeds.json, whose absence, from a model trained before
-`train.seeds`, means one seed), the learning_curve stages' results
-(`learning_curve_points`), reports/validation.json, and what evaluate measured
+Inputs: what the train stages left (pipeline.catalog.training: each variant's
+models/<variant>/, the learning_curve stages' results via
+`learning_curve_points`), reports/validation.json, and what evaluate measured
 on each saved model (pipeline.scoring.VariantEvaluation).
 
 Output: the reports/evaluation.json payload (`build_evaluation`, then
@@ -27,12 +25,10 @@ Nothing here imports TensorFlow or MLflow; only the input readers touch files.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +36,8 @@ import pandas as pd
 
 from pipeline import diagnosis, seeds
 from pipeline import learning_curve as lc
-from pipeline.catalog import Validation, read_json
+from pipeline.catalog.training import TrainOutputs, read_fraction_result, read_train_outputs
+from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 from pipeline.config import Config
 from pipeline.paths import Paths, fraction_key
@@ -56,49 +53,14 @@ RunDiagnoser = Callable[[str, pd.DataFrame, Mapping[str, Any], Mapping[str, Any]
 # --------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class VariantArtifacts:
-    """What the train stage left for one variant."""
-
-    name: str
-    model_path: Path
-    history: pd.DataFrame
-    train_metrics: dict[str, Any]
-    run_info: dict[str, Any]
-
-
-def load_variant_artifacts(paths: Paths, variant: str) -> VariantArtifacts:
-    """Read models/<variant>/; raises StageError naming the variant and the missing file."""
-    needed = {
-        "model": paths.model_file(variant),
-        "history": paths.history_csv(variant),
-        "metrics": paths.train_metrics(variant),
-        "run": paths.run_info(variant),
-    }
-    missing = [str(p) for p in needed.values() if not p.exists()]
-    if missing:
-        raise StageError(
-            f"variant {variant!r} has no trained model: missing {', '.join(missing)}. "
-            f"Train it first (dvc repro train@{variant}) or remove it from params.yaml `variants`"
-        )
+def load_variant_artifacts(paths: Paths, variant: str) -> TrainOutputs:
+    """models/<variant>/ with its history checked; StageError naming the variant."""
+    outputs = read_train_outputs(paths, variant)
     try:
-        history = diagnosis.check_history(pd.read_csv(needed["history"]))
-        train_metrics = json.loads(needed["metrics"].read_text())
-        run_info = json.loads(needed["run"].read_text())
-    except (ValueError, OSError) as exc:
-        raise StageError(f"variant {variant!r}: unreadable training output: {exc}") from None
-    return VariantArtifacts(variant, needed["model"], history, train_metrics, run_info)
-
-
-def load_seed_records(paths: Paths, variant: str) -> dict[str, Any] | None:
-    """models/<variant>/seeds.json, or None for a model trained before train.seeds existed."""
-    path = paths.seeds_json(variant)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
+        history = diagnosis.check_history(outputs.history)
     except ValueError as exc:
-        raise StageError(f"variant {variant!r}: unreadable {path}: {exc}") from None
+        raise StageError(f"variant {variant!r}: unreadable training output: {exc}") from None
+    return dataclasses.replace(outputs, history=history)
 
 
 def learning_curve_points(
@@ -139,7 +101,7 @@ def learning_curve_points(
 def fraction_point(paths: Paths, fraction: float, variant: str, data_version: str) -> lc.CurvePoint:
     """One learning_curve stage's point; StageError when it was trained for other inputs."""
     stage = f"learning_curve@{fraction_key(fraction)}"
-    result = read_json(paths.fraction_result(fraction), stage)
+    result = read_fraction_result(paths, fraction)
     if result.get("variant") != variant or result.get("data_version") != data_version:
         raise StageError(
             f"{paths.fraction_result(fraction)} was trained for variant "
@@ -251,7 +213,7 @@ def diagnose_run(
 def build_evaluation(
     cfg: Config,
     classes: Sequence[str],
-    artifacts: Mapping[str, VariantArtifacts],
+    artifacts: Mapping[str, TrainOutputs],
     evaluations: Mapping[str, VariantEvaluation],
     validation: Validation,
     n_train: int = 0,
@@ -308,7 +270,7 @@ def build_evaluation(
 
 def variant_entry(
     diag: diagnosis.Diagnosis,
-    art: VariantArtifacts,
+    art: TrainOutputs,
     ev: VariantEvaluation,
     seed_summary: Mapping[str, Any],
     classes: Sequence[str],
@@ -398,7 +360,7 @@ def summarize_seeds(
     name: str,
     cfg: Config,
     diag: diagnosis.Diagnosis,
-    art: VariantArtifacts,
+    art: TrainOutputs,
     ev: VariantEvaluation,
     record: Mapping[str, Any] | None,
     diagnose: RunDiagnoser,

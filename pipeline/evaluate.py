@@ -31,7 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import assessment, catalog, figures, publishing, scoring, tables, tracking
+from pipeline import assessment, figures, publishing, scoring, tables, tracking
+from pipeline.catalog.evaluation import write_evaluation
+from pipeline.catalog.training import TrainOutputs, read_seed_records
+from pipeline.catalog.validation import read_validation
 from pipeline.cli import run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import write_json_atomic, write_text_atomic
@@ -45,7 +48,7 @@ CHALLENGER = "challenger"
 
 
 def evaluate_variant(
-    artifacts: assessment.VariantArtifacts,
+    artifacts: TrainOutputs,
     data: PreparedDataset,
     indices: Mapping[str, np.ndarray],
     probe: figures.Probe,
@@ -77,7 +80,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     """Everything the stage does; returns the evaluation payload it wrote."""
     # MLflow first: nothing is computed or written unless the results can be logged.
     tracking.configure(paths)
-    validation = catalog.read_validation(paths)
+    validation = read_validation(paths)
     artifacts = {name: assessment.load_variant_artifacts(paths, name) for name in cfg.variants}
     publishing.require_variant_runs(
         paths, {n: a.run_info.get("run_id") for n, a in artifacts.items()}
@@ -99,7 +102,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
         validation,
         n_train=len(data.y("train")),
         chance={split: assessment.majority_share(data.y(split)) for split in SPLITS},
-        seed_records={name: assessment.load_seed_records(paths, name) for name in artifacts},
+        seed_records={name: read_seed_records(paths, name) for name in artifacts},
     )
     curve_variant = cfg.learning_curve.variant
     curve_points = assessment.learning_curve_points(
@@ -123,7 +126,7 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     publishing.log_to_variant_runs(evaluation, paths.figures_dir)
     publishing.log_seeds_to_variant_runs(evaluation)
     publishing.log_evaluate_run(paths, cfg, evaluation, validation, CHALLENGER)
-    catalog.write_evaluation(paths, evaluation)
+    write_evaluation(paths, evaluation)
     return evaluation
 
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import catalog, history, scoring, tracking, train_input
+from pipeline import history, scoring, tracking, train_input
+from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
 from pipeline.config import Config, VariantConfig
 from pipeline.paths import Paths
@@ -318,7 +319,7 @@ def tracked_fit(
     earlier run is being resumed.
     """
     mode = vcfg.train.class_weight
-    flags = catalog.read_validation_flags(paths) if mode == "auto" else None
+    flags = read_validation_flags(paths) if mode == "auto" else None
     class_weight = train_input.resolve_class_weights(
         mode, data.y("train"), len(data.classes), flags
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import plots, tracking
-from pipeline.catalog import Validation
+from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 from pipeline.config import Config
 from pipeline.paths import Paths

@@ -43,8 +43,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import catalog, plots
-from pipeline.catalog import Validation
+from pipeline import plots
+from pipeline.catalog.evaluation import read_evaluation
+from pipeline.catalog.validation import Validation, read_validation
 from pipeline.cli import StageError, run_stage
 from pipeline.io import write_text_atomic
 from pipeline.paths import Paths
@@ -279,8 +280,8 @@ def render_report(context: Mapping[str, Any]) -> str:
 
 
 def write_report(paths: Paths) -> Path:
-    evaluation = catalog.read_evaluation(paths)
-    validation = catalog.read_validation(paths)
+    evaluation = read_evaluation(paths)
+    validation = read_validation(paths)
     if not paths.comparison_csv.exists():
         raise StageError(f"{paths.comparison_csv} is missing; run the evaluate stage first")
     comparison = pd.read_csv(paths.comparison_csv)

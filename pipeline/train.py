@@ -38,12 +38,12 @@ import sys
 from typing import Any
 
 from pipeline import fitting, tracking, train_input
+from pipeline.catalog.training import write_fraction_outputs, write_train_outputs
 from pipeline.cli import run_stage
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.history import history_text
-from pipeline.io import write_json_atomic
 from pipeline.paths import Paths, fraction_key
-from pipeline.prepared import load_prepared, staging_dir
+from pipeline.prepared import load_prepared
 
 INPUT_EXAMPLE_IMAGES = 3  # logged with the model, to show its input
 
@@ -76,7 +76,15 @@ def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
             "variant": name,
         }
         seeds_record = fitting.train_seeds(paths, cfg, vcfg, data, fit)
-        write_outputs(paths, name, fit.result, fit.metrics, run_info, seeds_record)
+        write_train_outputs(
+            paths,
+            name,
+            save_model=lambda path: fit.result.model.save(str(path)),
+            history_csv=history_text(fit.result.rows),
+            metrics=fit.metrics,
+            run_info=run_info,
+            seeds_record=seeds_record,
+        )
     fitting.discard_extra_seed_states(paths, name)
     return fit.metrics
 
@@ -121,27 +129,10 @@ def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dic
             "training": fit.metrics,
             "mlflow_run_id": fit.run.info.run_id,
         }
-        with staging_dir(paths.fraction_dir(fraction)) as tmp:
-            (tmp / paths.fraction_history(fraction).name).write_text(history_text(fit.result.rows))
-            write_json_atomic(tmp / paths.fraction_result(fraction).name, result_json)
+        write_fraction_outputs(
+            paths, fraction, history_csv=history_text(fit.result.rows), result=result_json
+        )
     return result_json
-
-
-def write_outputs(
-    paths: Paths,
-    name: str,
-    result: fitting.TrainResult,
-    metrics: dict[str, Any],
-    run_info: dict[str, Any],
-    seeds_record: dict[str, Any],
-) -> None:
-    """All five outputs in a staging dir, swapped in together."""
-    with staging_dir(paths.variant_dir(name)) as tmp:
-        result.model.save(str(tmp / paths.model_file(name).name))
-        (tmp / paths.history_csv(name).name).write_text(history_text(result.rows))
-        write_json_atomic(tmp / paths.train_metrics(name).name, metrics)
-        write_json_atomic(tmp / paths.run_info(name).name, run_info)
-        write_json_atomic(tmp / paths.seeds_json(name).name, seeds_record)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.catalog import ValidationFlags
+from pipeline.catalog.validation import ValidationFlags
 from pipeline.prepared import PreparedDataset
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import catalog, tracking
+from pipeline import tracking
+from pipeline.catalog.validation import write_validation
 from pipeline.checks import all_expectations, failure_summary, numeric_observations, summarise
 from pipeline.config import Config, ValidateConfig, load_config
 from pipeline.gx_suite import data_docs_artifacts, run_suite
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(paths, cfg, stage="validate"):
         with staging_dir(paths.data_docs_dir) as docs_tmp:
             report = validate_dataset(dataset, cfg.validate_, docs_dir=docs_tmp)
-        catalog.write_validation(paths, report)
+        write_validation(paths, report)
         log_report(paths, report)
 
     docs = paths.data_docs_dir / "index.html"

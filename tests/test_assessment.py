@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from pipeline import assessment
-from pipeline.catalog import Validation
+from pipeline.catalog.training import TrainOutputs, read_seed_records
+from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 from pipeline.config import parse_config
 from pipeline.diagnosis import OVERFITTING
@@ -56,10 +57,10 @@ def evaluated(name: str, train: float, val: float, test: float) -> VariantEvalua
     return VariantEvaluation(name, scores, {}, {"dropout": False}, None)
 
 
-def artifacts(name: str, hist: pd.DataFrame, **run_info) -> assessment.VariantArtifacts:
+def artifacts(name: str, hist: pd.DataFrame, **run_info) -> TrainOutputs:
     info = {"run_id": f"run-{name}", "model_uri": f"models:/{name}", **run_info}
     best = int(hist["val_loss"].idxmin()) + 1
-    return assessment.VariantArtifacts(
+    return TrainOutputs(
         name, Path("unused.keras"), hist, {"best_epoch": best, "stopped_epoch": 0}, info
     )
 
@@ -181,13 +182,15 @@ def test_chance_comes_from_the_full_split_or_the_scored_rows():
 
 def test_seed_records_missing_is_one_seed_and_corrupt_is_an_error(project):
     paths = project.paths
-    assert assessment.load_seed_records(paths, "baseline") is None
+    assert read_seed_records(paths, "baseline") is None
     paths.variant_dir("baseline").mkdir(parents=True)
     paths.seeds_json("baseline").write_text(json.dumps({"seeds": []}))
-    assert assessment.load_seed_records(paths, "baseline") == {"seeds": []}
+    assert read_seed_records(paths, "baseline") == {"seeds": []}
     paths.seeds_json("baseline").write_text("{not json")
-    with pytest.raises(StageError, match=r"variant 'baseline': unreadable .*seeds\.json"):
-        assessment.load_seed_records(paths, "baseline")
+    with pytest.raises(
+        StageError, match=r"seeds\.json is not valid JSON .*rerun the train@baseline"
+    ):
+        read_seed_records(paths, "baseline")
 
 
 def test_importing_assessment_and_tables_loads_neither_tensorflow_nor_mlflow():

@@ -27,6 +27,7 @@ import pytest
 
 from pipeline import assessment, figures, publishing, scoring, tables, tracking
 from pipeline import evaluate as ev
+from pipeline.catalog.training import write_train_outputs
 from pipeline.cli import StageError
 from pipeline.config import load_config, merge
 from pipeline.diagnosis import GOOD_FIT, OVERFITTING, UNDERFITTING
@@ -415,11 +416,14 @@ def fake_trained_variants(project, run_id: str) -> None:
     paths = project.paths
     history = "epoch,loss,accuracy,val_loss,val_accuracy\n1,1.0,0.5,1.1,0.4\n2,0.8,0.6,0.9,0.5\n"
     for variant in load_config(paths.params).variants:
-        paths.variant_dir(variant).mkdir(parents=True)
-        paths.model_file(variant).write_bytes(b"never loaded: the stage stops before inference")
-        paths.history_csv(variant).write_text(history)
-        paths.train_metrics(variant).write_text(json.dumps({"best_epoch": 2}))
-        paths.run_info(variant).write_text(json.dumps({"run_id": run_id, "model_uri": "x"}))
+        write_train_outputs(
+            paths,
+            variant,
+            save_model=lambda path: path.write_bytes(b"never loaded: the stage stops first"),
+            history_csv=history,
+            metrics={"best_epoch": 2},
+            run_info={"run_id": run_id, "model_uri": "x"},
+        )
 
 
 def report_files(project) -> set[str]:

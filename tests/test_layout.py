@@ -147,21 +147,28 @@ def imported_modules(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pipeline.")}
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "pipeline":  # from pipeline import train
-                found |= {f"pipeline.{a.name}" for a in node.names}
-            elif node.module.startswith("pipeline."):
-                found.add(node.module)
-    return {m for m in found if (REPO / module_file(m)).exists()}
+            for alias in node.names:  # `from pipeline.catalog import validation`: a submodule
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if module_file(submodule) else node.module)
+    return {m for m in found if m.startswith("pipeline.") and module_file(m)}
 
 
-def module_file(module: str) -> str:
-    return module.replace(".", "/") + ".py"
+def module_file(module: str) -> str | None:
+    """The source file of a pipeline module or package, None if there is none."""
+    base = module.replace(".", "/")
+    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+        if (REPO / candidate).is_file():
+            return candidate
+    return None
 
 
 def import_closure(module: str) -> set[str]:
-    """Every pipeline/ source file that running `python -m <module>` may execute."""
+    """Every pipeline/ source file that running `python -m <module>` may execute.
+
+    Importing `pipeline.a.b` runs the package `pipeline.a`'s __init__ too.
+    """
     seen, todo = set(), [module]
     while todo:
         current = todo.pop()
@@ -169,6 +176,9 @@ def import_closure(module: str) -> set[str]:
             continue
         seen.add(current)
         todo.extend(imported_modules(REPO / module_file(current)))
+        parent = current.rpartition(".")[0]
+        if parent != "pipeline":
+            todo.append(parent)
     return {module_file(m) for m in seen}
 
 
@@ -198,8 +208,16 @@ def test_the_closure_follows_imports_inside_functions(tmp_path: Path):
         "    from pipeline.io import write_json_atomic\n"
         "    import pipeline.paths\n"
         "    from pipeline.nowhere import x\n"
+        "    from pipeline.catalog import training\n"
     )
-    assert imported_modules(source) == {"pipeline.config", "pipeline.io", "pipeline.paths"}
+    assert imported_modules(source) == {
+        "pipeline.config",
+        "pipeline.io",
+        "pipeline.paths",
+        "pipeline.catalog.training",
+    }
+    closure = import_closure("pipeline.catalog.training")
+    assert {"pipeline/catalog/__init__.py", "pipeline/catalog/training.py"} <= closure
 
 
 def test_training_depends_on_the_validation_flags_not_the_whole_report():

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pipeline import plots, publishing, tracking
-from pipeline.catalog import Validation
+from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 
 from .conftest import small_params

@@ -19,7 +19,8 @@ import pytest
 from markupsafe import escape  # what Jinja2 autoescape uses (&#39; for quotes)
 
 from pipeline import assessment, figures, report, scoring, tables
-from pipeline.catalog import Validation
+from pipeline.catalog.training import TrainOutputs
+from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 from pipeline.config import parse_config
 from pipeline.io import write_json_atomic
@@ -81,7 +82,7 @@ def build_inputs(paths: Paths) -> dict:
     probe = rng.integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8)
     for name, (overfit, train_acc, val_acc) in specs.items():
         history = synthetic_history(12, overfit)
-        artifacts[name] = assessment.VariantArtifacts(
+        artifacts[name] = TrainOutputs(
             name, Path("unused"), history, {"best_epoch": 5}, {"run_id": f"run-{name}"}
         )
         scores = {

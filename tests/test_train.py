@@ -177,14 +177,14 @@ def test_a_kill_after_training_reuses_the_finished_epochs(digits_prepared, monke
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # killed while writing the outputs
 
-    real_write = train.write_outputs
-    monkeypatch.setattr(train, "write_outputs", crash)
+    real_write = train.write_train_outputs
+    monkeypatch.setattr(train, "write_train_outputs", crash)
     with pytest.raises(KeyboardInterrupt):
         train.main(["--variant", "baseline"])
     state = json.loads((project.paths.backup_dir("baseline") / "state.json").read_text())
     assert state["fit_done"] is True
     assert not project.paths.variant_dir("baseline").exists()
-    monkeypatch.setattr(train, "write_outputs", real_write)
+    monkeypatch.setattr(train, "write_train_outputs", real_write)
     fitted = []
     real_fit = train_input.train_dataset
     monkeypatch.setattr(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import train_input
-from pipeline.catalog import ValidationFlags
+from pipeline.catalog.validation import ValidationFlags
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():

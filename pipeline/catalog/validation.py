@@ -1,47 +1,19 @@
-"""The files stages hand each other: one typed reader and one writer per file.
+"""reports/validation.json and reports/validation_flags.json (written by validate).
 
-A small data catalog in the spirit of Kedro's: no stage opens another stage's
-output with `json.loads` itself. Every reader has the same policy: a missing
-file raises `StageError` naming the stage to rerun (or returns None where the
-file is optional), and an unreadable one always raises `StageError`. Writers
-are atomic (pipeline.io).
-
-Files: reports/validation.json (+ reports/validation_flags.json, the part train
-reads), reports/evaluation.json.
+The flags file holds the one fact train reads (did class_balance fail?), so a
+validate knob that only moves a number in validation.json retrains nothing.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from pipeline.catalog.jsonfile import read_json
 from pipeline.cli import StageError
 from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
-
-
-def read_json(path: Path, stage: str, *, optional: bool = False) -> Any:
-    """A JSON output of `stage`; None if it is missing and `optional`, else StageError."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if optional:
-            return None
-        raise StageError(
-            f"{path} is missing; run the {stage} stage first (dvc repro {stage})"
-        ) from None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise StageError(
-            f"{path} is not valid JSON ({exc}); rerun the {stage} stage (dvc repro -f {stage})"
-        ) from None
-
-
-# --------------------------------------------------------------------------- validate
 
 
 @dataclass(frozen=True)
@@ -108,18 +80,3 @@ def read_validation_flags(paths: Paths) -> ValidationFlags | None:
         raise StageError(
             f"{paths.validation_flags_json}: no class_balance_failed; rerun the validate stage"
         ) from None
-
-
-# --------------------------------------------------------------------------- evaluate
-
-
-def write_evaluation(paths: Paths, evaluation: Mapping[str, Any]) -> None:
-    write_json_atomic(paths.evaluation_json, evaluation)
-
-
-def read_evaluation(paths: Paths) -> dict[str, Any]:
-    """reports/evaluation.json (layout: README "evaluation.json"); needs `variants`."""
-    payload = read_json(paths.evaluation_json, "evaluate")
-    if not isinstance(payload, dict) or not isinstance(payload.get("variants"), dict):
-        raise StageError(f"{paths.evaluation_json}: no `variants` object; rerun the evaluate stage")
-    return payload
