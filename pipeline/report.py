@@ -94,18 +94,13 @@ def validation_context(validation: Validation) -> dict[str, Any]:
 
 
 def ci_halfwidth(value: Any) -> float | None:
-    """A 95% interval as a half-width: a number as is, a [low, high] pair halved.
+    """A 95% interval's half-width as diagnosis writes it (a number), else None.
 
-    None for anything else, including NaN (diagnosis's "sample size unknown").
+    None also for NaN and null: diagnosis's "sample size unknown".
     """
-    width = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        width = float(value)
-    elif isinstance(value, (list, tuple)) and len(value) == 2:
-        width = (float(value[1]) - float(value[0])) / 2
-    elif isinstance(value, Mapping) and {"low", "high"} <= set(value):
-        width = (float(value["high"]) - float(value["low"])) / 2
-    return width if width is not None and math.isfinite(width) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def noise_context(evaluation: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -114,9 +109,8 @@ def noise_context(evaluation: Mapping[str, Any], name: str) -> dict[str, Any]:
     diagnosis.compare_to_baseline puts `val_accuracy_ci95`, `delta_val_ci95` (the
     interval of the difference to the reference) and `within_noise` in each effect.
     """
-    v = evaluation["variants"][name]
     effect = evaluation.get("effects", {}).get(name, {})
-    ci = v.get("val_accuracy_ci95", effect.get("val_accuracy_ci95"))
+    ci = effect.get("val_accuracy_ci95")
     within = effect.get("within_noise")
     is_reference = name == evaluation.get("reference_variant")
     return {

@@ -7,7 +7,10 @@ the real backends without touching the developer's mlflow.db.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -239,3 +242,40 @@ __all__ = [
     "copy_project_tree",
     "REPO",
 ]
+
+
+# --------------------------------------------------------------------------- dvc
+
+BIN = Path(sys.executable).parent
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # stages call `python -m ...`
+    env.pop("MLFLOW_RUN_ID", None)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    result = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def init_repo(root: Path, params: dict) -> Path:
+    copy_project_tree(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.email", "t@example.com"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.name", "t"], cwd=root, check=True)
+    if not (root / ".dvc").exists():
+        dvc(root, "init", "-q")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True)
+    return root
+
+
+def ran_stages(output: str) -> set[str]:
+    return {
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    }

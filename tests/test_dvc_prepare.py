@@ -16,8 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from .conftest import small_params, write_png_folder
-from .test_pipeline_e2e import dvc, init_repo, ran_stages
+from .conftest import dvc, init_repo, ran_stages, small_params, write_png_folder
 
 pytestmark = pytest.mark.slow
 

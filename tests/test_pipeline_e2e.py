@@ -9,51 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import copy_project_tree, small_params, write_png_folder
+from .conftest import BIN, dvc, init_repo, ran_stages, small_params, write_png_folder
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # stages call `python -m ...`
-    env.pop("MLFLOW_RUN_ID", None)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    result = subprocess.run(
-        [str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def init_repo(root: Path, params: dict) -> Path:
-    copy_project_tree(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "config", "user.email", "t@example.com"], cwd=root, check=True)
-    subprocess.run(["git", "config", "user.name", "t"], cwd=root, check=True)
-    if not (root / ".dvc").exists():
-        dvc(root, "init", "-q")
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True)
-    return root
-
-
-def ran_stages(output: str) -> set[str]:
-    return {
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    }
-
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -66,6 +31,15 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     init_repo(root, params)
     first = dvc(root, "repro")
     return root, first.stdout
+
+
+@pytest.fixture
+def own_repo(pipeline_repo, tmp_path: Path) -> Path:
+    """A copy of the repro'd repo for a test that changes it; the module's stays pristine,
+    so no test depends on another having run first."""
+    copy = tmp_path / "repo"
+    shutil.copytree(pipeline_repo[0], copy, symlinks=True)
+    return copy
 
 
 def test_first_repro_runs_every_stage(pipeline_repo):
@@ -100,8 +74,8 @@ def test_second_repro_is_a_no_op(pipeline_repo):
     assert json.loads(status.stdout or "{}") == {}
 
 
-def test_changing_one_variant_retrains_only_that_variant(pipeline_repo):
-    root, _ = pipeline_repo
+def test_changing_one_variant_retrains_only_that_variant(own_repo):
+    root = own_repo
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["variants"]["dropout"] = {"model": {"dropout": 0.3}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -113,8 +87,8 @@ def test_changing_one_variant_retrains_only_that_variant(pipeline_repo):
     assert {"evaluate", "report"} <= ran
 
 
-def test_learning_curve_reuses_the_variant_and_reruns_only_a_changed_fraction(pipeline_repo):
-    root, _ = pipeline_repo
+def test_learning_curve_reuses_the_variant_and_reruns_only_a_changed_fraction(own_repo):
+    root = own_repo
     evaluation = json.loads((root / "reports/evaluation.json").read_text())
     curve = evaluation["learning_curve"]
     n_train = [p["n_train"] for p in curve["points"]]
@@ -138,8 +112,8 @@ def test_learning_curve_reuses_the_variant_and_reruns_only_a_changed_fraction(pi
     assert fractions == pytest.approx([0.25, 0.6, 1.0], abs=0.02)
 
 
-def test_more_seeds_for_one_variant_retrains_only_that_variant(pipeline_repo):
-    root, _ = pipeline_repo
+def test_more_seeds_for_one_variant_retrains_only_that_variant(own_repo):
+    root = own_repo
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["variants"]["dropout"]["train"] = {"seeds": 2}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -157,7 +131,6 @@ def test_more_seeds_for_one_variant_retrains_only_that_variant(pipeline_repo):
 
 def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     root, _ = pipeline_repo
-    import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -170,7 +143,6 @@ def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     assert first_two[0].data.tags["repro_id"] == first_two[1].data.tags["repro_id"]
     history = client.get_metric_history(first_two[0].info.run_id, "val_loss")
     assert [m.step for m in history] == list(range(1, len(history) + 1))
-    assert mlflow is not None
 
 
 def test_dvc_metrics_and_plots_read_the_declared_outputs(pipeline_repo):
