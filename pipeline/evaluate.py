@@ -78,11 +78,11 @@ from pipeline.io import read_stage_json, write_json_atomic, write_text_atomic
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import SPLITS, PreparedDataset, load_prepared, staging_dir
 from pipeline.scoring import evaluation_indices, predict_proba, split_scores
+from pipeline.tracking import CHALLENGER
 
 log = logging.getLogger(__name__)
 
 # Inference batch: bounds memory only, results do not depend on it.
-CHALLENGER = "challenger"
 # The train-split sample is fixed (scoring.TRAIN_SAMPLE_SEED); likewise the feature-map
 # probe images.
 PROBE_SEED = 0

@@ -113,3 +113,13 @@ def score_splits(
         rows = x if len(idx) == len(x) else x[idx]  # fancy indexing copies only the sample
         scores[split] = model_accuracy_and_loss(model, rows, data.y(split)[idx])
     return scores
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose highest-probability class is the label (retrain's test score)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or len(probabilities) != len(labels):
+        raise ValueError(
+            f"predictions of shape {probabilities.shape} do not match {len(labels)} labels"
+        )
+    return float(np.mean(np.argmax(probabilities, axis=1) == np.asarray(labels)))
