@@ -1,4 +1,7 @@
-"""pipeline.retrain: gates, lock, dvc status/repro, promotion in a real registry.
+"""pipeline.retrain (and promotion, outcome): the scheduled job in a real registry.
+
+The pure parts have their own tests: test_gates, test_judgement, test_lock,
+test_dvc_runner.
 
 The orchestration tests use the real dvc (a one-stage dvc.yaml standing in for
 the pipeline, which is tested end to end elsewhere), a real MLflow sqlite
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,151 +25,10 @@ import pytest
 import yaml
 
 from pipeline import dvc_runner, judgement, lock, outcome, retrain, scoring, tracking
-from pipeline.config import RetrainConfig, load_config
-from pipeline.gates import GateResult, ModelFacts, ValidationFacts, decide, gates, version_facts
+from pipeline.config import load_config
 
 from .conftest import REPO, digits_arrays
-
-CFG = RetrainConfig(
-    require_validation_success=True, reject_overfitting=True, accuracy_tolerance=0.01, max_gap=0.1
-)
-GOOD = ModelFacts(
-    version="2", variant="dropout", test_accuracy=0.90, gap_accuracy=0.03, verdict="good_fit"
-)
-CHAMP = ModelFacts(
-    version="1", variant="baseline", test_accuracy=0.88, gap_accuracy=0.05, verdict="good_fit"
-)
-VALID = ValidationFacts(success=True)
-
-
-def by_name(results: list[GateResult]) -> dict[str, GateResult]:
-    return {r.name: r for r in results}
-
-
-# --------------------------------------------------------------------------- pure gates
-
-
-def test_all_gates_pass_and_decide_promotes():
-    results = gates(CFG, GOOD, CHAMP, VALID)
-    assert [r.name for r in results] == [
-        "validation",
-        "not_overfitting",
-        "accuracy_vs_champion",
-        "gap",
-    ]
-    assert all(r.passed for r in results)
-    assert decide(results) == ("promoted", [])
-
-
-def test_no_champion_promotes_on_non_comparative_gates():
-    results = by_name(gates(CFG, GOOD, None, VALID))
-    assert results["accuracy_vs_champion"].passed
-    assert not results["accuracy_vs_champion"].applied
-    assert decide(list(results.values()))[0] == "promoted"
-
-
-def test_validation_failure_blocks_and_names_checks():
-    validation = ValidationFacts(success=False, errors=("split_leakage",), warnings=("duplicates",))
-    decision, reasons = decide(gates(CFG, GOOD, CHAMP, validation))
-    assert decision == "rejected"
-    assert len(reasons) == 1
-    assert reasons[0] == (
-        "validation: data validation failed (errors: split_leakage; warnings: duplicates)"
-    )
-
-
-def test_missing_validation_report_blocks():
-    gate = by_name(gates(CFG, GOOD, None, ValidationFacts(success=None)))["validation"]
-    assert not gate.passed and "missing" in gate.reason
-
-
-def test_validation_gate_off_lets_failed_validation_through():
-    cfg = CFG.model_copy(update={"require_validation_success": False})
-    gate = by_name(gates(cfg, GOOD, None, ValidationFacts(success=False)))["validation"]
-    assert gate.passed and not gate.applied
-
-
-def test_overfitting_verdict_blocks():
-    challenger = ModelFacts(**{**GOOD.__dict__, "verdict": "overfitting"})
-    decision, reasons = decide(gates(CFG, challenger, CHAMP, VALID))
-    assert decision == "rejected"
-    assert reasons == [
-        "not_overfitting: challenger v2 (dropout): its saved model is diagnosed as overfitting"
-    ]
-
-
-def test_unknown_verdict_blocks_but_switch_off_allows_overfitting():
-    unknown = ModelFacts(**{**GOOD.__dict__, "verdict": None})
-    assert not by_name(gates(CFG, unknown, None, VALID))["not_overfitting"].passed
-    overfit = ModelFacts(**{**GOOD.__dict__, "verdict": "overfitting"})
-    cfg = CFG.model_copy(update={"reject_overfitting": False})
-    assert by_name(gates(cfg, overfit, None, VALID))["not_overfitting"].passed
-
-
-def test_accuracy_below_champion_minus_tolerance_blocks_with_numbers():
-    challenger = ModelFacts(**{**GOOD.__dict__, "test_accuracy": 0.8699})
-    gate = by_name(gates(CFG, challenger, CHAMP, VALID))["accuracy_vs_champion"]
-    assert not gate.passed
-    assert gate.limit == pytest.approx(0.87)
-    assert "0.8699" in gate.reason and "0.8800" in gate.reason and "0.01" in gate.reason
-
-
-def test_accuracy_within_tolerance_passes():
-    challenger = ModelFacts(**{**GOOD.__dict__, "test_accuracy": 0.875})
-    assert by_name(gates(CFG, challenger, CHAMP, VALID))["accuracy_vs_champion"].passed
-
-
-def test_champion_that_cannot_read_the_data_is_not_compared():
-    champion = ModelFacts(version="1", test_accuracy=None, note="expects (16, 16, 1)")
-    gate = by_name(gates(CFG, GOOD, champion, VALID))["accuracy_vs_champion"]
-    assert gate.passed and not gate.applied and "(16, 16, 1)" in gate.reason
-
-
-def test_gap_too_large_or_unknown_blocks():
-    wide = ModelFacts(**{**GOOD.__dict__, "gap_accuracy": 0.25})
-    gate = by_name(gates(CFG, wide, CHAMP, VALID))["gap"]
-    assert not gate.passed and "0.2500" in gate.reason and "0.1" in gate.reason
-    unknown = ModelFacts(**{**GOOD.__dict__, "gap_accuracy": None})
-    assert not by_name(gates(CFG, unknown, CHAMP, VALID))["gap"].passed
-
-
-def test_every_failed_gate_is_reported():
-    bad = ModelFacts(
-        version="3", variant="large", test_accuracy=0.5, gap_accuracy=0.4, verdict="overfitting"
-    )
-    decision, reasons = decide(gates(CFG, bad, CHAMP, ValidationFacts(False)))
-    assert decision == "rejected"
-    assert [r.split(":")[0] for r in reasons] == [
-        "validation",
-        "not_overfitting",
-        "accuracy_vs_champion",
-        "gap",
-    ]
-
-
-def test_version_facts_prefers_tags_and_falls_back_to_evaluation():
-    class Version:
-        version, run_id = 5, "r1"
-        tags = {"variant": "l2", "verdict": "good_fit"}
-
-    evaluation = {"variants": {"l2": {"verdict": "overfitting", "gap": {"accuracy": 0.07}}}}
-    facts = version_facts(Version(), evaluation)
-    assert (facts.version, facts.verdict, facts.gap_accuracy) == ("5", "good_fit", 0.07)
-
-
-def test_the_gate_judges_the_saved_model_not_the_run():
-    """A run early stopping had to stop (verdict overfitting) with a sound saved model passes."""
-
-    class Version:
-        version, run_id = 6, "r2"
-        tags = {"variant": "dropout", "verdict": "overfitting", "model_verdict": "good_fit"}
-
-    facts = version_facts(Version(), None)
-    assert facts.verdict == "good_fit"
-    gate = gates(CFG, facts, CHAMP, VALID)[1]
-    assert gate.name == "not_overfitting" and gate.passed
-    Version.tags = {**Version.tags, "model_verdict": "overfitting"}
-    assert not gates(CFG, version_facts(Version(), None), CHAMP, VALID)[1].passed
+from .test_lock import dead_pid, write_holder
 
 
 def test_accuracy_and_shape_errors():
@@ -175,44 +36,6 @@ def test_accuracy_and_shape_errors():
     assert scoring.accuracy(probs, np.array([0, 1, 1])) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="do not match"):
         scoring.accuracy(probs, np.array([0, 1]))
-
-
-def test_parse_dvc_status():
-    assert dvc_runner.parse_dvc_status("{}\n") == {}
-    assert dvc_runner.parse_dvc_status("") == {}
-    changed = dvc_runner.parse_dvc_status('warning: x\n{"train": [{"changed deps": {}}]}')
-    assert list(changed) == ["train"]
-    with pytest.raises(dvc_runner.DvcError, match="cannot parse"):
-        dvc_runner.parse_dvc_status("ERROR: no")
-
-
-def test_gates_fingerprint_follows_gates_not_the_lock():
-    base = judgement.gates_fingerprint(CFG)
-    assert judgement.gates_fingerprint(CFG.model_copy(update={"lock_stale_seconds": 5})) == base
-    assert judgement.gates_fingerprint(CFG.model_copy(update={"max_gap": 0.2})) != base
-
-
-def test_earlier_judgement_skips_only_a_matching_decision():
-    fingerprint = judgement.gates_fingerprint(CFG)
-    rejected = judgement.judgement_tags(
-        "rejected", ["gap: too large", "validation: failed"], None, fingerprint, "r1"
-    )
-    reasons = judgement.earlier_judgement(rejected, None, fingerprint)
-    assert "already rejected by retrain r1 (against no champion" in reasons[0]
-    assert reasons[1:] == ["gap: too large", "validation: failed"]
-    # Judged again: a champion appeared, the gates changed, or it was never judged.
-    assert judgement.earlier_judgement(rejected, "4", fingerprint) is None
-    assert judgement.earlier_judgement(rejected, None, "0" * 12) is None
-    assert judgement.earlier_judgement({"variant": "baseline"}, None, fingerprint) is None
-    failed = {**rejected, judgement.DECISION_TAG: "failed"}
-    assert judgement.earlier_judgement(failed, None, fingerprint) is None
-    against_4 = judgement.judgement_tags("rejected", [], "4", fingerprint, "r2")
-    assert "against champion v4" in judgement.earlier_judgement(against_4, "4", fingerprint)[0]
-    # Once promoted (also by a retrain older than these tags): a rollback is kept.
-    promoted = judgement.judgement_tags("promoted", [], "1", fingerprint, "r3")
-    assert "moved since" in judgement.earlier_judgement(promoted, "1", "other")[0]
-    legacy = {"promoted_at": "2026-01-01T00:00:00+00:00", "promoted_by_repro_id": "r0"}
-    assert "retrain r0" in judgement.earlier_judgement(legacy, "1", fingerprint)[0]
 
 
 def test_exit_codes_are_distinct_and_in_help(capsys):
@@ -230,93 +53,6 @@ def test_exit_codes_are_distinct_and_in_help(capsys):
     out = capsys.readouterr().out
     for text in ("0 up to date", "1 failed", "3 promoted", "4 rejected", "75 locked"):
         assert text in out
-
-
-# --------------------------------------------------------------------------- lock
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def write_holder(path: Path, pid: int, started_at: float, host: str | None = None) -> None:
-    host = host or socket.gethostname()
-    path.write_text(json.dumps({"pid": pid, "host": host, "started_at": started_at}))
-
-
-def test_stale_reason():
-    now = time.time()
-    here = socket.gethostname()
-    live = lock.LockHolder(os.getpid(), here, now - 5)
-    assert lock.stale_reason(live, 60, now) is None
-    assert lock.stale_reason(None, 60, now) is None
-    # A live holder on this host is never stale, however old: it may just be slow.
-    assert lock.stale_reason(live, 1, now) is None
-    dead = lock.LockHolder(dead_pid(), here, now)
-    assert "is gone" in lock.stale_reason(dead, 60, now)
-    # Another host's pid cannot be checked: only age counts there.
-    remote = lock.LockHolder(os.getpid(), "other-host", now - 120)
-    assert lock.stale_reason(remote, 600, now) is None
-    reason = lock.stale_reason(remote, 60, now)
-    assert "older than retrain.lock_stale_seconds = 60" in reason
-    assert "host cannot be checked" in reason
-
-
-def test_lock_records_holder_and_blocks_a_second_taker(tmp_path):
-    path = tmp_path / "retrain.lock"
-    handle = lock.acquire_lock(path, stale_seconds=3600)
-    try:
-        holder = lock.read_holder(path)
-        assert holder.pid == os.getpid()
-        # flock conflicts between two open() calls even within one process.
-        with pytest.raises(lock.LockHeldError, match=f"pid {os.getpid()}"):
-            lock.acquire_lock(path, stale_seconds=3600)
-    finally:
-        lock.release_lock(handle)
-    assert lock.read_holder(path) is None  # cleared on release
-    lock.release_lock(lock.acquire_lock(path, stale_seconds=3600))
-
-
-def test_lock_left_by_a_dead_process_is_taken(tmp_path):
-    path = tmp_path / "retrain.lock"
-    write_holder(path, dead_pid(), time.time() - 10)
-    handle = lock.acquire_lock(path, stale_seconds=3600)
-    try:
-        assert lock.read_holder(path).pid == os.getpid()
-    finally:
-        lock.release_lock(handle)
-
-
-def test_live_lock_older_than_stale_seconds_is_respected(tmp_path):
-    path = tmp_path / "retrain.lock"
-    held = lock.acquire_lock(path, stale_seconds=3600)
-    try:
-        write_holder(path, os.getpid(), time.time() - 120)  # live, maybe hung
-        with pytest.raises(lock.LockHeldError) as caught:
-            lock.acquire_lock(path, stale_seconds=60)
-        assert f"if it is hung, stop it (kill {os.getpid()} on" in str(caught.value)
-        assert lock.read_holder(path).started_at < time.time() - 100  # untouched
-    finally:
-        lock.release_lock(held)
-
-
-def test_old_lock_of_another_host_is_taken_over(tmp_path):
-    path = tmp_path / "retrain.lock"
-    old = lock.acquire_lock(path, stale_seconds=3600)
-    try:
-        # The holder's pid is live here, but it names another host: age decides.
-        write_holder(path, os.getpid(), time.time() - 120, host="other-host")
-        with pytest.raises(lock.LockHeldError, match="other-host"):
-            lock.acquire_lock(path, stale_seconds=600)
-        new = lock.acquire_lock(path, stale_seconds=60)
-        holder = lock.read_holder(path)
-        assert holder.host == socket.gethostname()
-        assert holder.started_at > time.time() - 60
-        lock.release_lock(new)
-    finally:
-        lock.release_lock(old)
 
 
 # --------------------------------------------------------------------------- real registry
@@ -411,17 +147,21 @@ def registry(project):
 
 
 def save_mlflow_model(model, path: Path, sample=None) -> Path:
-    """`model` saved as an MLflow model (signature from `sample`, default digits) at `path`."""
+    """`model`'s weights saved as an MLflow model at `path` (signature from `sample`,
+    default digits), without optimizer state: an unfit one's warns on every load."""
+    import keras
     import mlflow
     from mlflow.models import infer_signature
 
     if sample is None:
         sample = digits_arrays()[0][:4].astype("float32")
+    served = keras.models.clone_model(model)
+    served.set_weights(model.get_weights())
     mlflow.keras.save_model(
-        model,
+        served,
         str(path),  # mlflow's keras flavour takes a str path only
         pip_requirements=["keras"],
-        signature=infer_signature(sample, model.predict(sample, verbose=0)),
+        signature=infer_signature(sample, served.predict(sample, verbose=0)),
     )
     return path
 

@@ -154,3 +154,28 @@ def test_train_logs_to_a_tracking_server(digits_prepared: Project, tracking_serv
     model = mlflow.pyfunc.load_model(run_info["model_uri"])
     images = np.load(digits_prepared.paths.prepared_dir / "test_x.npy")[:4].astype("float32")
     assert model.predict(images).shape == (4, 10)
+
+
+# --- retrain: registry helpers ---
+
+
+def test_registry_aliases_tags_and_a_missing_model(project: Project):
+    import mlflow
+
+    tracking.configure(project.paths)
+    assert tracking.registered_aliases("no-such-model") == {}
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    version = client.create_model_version("m", source=str(project.root / "model")).version
+    tracking.set_registered_alias("m", tracking.CHAMPION, version)
+    assert tracking.registered_aliases("m") == {tracking.CHAMPION: str(version)}
+    tracking.set_model_version_tags("m", version, {"retrain_decision": "promoted"})
+    assert tracking.model_version("m", version).tags == {"retrain_decision": "promoted"}
+
+
+def test_model_input_shape_without_a_signature_is_unknown():
+    class Unsigned:
+        metadata = None
+
+    assert tracking.model_input_shape(Unsigned()) is None
+    assert tracking.model_input_shape(object()) is None
