@@ -64,6 +64,7 @@ def parse_dvc_status(stdout: str) -> dict[str, Any]:
 
 
 def dvc_status(root: Path, dvc: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
+    """`dvc status --json` in `root` -> {stage: changes}; {} means up to date."""
     cmd = [*dvc, "status", "--json"]
     try:
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)

@@ -92,6 +92,8 @@ def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> 
 
 
 def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> None:
+    """dvc status, dvc repro when something changed, then judge and promote if there is
+    anything new to judge; fills `outcome`."""
     env = dvc_runner.child_env(outcome.repro_id)
     outcome.dvc_changes = dvc_runner.dvc_status(paths.root, dvc, env)
     tracking.configure(paths)
@@ -119,6 +121,7 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one switch; the exit codes are in the epilog."""
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.retrain",
         description="Scheduled retraining: lock, dvc status, dvc repro, gate the challenger "
@@ -137,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Lock, run the retrain, print one line; returns the exit code (module doc)."""
     args = build_parser().parse_args(argv)
     paths = Paths.here()
     cfg = load_config(paths.params)
