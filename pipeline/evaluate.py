@@ -40,11 +40,9 @@ from pipeline.config import Config, load_config
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, PreparedDataset, load_prepared
+from pipeline.tracking import CHALLENGER
 
 log = logging.getLogger(__name__)
-
-# The registry alias evaluate moves; "champion" is the retrain gate's alone.
-CHALLENGER = "challenger"
 
 
 def evaluate_variant(

@@ -179,3 +179,13 @@ def training_behaviour(model: Any) -> dict[str, bool]:
         ),
         "l2": any(getattr(layer, "kernel_regularizer", None) is not None for layer in layers),
     }
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose highest-probability class is the label (retrain's test score)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim != 2 or len(probabilities) != len(labels):
+        raise ValueError(
+            f"predictions of shape {probabilities.shape} do not match {len(labels)} labels"
+        )
+    return float(np.mean(np.argmax(probabilities, axis=1) == np.asarray(labels)))

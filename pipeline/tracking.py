@@ -397,11 +397,80 @@ def register_model_version(model_uri: str, name: str, tags: Mapping[str, str], a
     """Register `model_uri` as a new version of `name` with `tags`, point `alias` at it."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     try:
         version = mlflow.register_model(model_uri, name, tags=dict(tags))
     except MlflowException as exc:
         raise TrackingError(f"could not register {model_uri} as {name!r}: {exc.message}") from None
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
+    set_registered_alias(name, alias, version.version)
     return int(version.version)
+
+
+# --- retrain: registry aliases, model-version tags, models by URI, run metrics ---
+
+CHAMPION = "champion"  # the version that serves; only the retrain gate moves it
+CHALLENGER = "challenger"  # the newest best variant; evaluate moves it
+
+
+def registered_aliases(name: str) -> dict[str, str]:
+    """alias -> version of registered model `name`; {} when the model does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.MlflowClient().get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def model_version(name: str, version: str) -> Any:
+    """The registry's ModelVersion (`.version`, `.tags`, `.run_id`) of `name`."""
+    import mlflow
+
+    return mlflow.MlflowClient().get_model_version(name, version)
+
+
+def set_registered_alias(name: str, alias: str, version: str) -> None:
+    """Point `alias` of registered model `name` at `version`."""
+    import mlflow
+
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_model_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    """Set each of `tags` on version `version` of registered model `name`."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def load_model(model_uri: str) -> Any:
+    """An MLflow model (pyfunc flavour, `.predict`) by URI, e.g. ``models:/name/3``."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def model_input_shape(model: Any) -> tuple[int, ...] | None:
+    """The per-image input shape from a loaded model's MLflow signature, when it has one."""
+    try:
+        schema = model.metadata.get_input_schema()
+        spec = schema.inputs[0]
+        shape = tuple(int(d) for d in spec.shape)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    return shape[1:] if len(shape) > 1 else None
+
+
+def log_metrics_and_record(metrics: dict[str, float], record: Any, artifact_file: str) -> None:
+    """Log `metrics` (when any) and `record` as JSON artifact `artifact_file` to the active run."""
+    import mlflow
+
+    if metrics:
+        mlflow.log_metrics(metrics)
+    mlflow.log_dict(record, artifact_file)

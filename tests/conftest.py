@@ -7,10 +7,15 @@ the real backends without touching the developer's mlflow.db.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import Config, merge, parse_config
+from pipeline import tracking
+from pipeline.config import Config, load_config, merge, parse_config
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, manifest_frame, write_prepared
 
@@ -279,3 +285,125 @@ def ran_stages(output: str) -> set[str]:
     return {
         line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
     }
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def write_validation(project, success: bool = True, errors=(), warnings=()) -> None:
+    """reports/validation.json (and the flags train reads), as validate writes them."""
+    from pipeline.catalog.validation import write_validation as write
+
+    checks = [
+        {"name": "label_set", "success": True, "severity": "error", "observed": {}, "examples": []},
+        {
+            "name": "class_balance",
+            "success": "class_balance" not in warnings,
+            "severity": "warning",
+            "observed": {},
+            "examples": [],
+        },
+    ]
+    report = {
+        "success": success,
+        "checks": checks,
+        "warnings": list(warnings),
+        "errors": list(errors),
+    }
+    write(project.paths, report)
+
+
+def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    """Real IDX files: big-endian magic, dimension sizes, then unsigned bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    n, rows, cols = images.shape
+    with opener(folder / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as handle:
+        handle.write(struct.pack(">IIII", 0x803, n, rows, cols) + images.astype(np.uint8).tobytes())
+    with opener(folder / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as handle:
+        handle.write(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def idx_folder(root: Path, gz: bool, n_train: int = 12, n_test: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    write_idx(root, "train", rng.integers(0, 256, (n_train, 5, 4)), np.arange(n_train) % 3, gz)
+    if n_test:
+        write_idx(root, "t10k", rng.integers(0, 256, (n_test, 5, 4)), np.arange(n_test) % 3, gz)
+    return root
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_holder(path: Path, pid: int, started_at: float, host: str | None = None) -> None:
+    host = host or socket.gethostname()
+    path.write_text(json.dumps({"pid": pid, "host": host, "started_at": started_at}))
+
+
+STAMP_STAGE = textwrap.dedent(
+    """\
+    stages:
+      stand_in:
+        # Stands in for the pipeline; records the repro id it was given.
+        cmd: >-
+          python -c "import os; open('stamp.txt', 'w')
+          .write(os.environ.get('PIPELINE_REPRO_ID', ''))"
+        deps:
+          - params.yaml
+        outs:
+          - stamp.txt:
+              cache: false
+    """
+)
+
+
+GOOD_TAGS = {
+    "variant": "baseline",
+    "verdict": "good_fit",
+    "gap_accuracy": "0.02",
+    "validation_success": "true",
+}
+
+
+def registry(project):
+    import mlflow
+
+    tracking.configure(project.paths)
+    return mlflow.MlflowClient(), load_config(project.paths.params).registry.model_name
+
+
+def save_mlflow_model(model, path: Path, sample=None) -> Path:
+    """`model`'s weights saved as an MLflow model at `path` (signature from `sample`,
+    default digits), without optimizer state: an unfit one's warns on every load."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    if sample is None:
+        sample = digits_arrays()[0][:4].astype("float32")
+    served = keras.models.clone_model(model)
+    served.set_weights(model.get_weights())
+    mlflow.keras.save_model(
+        served,
+        str(path),  # mlflow's keras flavour takes a str path only
+        pip_requirements=["keras"],
+        signature=infer_signature(sample, served.predict(sample, verbose=0)),
+    )
+    return path
+
+
+def register(project, model_uri: Path | str, alias: str | None = None, **tags) -> str:
+    """Register the MLflow model at `model_uri` (saved once) as a new version, tag it."""
+    import mlflow
+
+    client, name = registry(project)
+    version = mlflow.register_model(str(model_uri), name).version
+    for key, value in {**GOOD_TAGS, **tags}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)

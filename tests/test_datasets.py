@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from pipeline.datasets import (
     read_idx,
 )
 
-from .conftest import write_png_folder
+from .conftest import idx_folder, write_idx, write_png_folder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -114,26 +112,6 @@ def test_missing_source_names_path_and_layouts(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- IDX
-
-
-def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
-    """Real IDX files: big-endian magic, dimension sizes, then unsigned bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if gz else open
-    suffix = ".gz" if gz else ""
-    n, rows, cols = images.shape
-    with opener(folder / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as handle:
-        handle.write(struct.pack(">IIII", 0x803, n, rows, cols) + images.astype(np.uint8).tobytes())
-    with opener(folder / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as handle:
-        handle.write(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
-
-
-def idx_folder(root: Path, gz: bool, n_train: int = 12, n_test: int = 4) -> Path:
-    rng = np.random.default_rng(0)
-    write_idx(root, "train", rng.integers(0, 256, (n_train, 5, 4)), np.arange(n_train) % 3, gz)
-    if n_test:
-        write_idx(root, "t10k", rng.integers(0, 256, (n_test, 5, 4)), np.arange(n_test) % 3, gz)
-    return root
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "plain"])

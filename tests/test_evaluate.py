@@ -41,29 +41,8 @@ from .conftest import (
     needs_fashion,
     real_params,
     small_params,
+    write_validation,
 )
-
-VALIDATION_OK = {
-    "success": True,
-    "checks": [
-        {"name": "label_set", "success": True, "severity": "error", "observed": {}, "examples": []},
-        {
-            "name": "class_balance",
-            "success": True,
-            "severity": "warning",
-            "observed": {},
-            "examples": [],
-        },
-    ],
-    "warnings": [],
-    "errors": [],
-}
-
-
-def write_validation(project, payload=VALIDATION_OK) -> None:
-    project.paths.validation_json.parent.mkdir(parents=True, exist_ok=True)
-    project.paths.validation_json.write_text(json.dumps(payload))
-
 
 # --------------------------------------------------------------------------- known truth
 

@@ -20,6 +20,7 @@ from .conftest import BIN, dvc, init_repo, ran_stages, small_params, write_png_f
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("e2e") / "repo"

@@ -21,8 +21,7 @@ from pipeline.prepare import (
 )
 from pipeline.prepared import MANIFEST_COLUMNS, SPLITS, load_prepared
 
-from .conftest import Project, make_prepared, small_params, write_png_folder
-from .test_datasets import idx_folder
+from .conftest import Project, idx_folder, make_prepared, small_params, write_png_folder
 
 
 def _data(**overrides):

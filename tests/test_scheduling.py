@@ -18,9 +18,9 @@ import pytest
 import yaml
 from crontab import CronTab
 
-from pipeline import retrain
+from pipeline import lock, retrain
 
-from .conftest import REPO, copy_project_tree
+from .conftest import REPO, STAMP_STAGE, copy_project_tree, register, save_mlflow_model
 
 DEPLOY = REPO / "deploy"
 PLACEHOLDER = "/srv/cnn-overfitting"
@@ -77,13 +77,13 @@ def test_crontab_command_runs_retrain_through_sh(tmp_path):
     """The exact cron command, placeholder replaced; a held lock makes it exit fast."""
     root = deployed_project(tmp_path)
     command = cron_jobs((DEPLOY / "crontab").read_text())[0][1].replace(PLACEHOLDER, str(root))
-    handle = retrain.acquire_lock(root / "retrain.lock", stale_seconds=3600)
+    handle = lock.acquire_lock(root / "retrain.lock", stale_seconds=3600)
     try:
         done = subprocess.run(
             ["/bin/sh", "-c", command], env={"PATH": "/usr/bin:/bin"}, timeout=300
         )
     finally:
-        retrain.release_lock(handle)
+        lock.release_lock(handle)
     assert done.returncode == retrain.EXIT_LOCKED
     assert "another retrain is running" in (root / "retrain.log").read_text()
 
@@ -217,7 +217,6 @@ def test_mlflow_run_retrain_lands_in_project_experiment(project, tmp_path):
     import mlflow
 
     from .conftest import digits_arrays, make_prepared
-    from .test_retrain import STAMP_STAGE, register
 
     root = project.root
     copy_project_tree(root)
@@ -239,8 +238,7 @@ def test_mlflow_run_retrain_lands_in_project_experiment(project, tmp_path):
             keras.layers.Dense(10, activation="softmax"),
         ]
     )
-    model.save(tmp_path / "m.keras")
-    version = register(project, tmp_path / "m.keras", alias="challenger")
+    version = register(project, save_mlflow_model(model, tmp_path / "m"), alias="challenger")
     experiment = yaml.safe_load(project.paths.params.read_text())["mlflow"]["experiment"]
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

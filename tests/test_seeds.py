@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import seeds
 
-from .conftest import REPO
+from .conftest import REPO, write_validation
 
 
 def test_mean_sd_and_student_t_interval():
@@ -122,7 +122,6 @@ def test_train_and_evaluate_with_three_seeds(digits_prepared):
     from pipeline.scoring import evaluation_indices
 
     from .conftest import small_params
-    from .test_evaluate import write_validation
 
     project = digits_prepared
     paths = project.paths

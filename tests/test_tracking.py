@@ -192,3 +192,28 @@ def test_registering_a_missing_model_is_a_tracking_error(project: Project):
     tracking.configure(project.paths)
     with pytest.raises(tracking.TrackingError, match=r"could not register runs:/0+/model as 'm'"):
         tracking.register_model_version(f"runs:/{'0' * 32}/model", "m", {}, "challenger")
+
+
+# --- retrain: registry helpers ---
+
+
+def test_registry_aliases_tags_and_a_missing_model(project: Project):
+    import mlflow
+
+    tracking.configure(project.paths)
+    assert tracking.registered_aliases("no-such-model") == {}
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    version = client.create_model_version("m", source=str(project.root / "model")).version
+    tracking.set_registered_alias("m", tracking.CHAMPION, version)
+    assert tracking.registered_aliases("m") == {tracking.CHAMPION: str(version)}
+    tracking.set_model_version_tags("m", version, {"retrain_decision": "promoted"})
+    assert tracking.model_version("m", version).tags == {"retrain_decision": "promoted"}
+
+
+def test_model_input_shape_without_a_signature_is_unknown():
+    class Unsigned:
+        metadata = None
+
+    assert tracking.model_input_shape(Unsigned()) is None
+    assert tracking.model_input_shape(object()) is None

@@ -25,8 +25,7 @@ from pipeline.config import ConfigError
 from pipeline.history import HISTORY_COLUMNS
 from pipeline.resume import checkpoint_epoch
 
-from .conftest import REPO, Project, small_params
-from .test_train_input import validation_report
+from .conftest import REPO, Project, small_params, write_validation
 
 VARIANT_TRAIN = {"epochs": 2, "batch_size": 64, "class_weight": "off"}
 # Dropout and augmentation: the random streams a resume must reproduce.
@@ -66,7 +65,7 @@ def test_train_writes_the_contract_outputs_and_mlflow_run(digits_prepared):
     # class_weight auto + a failed class_balance check: fit runs with weights.
     _write(project, train_over={"class_weight": "auto"})
     project.paths.reports_dir.mkdir()
-    validation_report(project.paths.validation_json, balance_ok=False)
+    write_validation(project, warnings=["class_balance"])
     assert train.main(["--variant", "baseline"]) == 0
 
     history = _history(project, "baseline")

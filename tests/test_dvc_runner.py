@@ -1,0 +1,61 @@
+"""pipeline.dvc_runner: the dvc command, its environment, and its failures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import dvc_runner, tracking
+
+
+def test_parse_dvc_status():
+    assert dvc_runner.parse_dvc_status("{}\n") == {}
+    assert dvc_runner.parse_dvc_status("") == {}
+    changed = dvc_runner.parse_dvc_status('warning: x\n{"train": [{"changed deps": {}}]}')
+    assert list(changed) == ["train"]
+    with pytest.raises(dvc_runner.DvcError, match="cannot parse"):
+        dvc_runner.parse_dvc_status("ERROR: no")
+
+
+def test_dvc_command_is_this_interpreter_unless_overridden(monkeypatch):
+    monkeypatch.delenv(dvc_runner.DVC_ENV, raising=False)
+    assert dvc_runner.dvc_command() == [sys.executable, "-m", "dvc"]
+    monkeypatch.setenv(dvc_runner.DVC_ENV, "/opt/dvc/bin/dvc --cd 'my repo'")
+    assert dvc_runner.dvc_command() == ["/opt/dvc/bin/dvc", "--cd", "my repo"]
+
+
+def test_child_env_carries_the_repro_id_and_this_interpreter_first_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin")
+    env = dvc_runner.child_env("abc")
+    assert env[tracking.REPRO_ID_ENV] == "abc"
+    assert env["PATH"] == os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin"])
+    monkeypatch.delenv("PATH")
+    assert dvc_runner.child_env("abc")["PATH"] == str(Path(sys.executable).parent)
+
+
+def fake_dvc(tmp_path: Path, script: str) -> list[str]:
+    path = tmp_path / "fake_dvc.py"
+    path.write_text(script)
+    return [sys.executable, str(path)]
+
+
+def test_dvc_status_parses_changes_and_reports_a_failure(tmp_path):
+    ok = fake_dvc(tmp_path, "print('{\"train\": []}')")
+    assert dvc_runner.dvc_status(tmp_path, ok, dict(os.environ)) == {"train": []}
+    failing = fake_dvc(tmp_path, "import sys; print('no dvc.yaml', file=sys.stderr); sys.exit(2)")
+    with pytest.raises(dvc_runner.DvcError, match="status --json exited 2: no dvc.yaml"):
+        dvc_runner.dvc_status(tmp_path, failing, dict(os.environ))
+
+
+def test_dvc_repro_failure_and_a_missing_command_raise(tmp_path):
+    failing = fake_dvc(tmp_path, "import sys; sys.exit(3)")
+    with pytest.raises(dvc_runner.DvcError, match="repro exited 3; the champion was left"):
+        dvc_runner.dvc_repro(tmp_path, failing, dict(os.environ))
+    missing = [str(tmp_path / "no-such-dvc")]
+    with pytest.raises(dvc_runner.DvcError, match="cannot run"):
+        dvc_runner.dvc_repro(tmp_path, missing, dict(os.environ))
+    with pytest.raises(dvc_runner.DvcError, match="cannot run"):
+        dvc_runner.dvc_status(tmp_path, missing, dict(os.environ))
