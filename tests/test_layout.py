@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -233,3 +235,57 @@ def test_training_depends_on_the_validation_flags_not_the_whole_report():
     for name in ("train", "learning_curve"):
         deps = stages[name]["do"]["deps"]
         assert flags in deps and report not in deps, name
+
+
+# The layers of docs/architecture.md.
+STAGES = {"digits", "prepare", "validate", "train", "evaluate", "report", "retrain"}
+INFRASTRUCTURE = {
+    "config", "paths", "catalog", "io", "tracking", "gx_suite", "prepared", "lock",
+    "dvc_runner", "cli",
+}  # fmt: skip
+PURE_CORES = ["diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement"]
+
+
+def pipeline_modules() -> dict[str, set[str]]:
+    """Each pipeline module's top-level name -> the top-level names it imports."""
+    graph: dict[str, set[str]] = {}
+    for path in (REPO / "pipeline").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if len(parts) < 2 or parts[1] == "__init__":
+            continue
+        graph.setdefault(parts[1], set()).update(m.split(".")[1] for m in imported_modules(path))
+    return graph
+
+
+def test_the_layers_hold():
+    """No stage imports another; infrastructure imports nothing above it."""
+    graph = pipeline_modules()
+    assert set(graph) >= STAGES | INFRASTRUCTURE, "a layer names a module that does not exist"
+    for module, imports in graph.items():
+        if module in STAGES:
+            assert not imports & (STAGES - {module}), f"stage {module} imports a stage"
+        if module in INFRASTRUCTURE:
+            above = imports - INFRASTRUCTURE
+            assert not above, f"infrastructure {module} imports {sorted(above)}"
+
+
+def test_only_tracking_imports_mlflow():
+    for path in (REPO / "pipeline").rglob("*.py"):
+        if path.name == "tracking.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            assert not any(n.split(".")[0] == "mlflow" for n in names), path
+
+
+def test_pure_cores_load_without_tensorflow_keras_or_mlflow():
+    code = (
+        "import sys\n"
+        + "".join(f"import pipeline.{m}\n" for m in PURE_CORES)
+        + "heavy = {'tensorflow', 'keras', 'mlflow'} & set(sys.modules)\n"
+        + "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
