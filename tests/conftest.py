@@ -71,6 +71,17 @@ def shipped(section: str, **overrides):
     return getattr(cfg, "validate_" if section == "validate" else section)
 
 
+def retrain_config():
+    """The retrain gates on, with a 1-point accuracy tolerance and a 10-point gap limit."""
+    return shipped(
+        "retrain",
+        require_validation_success=True,
+        reject_overfitting=True,
+        accuracy_tolerance=0.01,
+        max_gap=0.1,
+    )
+
+
 class Project:
     """A throwaway project root with its own params.yaml and mlflow.db."""
 

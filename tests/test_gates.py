@@ -6,15 +6,9 @@ import pytest
 
 from pipeline.gates import GateResult, ModelFacts, ValidationFacts, decide, gates, version_facts
 
-from .conftest import shipped
+from .conftest import retrain_config
 
-CFG = shipped(
-    "retrain",
-    require_validation_success=True,
-    reject_overfitting=True,
-    accuracy_tolerance=0.01,
-    max_gap=0.1,
-)
+CFG = retrain_config()
 GOOD = ModelFacts(
     version="2", variant="dropout", test_accuracy=0.90, gap_accuracy=0.03, verdict="good_fit"
 )

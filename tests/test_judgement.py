@@ -7,15 +7,9 @@ import pytest
 from pipeline import judgement
 from pipeline.judgement import NoChallengerError, needs_judgement
 
-from .conftest import shipped
+from .conftest import retrain_config
 
-CFG = shipped(
-    "retrain",
-    require_validation_success=True,
-    reject_overfitting=True,
-    accuracy_tolerance=0.01,
-    max_gap=0.1,
-)
+CFG = retrain_config()
 FINGERPRINT = judgement.gates_fingerprint(CFG)
 UNCHANGED = "data, params and code unchanged; "
 
