@@ -243,7 +243,10 @@ INFRASTRUCTURE = {
     "config", "paths", "catalog", "io", "tracking", "gx_suite", "prepared", "lock",
     "dvc_runner", "cli",
 }  # fmt: skip
-PURE_CORES = ["diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement"]
+PURE_CORES = [
+    "diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement",
+    "report_context",
+]  # fmt: skip
 
 
 def pipeline_modules() -> dict[str, set[str]]:

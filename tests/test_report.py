@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from markupsafe import escape  # what Jinja2 autoescape uses (&#39; for quotes)
 
-from pipeline import assessment, figures, report, scoring, tables
+from pipeline import assessment, figures, report, report_context, scoring, tables
 from pipeline.catalog.training import TrainOutputs
 from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
@@ -151,7 +151,7 @@ def test_report_is_self_contained_and_complete(project, built):
     assert "<code>baseline</code>" in headline and 'class="verdict overfitting"' in headline
     # One sentence answers the question for the reference model, before the evidence.
     assert evaluation["answer"].startswith("Yes, `baseline` overfits")
-    assert report.code_spans(evaluation["answer"]) in headline
+    assert report_context.code_spans(evaluation["answer"]) in headline
     assert "<code>baseline</code> overfits" in headline
     assert headline.index('id="answer"') < headline.index('class="evidence"')
     for line in evaluation["variants"]["baseline"]["evidence"]:
@@ -298,11 +298,11 @@ def test_seed_aggregate_shows_on_the_card_and_in_the_table_only_with_several_see
 
 
 def test_ci_halfwidth_takes_the_number_diagnosis_writes_or_nothing():
-    assert report.ci_halfwidth(0.02) == 0.02
-    assert report.ci_halfwidth(None) is None
-    assert report.ci_halfwidth(float("nan")) is None
-    assert report.ci_halfwidth("wide") is None
-    assert report.ci_halfwidth(True) is None
+    assert report_context.ci_halfwidth(0.02) == 0.02
+    assert report_context.ci_halfwidth(None) is None
+    assert report_context.ci_halfwidth(float("nan")) is None
+    assert report_context.ci_halfwidth("wide") is None
+    assert report_context.ci_halfwidth(True) is None
 
 
 def test_report_escapes_untrusted_text(project, built):
@@ -428,8 +428,8 @@ def test_no_more_data_section_without_a_learning_curve(project, built):
 
 
 def test_code_spans_escape_first_then_mark_backticked_names():
-    html = str(report.code_spans("Adopt `dropout` <script>x</script> & `l2`"))
+    html = str(report_context.code_spans("Adopt `dropout` <script>x</script> & `l2`"))
     assert html == (
         "Adopt <code>dropout</code> &lt;script&gt;x&lt;/script&gt; &amp; <code>l2</code>"
     )
-    assert str(report.code_spans("no ticks")) == "no ticks"
+    assert str(report_context.code_spans("no ticks")) == "no ticks"
