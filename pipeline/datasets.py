@@ -156,55 +156,60 @@ def folder_records(root: Path) -> list[SourceRecord]:
 
 
 def _class_records(root: Path, class_dir: Path, label: str, root_real: Path) -> list[SourceRecord]:
+    """One record per visible file under a class folder, subfolders included, in sorted order."""
     rows: list[SourceRecord] = []
     # followlinks=False: a symlinked folder inside the root is walked where it
     # really lives (no double counting, no loops); one outside is reported.
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
         here = Path(dirpath)
-        kept = []
-        for name in sorted(dirnames):
-            if _is_hidden(name):
-                continue
-            sub = here / name
-            if sub.is_symlink():
-                if _outside(sub, root_real):
-                    rows.append(_symlink_row(sub, sub.relative_to(root).as_posix() + "/", label))
-                else:
-                    log.info("not following %s: its target is already inside the source", sub)
-                continue
-            kept.append(name)
+        kept, link_rows = _subfolders(root, here, dirnames, label, root_real)
+        rows.extend(link_rows)
+        # os.walk descends only into the folders left in dirnames.
         dirnames[:] = kept
         for name in sorted(filenames):
-            if _is_hidden(name):
-                continue
-            path = here / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink() and _outside(path, root_real):
-                rows.append(_symlink_row(path, rel, label))
-            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                rows.append(
-                    SourceRecord(
-                        id=rel,
-                        path=shown_path(path),
-                        label=label,
-                        status="not_image",
-                        error=f"extension {path.suffix or '(none)'!r} is not an image type; "
-                        f"allowed: {', '.join(sorted(IMAGE_EXTENSIONS))}",
-                    )
-                )
-            elif not path.exists():
-                rows.append(
-                    SourceRecord(
-                        id=rel,
-                        path=shown_path(path),
-                        label=label,
-                        status="corrupt",
-                        error="broken symlink",
-                    )
-                )
-            else:
-                rows.append(SourceRecord(id=rel, path=shown_path(path), label=label))
+            if not _is_hidden(name):
+                rows.append(_file_record(root, here / name, label, root_real))
     return rows
+
+
+def _subfolders(
+    root: Path, here: Path, dirnames: list[str], label: str, root_real: Path
+) -> tuple[list[str], list[SourceRecord]]:
+    """The visible, real subfolders to walk, and a row per symlinked one pointing outside."""
+    kept: list[str] = []
+    rows: list[SourceRecord] = []
+    for name in sorted(dirnames):
+        if _is_hidden(name):
+            continue
+        sub = here / name
+        if not sub.is_symlink():
+            kept.append(name)
+        elif _outside(sub, root_real):
+            rows.append(_symlink_row(sub, sub.relative_to(root).as_posix() + "/", label))
+        else:
+            log.info("not following %s: its target is already inside the source", sub)
+    return kept, rows
+
+
+def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceRecord:
+    """A file's record: an image, or why it is not one (link outside, extension, dangling)."""
+    rel = path.relative_to(root).as_posix()
+    if path.is_symlink() and _outside(path, root_real):
+        return _symlink_row(path, rel, label)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return SourceRecord(
+            id=rel,
+            path=shown_path(path),
+            label=label,
+            status="not_image",
+            error=f"extension {path.suffix or '(none)'!r} is not an image type; "
+            f"allowed: {', '.join(sorted(IMAGE_EXTENSIONS))}",
+        )
+    if not path.exists():
+        return SourceRecord(
+            id=rel, path=shown_path(path), label=label, status="corrupt", error="broken symlink"
+        )
+    return SourceRecord(id=rel, path=shown_path(path), label=label)
 
 
 def _symlink_row(path: Path, rel: str, label: str) -> SourceRecord:

@@ -408,12 +408,62 @@ def run_trajectory(
     frame = check_history(history)
     window = cfg.smoothing_window
     best_epoch = run.best_epoch if run.best_epoch in set(frame["epoch"]) else best_epoch_of(frame)
+    rise = _val_loss_rise(frame, window, n_classes)
+    val_acc_at_min = float(frame["val_accuracy"].iloc[rise.min_pos])
+    widening_noise = cfg.noise_z * binomial_se(val_acc_at_min, n_val)
+    diverged, unstable = _divergence(rise, widening_noise, cfg)
+    onset = _divergence_onset(frame, rise, cfg) if diverged else None
+    stopped_by = _stopped_by(run)
+    epochs = frame["epoch"].to_numpy()
+    trajectory = Trajectory(
+        best_epoch=int(best_epoch),
+        epochs_run=int(len(frame)),
+        stopped_by=stopped_by,
+        still_improving=bool(
+            stopped_by != "early_stopping" and rise.min_pos >= len(frame) - max(window, 2)
+        ),
+        diverged=diverged,
+        unstable=unstable,
+        onset_epoch=onset,
+        min_epoch=int(epochs[rise.min_pos]),
+        peak_epoch=int(epochs[rise.peak_pos]),
+        val_loss_min=rise.val_min,
+        val_loss_rise=rise.rise,
+        rise_share=rise.share,
+        noise_z=rise.noise_z,
+        train_loss_fell=rise.train_fell,
+        gap_at_best=rise.gap_at_min,
+        gap_at_peak=rise.gap_at_peak,
+        gap_widening=rise.gap_widening,
+        gap_widening_noise=widening_noise,
+        max_generalization_loss=float(generalization_loss(frame, window).max()),
+        summary="",
+    )
+    return Trajectory(**{**asdict(trajectory), "summary": _trajectory_words(trajectory, cfg)})
+
+
+@dataclass(frozen=True)
+class _Rise:
+    """The smoothed val loss's climb from its minimum to its peak after it, and its context."""
+
+    min_pos: int  # row of the smoothed val-loss minimum
+    peak_pos: int  # row of the smoothed val-loss peak from the minimum on
+    val_min: float
+    rise: float  # smoothed peak - smoothed minimum
+    share: float  # rise / what training had gained down to the minimum
+    noise_z: float  # rise in units of the val loss's epoch-to-epoch noise
+    train_fell: bool  # the smoothed train loss is lower at the peak than at the minimum
+    gap_at_min: float  # smoothed train-val accuracy gap at the minimum
+    gap_at_peak: float
+    gap_widening: float  # gap_at_peak - gap_at_min
+
+
+def _val_loss_rise(frame: pd.DataFrame, window: int, n_classes: int) -> _Rise:
+    """How far the smoothed val loss climbed back after its minimum (see `run_trajectory`)."""
     raw_val = frame["val_loss"].to_numpy(dtype=float)
     val = smoothed(raw_val, window)
     loss = smoothed(frame["loss"].to_numpy(dtype=float), window)
     gap = smoothed((frame["accuracy"] - frame["val_accuracy"]).to_numpy(dtype=float), window)
-    epochs = frame["epoch"].to_numpy()
-
     min_pos = int(np.argmin(val))
     peak_pos = min_pos + int(np.argmax(val[min_pos:]))
     rise = float(val[peak_pos] - val[min_pos])
@@ -422,54 +472,51 @@ def run_trajectory(
     # small rise look large on big data, where epoch 1 already does most of the work.
     start = math.log(n_classes) if n_classes >= 2 else float(max(raw_val[0], val[0]))
     gained = float(start - val[min_pos])
-    rise_share = rise / gained if gained > 0 else (math.inf if rise > 0 else 0.0)
     noise = smoothed_noise(raw_val, val, min_pos, window)
-    noise_z = rise / noise if noise > 0 else (math.inf if rise > 0 else 0.0)
-    train_fell = bool(loss[peak_pos] < loss[min_pos])
-    widening = float(gap[peak_pos] - gap[min_pos])
-    val_acc_at_min = float(frame["val_accuracy"].iloc[min_pos])
-    widening_noise = cfg.noise_z * binomial_se(val_acc_at_min, n_val)
-
-    turned_up = rise > 0 and noise_z >= cfg.min_noise_z and train_fell
-    material = rise_share >= cfg.divergence_share or (
-        widening >= cfg.divergence_gap_widening and widening > widening_noise
-    )
-    diverged = bool(turned_up and material)
-    unstable = bool(rise > 0 and noise_z >= cfg.min_noise_z and not train_fell and material)
-    onset = onset_epoch(frame, cfg.onset_tolerance, window) if diverged else None
-    if diverged and onset is None:
-        onset = int(epochs[min(min_pos + 1, len(epochs) - 1)])
-
-    if run.stopped_early is None:
-        stopped_by = "unknown"
-    else:
-        stopped_by = "early_stopping" if run.stopped_early else "epoch_limit"
-    gl = generalization_loss(frame, window)
-    trajectory = Trajectory(
-        best_epoch=int(best_epoch),
-        epochs_run=int(len(frame)),
-        stopped_by=stopped_by,
-        still_improving=bool(
-            stopped_by != "early_stopping" and min_pos >= len(frame) - max(window, 2)
-        ),
-        diverged=diverged,
-        unstable=unstable,
-        onset_epoch=onset,
-        min_epoch=int(epochs[min_pos]),
-        peak_epoch=int(epochs[peak_pos]),
-        val_loss_min=float(val[min_pos]),
-        val_loss_rise=rise,
-        rise_share=rise_share,
-        noise_z=noise_z,
-        train_loss_fell=train_fell,
-        gap_at_best=float(gap[min_pos]),
+    return _Rise(
+        min_pos=min_pos,
+        peak_pos=peak_pos,
+        val_min=float(val[min_pos]),
+        rise=rise,
+        share=rise / gained if gained > 0 else (math.inf if rise > 0 else 0.0),
+        noise_z=rise / noise if noise > 0 else (math.inf if rise > 0 else 0.0),
+        train_fell=bool(loss[peak_pos] < loss[min_pos]),
+        gap_at_min=float(gap[min_pos]),
         gap_at_peak=float(gap[peak_pos]),
-        gap_widening=widening,
-        gap_widening_noise=widening_noise,
-        max_generalization_loss=float(gl.max()),
-        summary="",
+        gap_widening=float(gap[peak_pos] - gap[min_pos]),
     )
-    return Trajectory(**{**asdict(trajectory), "summary": _trajectory_words(trajectory, cfg)})
+
+
+def _divergence(rise: _Rise, widening_noise: float, cfg: EvaluateConfig) -> tuple[bool, bool]:
+    """(diverged, unstable): a material rise beyond noise, with the train loss falling or not."""
+    beyond_noise = rise.rise > 0 and rise.noise_z >= cfg.min_noise_z
+    material = rise.share >= cfg.divergence_share or (
+        rise.gap_widening >= cfg.divergence_gap_widening and rise.gap_widening > widening_noise
+    )
+    diverged = bool(beyond_noise and rise.train_fell and material)
+    unstable = bool(beyond_noise and not rise.train_fell and material)
+    return diverged, unstable
+
+
+def _divergence_onset(frame: pd.DataFrame, rise: _Rise, cfg: EvaluateConfig) -> int:
+    """The overfitting onset of a diverged run: `onset_epoch`, else the epoch after the minimum.
+
+    `onset_epoch` asks that the rise last to the final epoch while divergence
+    reads the peak, so a diverged run can lack that onset; it still names
+    where its val loss began to climb.
+    """
+    onset = onset_epoch(frame, cfg.onset_tolerance, cfg.smoothing_window)
+    if onset is None:
+        epochs = frame["epoch"].to_numpy()
+        onset = int(epochs[min(rise.min_pos + 1, len(epochs) - 1)])
+    return onset
+
+
+def _stopped_by(run: RunFacts) -> str:
+    """What ended the run: early_stopping, epoch_limit, or unknown."""
+    if run.stopped_early is None:
+        return "unknown"
+    return "early_stopping" if run.stopped_early else "epoch_limit"
 
 
 def _share(value: float) -> str:
@@ -640,6 +687,50 @@ def diagnose(
             None compares the variant with itself only.
         run: how the run ended (best epoch, early stopping, images per epoch).
     """
+    _check_scores(train, val, n_classes)
+    run = run or RunFacts()
+    frame = check_history(history)
+    gaps = compute_gaps(frame, run.best_epoch if run.best_epoch in set(frame["epoch"]) else None)
+    run = RunFacts(gaps.best_epoch, run.stopped_early, run.n_train or train.n)
+    trajectory = run_trajectory(frame, run, val.n, cfg, n_classes)
+    chance_train = _chance(train, n_classes)
+    memo = memorization(frame, val, run.n_train, chance_train, _chance(val, n_classes), cfg)
+    saved = _saved_gap(train, val, gaps.best_epoch, cfg)
+    under = _underfitting(train, val, chance_train, reference, cfg)
+
+    # The verdict rules in their order of precedence: the first that matches wins.
+    if memo.detected:
+        finding = _memorizing(variant, memo, saved, run.n_train, val.n)
+    elif under.near_chance or under.behind_best:
+        finding = _underfit(variant, under, saved, train, val, n_classes, cfg)
+    else:
+        finding = _overfit_or_good_fit(variant, saved, trajectory, val.n, cfg)
+
+    return Diagnosis(
+        variant=variant,
+        verdict=finding.verdict,
+        model_verdict=finding.model_verdict,
+        summary=finding.summary,
+        evidence=[*finding.evidence, f"training: {trajectory.summary}"],
+        gap=_gap_record(saved, train, val, gaps),
+        best_epoch=gaps.best_epoch,
+        epochs_run=int(len(frame)),
+        onset_epoch=trajectory.onset_epoch,
+        max_generalization_loss=trajectory.max_generalization_loss,
+        training=trajectory.to_dict(),
+        memorization=memo.to_dict(),
+        rules={
+            "memorization": memo.detected,
+            "near_chance": bool(under.near_chance),
+            "behind_best": bool(under.behind_best),
+            "gap_material": bool(saved.material),
+            "diverged": trajectory.diverged,
+        },
+    )
+
+
+def _check_scores(train: SplitScores, val: SplitScores, n_classes: int) -> None:
+    """ValueError on fewer than 2 classes or scores that no model can have."""
     if n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     for name, scores in (("train", train), ("val", val)):
@@ -647,24 +738,88 @@ def diagnose(
             raise ValueError(f"{name} scores out of range: {scores}")
         if scores.n < 0:
             raise ValueError(f"{name} n must be >= 0, got {scores.n}")
-    run = run or RunFacts()
-    frame = check_history(history)
-    gaps = compute_gaps(frame, run.best_epoch if run.best_epoch in set(frame["epoch"]) else None)
-    run = RunFacts(gaps.best_epoch, run.stopped_early, run.n_train or train.n)
-    trajectory = run_trajectory(frame, run, val.n, cfg, n_classes)
-    chance_train = train.chance if train.chance is not None else 1.0 / n_classes
-    chance_val = val.chance if val.chance is not None else 1.0 / n_classes
-    memo = memorization(frame, val, run.n_train, chance_train, chance_val, cfg)
 
+
+def _chance(scores: SplitScores, n_classes: int) -> float:
+    """The split's chance accuracy: its most common class when known, else 1 / n_classes."""
+    return scores.chance if scores.chance is not None else 1.0 / n_classes
+
+
+@dataclass(frozen=True)
+class _SavedGap:
+    """The saved model's train-val accuracy gap (question 1) and the words for it."""
+
+    accuracy: float  # train - val accuracy
+    noise: float  # noise_z standard errors of the two split sizes
+    material: bool  # >= overfit_gap and beyond noise
+    noise_words: str  # "±x points" or "noise unknown"
+    sentence: str  # "the saved model (epoch n) scores train ... vs val ...: gap ..."
+
+
+def _saved_gap(
+    train: SplitScores, val: SplitScores, best_epoch: int, cfg: EvaluateConfig
+) -> _SavedGap:
+    """Is the saved model's gap material: at least `overfit_gap` and beyond noise?"""
     acc_gap = train.accuracy - val.accuracy
-    gap_noise = cfg.noise_z * math.hypot(
+    noise = cfg.noise_z * math.hypot(
         binomial_se(train.accuracy, train.n), binomial_se(val.accuracy, val.n)
     )
-    gap_material = acc_gap >= cfg.overfit_gap and acc_gap > gap_noise
+    noise_words = f"±{_pts(noise)}" if noise > 0 else "noise unknown"
+    return _SavedGap(
+        accuracy=acc_gap,
+        noise=noise,
+        material=acc_gap >= cfg.overfit_gap and acc_gap > noise,
+        noise_words=noise_words,
+        sentence=f"the saved model (epoch {best_epoch}) scores train {train.accuracy:.1%} vs val "
+        f"{val.accuracy:.1%}: gap {_pts(acc_gap)} ({noise_words})",
+    )
+
+
+def _gap_record(
+    saved: _SavedGap, train: SplitScores, val: SplitScores, gaps: Gaps
+) -> dict[str, Any]:
+    """The `gap` block of a diagnosis: the saved model's gaps, then the history's."""
+    return {
+        "accuracy": saved.accuracy,
+        "accuracy_noise": saved.noise,
+        "relative": relative_gap(train.accuracy, val.accuracy),
+        "loss": val.loss - train.loss,
+        "material": bool(saved.material),
+        "history_accuracy_best": gaps.accuracy_best,
+        "history_loss_best": gaps.loss_best,
+        "history_relative_best": gaps.relative_best,
+        "history_accuracy_last": gaps.accuracy_last,
+        "history_loss_last": gaps.loss_last,
+        "history_relative_last": gaps.relative_last,
+        "history_max_accuracy": gaps.max_accuracy,
+        "history_max_accuracy_epoch": gaps.max_accuracy_epoch,
+    }
+
+
+@dataclass(frozen=True)
+class _Underfitting:
+    """The underfitting rule's facts: near chance, or behind the best variant on both splits."""
+
+    chance: float  # chance on the train split
+    chance_margin: float  # accuracy points above chance that still count as "near"
+    near_chance: bool
+    reference: Reference
+    train_behind: float  # reference train accuracy - this train accuracy
+    val_behind: float
+    behind_best: bool  # both behind by underfit_gap_to_best and beyond noise
+
+
+def _underfitting(
+    train: SplitScores,
+    val: SplitScores,
+    chance_train: float,
+    reference: Reference | None,
+    cfg: EvaluateConfig,
+) -> _Underfitting:
+    """Rule 2's facts (module docstring): near chance, or far below the best variant."""
     # The margin is a share of the way from chance to 100%: with a 90% majority
     # class, 99% is far from chance though only 9 points above it.
     chance_margin = cfg.underfit_chance_margin * (1.0 - chance_train)
-    near_chance = train.accuracy - chance_train <= chance_margin
     ref = reference or Reference(train.accuracy, val.accuracy)
     train_behind = ref.train_accuracy - train.accuracy
     val_behind = ref.val_accuracy - val.accuracy
@@ -674,145 +829,160 @@ def diagnose(
     val_behind_noise = cfg.noise_z * math.hypot(
         binomial_se(val.accuracy, val.n), binomial_se(ref.val_accuracy, val.n)
     )
-    behind_best = (
-        train_behind >= cfg.underfit_gap_to_best
-        and train_behind > train_behind_noise
-        and val_behind >= cfg.underfit_gap_to_best
-        and val_behind > val_behind_noise
+    return _Underfitting(
+        chance=chance_train,
+        chance_margin=chance_margin,
+        near_chance=train.accuracy - chance_train <= chance_margin,
+        reference=ref,
+        train_behind=train_behind,
+        val_behind=val_behind,
+        behind_best=(
+            train_behind >= cfg.underfit_gap_to_best
+            and train_behind > train_behind_noise
+            and val_behind >= cfg.underfit_gap_to_best
+            and val_behind > val_behind_noise
+        ),
     )
 
-    noise_words = f"±{_pts(gap_noise)}" if gap_noise > 0 else "noise unknown"
-    saved = (
-        f"the saved model (epoch {gaps.best_epoch}) scores train {train.accuracy:.1%} vs val "
-        f"{val.accuracy:.1%}: gap {_pts(acc_gap)} ({noise_words})"
-    )
-    evidence: list[str] = []
-    if memo.detected:
-        verdict = model_verdict = OVERFITTING
-        summary = (
+
+@dataclass(frozen=True)
+class _Finding:
+    """What one verdict rule concluded, in words."""
+
+    verdict: str
+    model_verdict: str
+    summary: str
+    evidence: list[str]
+
+
+def _memorizing(
+    variant: str, memo: Memorization, saved: _SavedGap, n_train: int, n_val: int
+) -> _Finding:
+    """Rule 1: the network memorizes (overfitting, whatever the saved model's gap)."""
+    return _Finding(
+        verdict=OVERFITTING,
+        model_verdict=OVERFITTING,
+        summary=(
             f"`{variant}` memorizes: train accuracy climbed {memo.train_start:.0%} → "
             f"{memo.train_peak:.0%} while val stayed at chance ({memo.val_peak:.0%}, chance "
-            f"{chance_val:.0%}): nothing it learned generalizes, so check the labels."
+            f"{memo.chance_val:.0%}): nothing it learned generalizes, so check the labels."
+        ),
+        evidence=[
+            f"memorization: train accuracy {memo.train_start:.0%} → {memo.train_peak:.0%} by epoch "
+            f"{memo.train_peak_epoch} (chance {memo.chance_train:.0%}; more than "
+            f"{_pts(memo.train_margin)} above it is beyond noise on {n_train} images), "
+            f"val stays {memo.val_peak:.0%} (within {_pts(memo.val_margin)} of chance on "
+            f"{n_val} images)",
+            saved.sentence,
+        ],
+    )
+
+
+def _underfit(
+    variant: str,
+    under: _Underfitting,
+    saved: _SavedGap,
+    train: SplitScores,
+    val: SplitScores,
+    n_classes: int,
+    cfg: EvaluateConfig,
+) -> _Finding:
+    """Rule 2: near chance, or far behind the best variant on both splits."""
+    evidence = []
+    if under.near_chance:
+        summary = (
+            f"`{variant}` underfits: train accuracy {train.accuracy:.1%} is within "
+            f"{_pts(under.chance_margin)} of chance ({under.chance:.1%})."
         )
         evidence.append(
-            f"memorization: train accuracy {memo.train_start:.0%} → {memo.train_peak:.0%} by epoch "
-            f"{memo.train_peak_epoch} (chance {chance_train:.0%}; more than "
-            f"{_pts(memo.train_margin)} above it is beyond noise on {run.n_train} images), "
-            f"val stays {memo.val_peak:.0%} (within {_pts(memo.val_margin)} of chance on "
-            f"{val.n} images)"
+            f"train accuracy {train.accuracy:.1%} is within {_pts(under.chance_margin)} of "
+            f"chance ({under.chance:.1%}, the most common class, {n_classes} classes): the model "
+            "has not learned the training set"
         )
-        evidence.append(saved)
-    elif near_chance or behind_best:
-        verdict = model_verdict = UNDERFITTING
-        if near_chance:
-            summary = (
-                f"`{variant}` underfits: train accuracy {train.accuracy:.1%} is within "
-                f"{_pts(chance_margin)} of chance ({chance_train:.1%})."
-            )
-            evidence.append(
-                f"train accuracy {train.accuracy:.1%} is within {_pts(chance_margin)} of chance "
-                f"({chance_train:.1%}, the most common class, {n_classes} classes): the model "
-                "has not learned the training set"
-            )
-        else:
-            summary = (
-                f"`{variant}` underfits: {_pts(train_behind)} below the best variant on train "
-                f"and {_pts(val_behind)} on val."
-            )
-        if behind_best:
-            evidence.append(
-                f"below the best variant on both splits: train {train.accuracy:.1%} vs "
-                f"{ref.train_accuracy:.1%} ({_pts(train_behind)}), val {val.accuracy:.1%} vs "
-                f"{ref.val_accuracy:.1%} ({_pts(val_behind)}); each beyond noise and "
-                f"≥ {_pts(cfg.underfit_gap_to_best)}"
-            )
-        evidence.append(saved)
     else:
-        model_verdict = OVERFITTING if gap_material else GOOD_FIT
-        verdict = OVERFITTING if gap_material or trajectory.diverged else GOOD_FIT
-        if gap_material:
-            evidence.append(
-                f"{saved}, ≥ overfit_gap {_pts(cfg.overfit_gap)} and beyond noise: the saved "
-                "model is overfit"
-            )
-        else:
-            why = (
-                "within noise"
-                if acc_gap <= gap_noise
-                else f"below overfit_gap {_pts(cfg.overfit_gap)}"
-            )
-            evidence.append(f"{saved}, {why}: the saved model generalizes")
-            if cfg.good_fit_max_gap < acc_gap:
-                evidence.append(
-                    f"borderline: the gap exceeds good_fit_max_gap {_pts(cfg.good_fit_max_gap)}; "
-                    "watch it as data or epochs change"
-                )
-        if gap_material and trajectory.diverged:
-            summary = (
-                f"Yes, `{variant}` overfits: its saved model's gap is {_pts(acc_gap)} and its val "
-                f"loss turned up after epoch {trajectory.min_epoch}."
-            )
-        elif gap_material:
-            summary = f"Yes, `{variant}` overfits: its saved model's gap is {_pts(acc_gap)}."
-        elif trajectory.diverged:
-            summary = (
-                f"Its training overfits: `{variant}`'s val loss turned up materially after epoch "
-                f"{trajectory.min_epoch}; the saved model (epoch {gaps.best_epoch}) has a gap of "
-                f"{_pts(acc_gap)}."
-            )
-        elif acc_gap >= cfg.overfit_gap:
-            summary = (
-                f"Cannot tell yet: `{variant}`'s gap is {_pts(acc_gap)}, but that is within the "
-                f"noise of {val.n} validation images ({noise_words}); more validation images "
-                "would settle it."
-            )
-        elif trajectory.unstable:
-            summary = (
-                f"`{variant}`'s training is unstable: after epoch {trajectory.min_epoch} the train "
-                "and val loss both rose (check the learning rate); the saved model (epoch "
-                f"{gaps.best_epoch}) has a gap of {_pts(acc_gap)}."
-            )
-        else:
-            summary = (
-                f"No, `{variant}` generalizes: gap {_pts(acc_gap)} ({noise_words}), and its val "
-                "loss did not turn up materially."
-            )
-    evidence.append(f"training: {trajectory.summary}")
+        summary = (
+            f"`{variant}` underfits: {_pts(under.train_behind)} below the best variant on train "
+            f"and {_pts(under.val_behind)} on val."
+        )
+    if under.behind_best:
+        ref = under.reference
+        evidence.append(
+            f"below the best variant on both splits: train {train.accuracy:.1%} vs "
+            f"{ref.train_accuracy:.1%} ({_pts(under.train_behind)}), val {val.accuracy:.1%} vs "
+            f"{ref.val_accuracy:.1%} ({_pts(under.val_behind)}); each beyond noise and "
+            f"≥ {_pts(cfg.underfit_gap_to_best)}"
+        )
+    evidence.append(saved.sentence)
+    return _Finding(UNDERFITTING, UNDERFITTING, summary, evidence)
 
-    return Diagnosis(
-        variant=variant,
-        verdict=verdict,
+
+def _overfit_or_good_fit(
+    variant: str, saved: _SavedGap, trajectory: Trajectory, n_val: int, cfg: EvaluateConfig
+) -> _Finding:
+    """Rules 3 and 4: overfitting when the saved gap is material or the run diverged."""
+    model_verdict = OVERFITTING if saved.material else GOOD_FIT
+    return _Finding(
+        verdict=OVERFITTING if saved.material or trajectory.diverged else GOOD_FIT,
         model_verdict=model_verdict,
-        summary=summary,
-        evidence=evidence,
-        gap={
-            "accuracy": acc_gap,
-            "accuracy_noise": gap_noise,
-            "relative": relative_gap(train.accuracy, val.accuracy),
-            "loss": val.loss - train.loss,
-            "material": bool(gap_material),
-            "history_accuracy_best": gaps.accuracy_best,
-            "history_loss_best": gaps.loss_best,
-            "history_relative_best": gaps.relative_best,
-            "history_accuracy_last": gaps.accuracy_last,
-            "history_loss_last": gaps.loss_last,
-            "history_relative_last": gaps.relative_last,
-            "history_max_accuracy": gaps.max_accuracy,
-            "history_max_accuracy_epoch": gaps.max_accuracy_epoch,
-        },
-        best_epoch=gaps.best_epoch,
-        epochs_run=int(len(frame)),
-        onset_epoch=trajectory.onset_epoch,
-        max_generalization_loss=trajectory.max_generalization_loss,
-        training=trajectory.to_dict(),
-        memorization=memo.to_dict(),
-        rules={
-            "memorization": memo.detected,
-            "near_chance": bool(near_chance),
-            "behind_best": bool(behind_best),
-            "gap_material": bool(gap_material),
-            "diverged": trajectory.diverged,
-        },
+        summary=_fit_summary(variant, saved, trajectory, n_val, cfg),
+        evidence=_saved_gap_evidence(saved, cfg),
+    )
+
+
+def _saved_gap_evidence(saved: _SavedGap, cfg: EvaluateConfig) -> list[str]:
+    """Whether the saved model is overfit, and a borderline gap flagged."""
+    if saved.material:
+        return [
+            f"{saved.sentence}, ≥ overfit_gap {_pts(cfg.overfit_gap)} and beyond noise: the saved "
+            "model is overfit"
+        ]
+    why = (
+        "within noise"
+        if saved.accuracy <= saved.noise
+        else f"below overfit_gap {_pts(cfg.overfit_gap)}"
+    )
+    evidence = [f"{saved.sentence}, {why}: the saved model generalizes"]
+    if cfg.good_fit_max_gap < saved.accuracy:
+        evidence.append(
+            f"borderline: the gap exceeds good_fit_max_gap {_pts(cfg.good_fit_max_gap)}; "
+            "watch it as data or epochs change"
+        )
+    return evidence
+
+
+def _fit_summary(
+    variant: str, saved: _SavedGap, trajectory: Trajectory, n_val: int, cfg: EvaluateConfig
+) -> str:
+    """One sentence answering "is it overfitting?" when it neither memorizes nor underfits."""
+    gap = _pts(saved.accuracy)
+    if saved.material and trajectory.diverged:
+        return (
+            f"Yes, `{variant}` overfits: its saved model's gap is {gap} and its val "
+            f"loss turned up after epoch {trajectory.min_epoch}."
+        )
+    if saved.material:
+        return f"Yes, `{variant}` overfits: its saved model's gap is {gap}."
+    if trajectory.diverged:
+        return (
+            f"Its training overfits: `{variant}`'s val loss turned up materially after epoch "
+            f"{trajectory.min_epoch}; the saved model (epoch {trajectory.best_epoch}) has a gap of "
+            f"{gap}."
+        )
+    if saved.accuracy >= cfg.overfit_gap:
+        return (
+            f"Cannot tell yet: `{variant}`'s gap is {gap}, but that is within the "
+            f"noise of {n_val} validation images ({saved.noise_words}); more validation images "
+            "would settle it."
+        )
+    if trajectory.unstable:
+        return (
+            f"`{variant}`'s training is unstable: after epoch {trajectory.min_epoch} the train "
+            "and val loss both rose (check the learning rate); the saved model (epoch "
+            f"{trajectory.best_epoch}) has a gap of {gap}."
+        )
+    return (
+        f"No, `{variant}` generalizes: gap {gap} ({saved.noise_words}), and its val "
+        "loss did not turn up materially."
     )
 
 
@@ -1075,40 +1245,61 @@ def recommend(
         [{"action", "reason", "source", "rank"}], most important first; source
         is "validation", "comparison" or "diagnosis".
     """
-    recs: list[dict[str, str]] = []
     failed = set(failed_checks)
     by_name = {s.name: s for s in summaries}
-    ref = reference_variant([s.name for s in summaries])
-    ref_summary = by_name[ref]
-
-    if "split_leakage" in failed or "duplicates" in failed:
-        which = [c for c in ("split_leakage", "duplicates") if c in failed]
-        recs.append(
-            {
-                "action": "Fix the split: remove duplicate and leaked images before trusting any "
-                "val/test number",
-                "reason": f"data validation failed {', '.join(which)}: identical images in "
-                "train and val/test inflate validation accuracy and hide overfitting",
-                "source": "validation",
-            }
-        )
+    ref = by_name[reference_variant([s.name for s in summaries])]
     memorizing = [s for s in summaries if s.memorizing]
-    if memorizing:
-        recs.append(
-            {
-                "action": "Check the labels: nothing the network learns generalizes, and no "
-                "regularizer can create signal that the labels do not carry",
-                "reason": ", ".join(
-                    f"{s.name}: train accuracy climbed to "
-                    f"{s.train_peak if s.train_peak is not None else s.train_accuracy:.0%}, val "
-                    f"peaked at {s.val_peak if s.val_peak is not None else s.val_accuracy:.0%}"
-                    for s in memorizing
-                )
-                + ": val accuracy stays at chance while the network memorizes the training set "
-                "(more capacity or epochs would only memorize faster)",
-                "source": "diagnosis",
-            }
-        )
+    recs = [*_split_advice(failed), *_label_advice(memorizing), *_data_advice(failed)]
+    # When labels carry no signal, mitigation, capacity or regularization advice is moot.
+    if not memorizing:
+        recs.extend(_mitigation_advice(summaries, effects, ref))
+        recs.extend(_underfit_advice(summaries, ref))
+    recs.append(_deployment_advice(summaries, by_name[best_variant]))
+    for rank, rec in enumerate(recs, start=1):
+        rec["rank"] = str(rank)
+    return recs
+
+
+def _split_advice(failed: Collection[str]) -> list[dict[str, str]]:
+    """Fix a split that leaks or repeats images: every val/test number depends on it."""
+    which = [c for c in ("split_leakage", "duplicates") if c in failed]
+    if not which:
+        return []
+    return [
+        {
+            "action": "Fix the split: remove duplicate and leaked images before trusting any "
+            "val/test number",
+            "reason": f"data validation failed {', '.join(which)}: identical images in "
+            "train and val/test inflate validation accuracy and hide overfitting",
+            "source": "validation",
+        }
+    ]
+
+
+def _label_advice(memorizing: Sequence[VariantSummary]) -> list[dict[str, str]]:
+    """Check the labels when any variant memorizes: no regularizer creates signal."""
+    if not memorizing:
+        return []
+    return [
+        {
+            "action": "Check the labels: nothing the network learns generalizes, and no "
+            "regularizer can create signal that the labels do not carry",
+            "reason": ", ".join(
+                f"{s.name}: train accuracy climbed to "
+                f"{s.train_peak if s.train_peak is not None else s.train_accuracy:.0%}, val "
+                f"peaked at {s.val_peak if s.val_peak is not None else s.val_accuracy:.0%}"
+                for s in memorizing
+            )
+            + ": val accuracy stays at chance while the network memorizes the training set "
+            "(more capacity or epochs would only memorize faster)",
+            "source": "diagnosis",
+        }
+    ]
+
+
+def _data_advice(failed: Collection[str]) -> list[dict[str, str]]:
+    """Class imbalance and too few images, as the data checks found them."""
+    recs = []
     if "class_balance" in failed:
         recs.append(
             {
@@ -1127,15 +1318,18 @@ def recommend(
                 "source": "validation",
             }
         )
+    return recs
 
-    if not memorizing:
-        recs.extend(_mitigation_advice(summaries, effects, ref_summary))
 
+def _underfit_advice(
+    summaries: Sequence[VariantSummary], ref: VariantSummary
+) -> list[dict[str, str]]:
+    """For each underfit variant: regularize less (when the reference fits), else grow it."""
+    recs = []
     for s in summaries:
-        # When labels carry no signal, capacity or regularization advice is moot.
-        if s.verdict != UNDERFITTING or memorizing:
+        if s.verdict != UNDERFITTING:
             continue
-        if s.regularized and ref_summary.verdict != UNDERFITTING and s.name != ref:
+        if s.regularized and ref.verdict != UNDERFITTING and s.name != ref.name:
             recs.append(
                 {
                     "action": f"Regularize `{s.name}` less (or drop it): it is over-regularized",
@@ -1153,24 +1347,23 @@ def recommend(
                     "source": "diagnosis",
                 }
             )
-    best = by_name[best_variant]
-    nothing_generalizes = all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries)
-    recs.append(
-        {
-            "action": (
-                f"Do not deploy `{best.name}`: no variant generalizes (it is registered as "
-                "challenger for the record only)"
-                if nothing_generalizes
-                else f"Use `{best.name}` (registered as challenger)"
-            ),
-            "reason": f"{best.name}'s saved model is {best.saved_verdict} with val accuracy "
-            f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
-            "source": "comparison",
-        }
-    )
-    for rank, rec in enumerate(recs, start=1):
-        rec["rank"] = str(rank)
     return recs
+
+
+def _deployment_advice(summaries: Sequence[VariantSummary], best: VariantSummary) -> dict[str, str]:
+    """Use the best variant, or do not deploy it when no variant generalizes."""
+    nothing_generalizes = all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries)
+    return {
+        "action": (
+            f"Do not deploy `{best.name}`: no variant generalizes (it is registered as "
+            "challenger for the record only)"
+            if nothing_generalizes
+            else f"Use `{best.name}` (registered as challenger)"
+        ),
+        "reason": f"{best.name}'s saved model is {best.saved_verdict} with val accuracy "
+        f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
+        "source": "comparison",
+    }
 
 
 # At most this many mitigations are recommended: beyond that the list stops reading as advice.
@@ -1184,74 +1377,79 @@ def _mitigation_advice(
 ) -> list[dict[str, str]]:
     """Mitigations that measurably helped, ranked by effect beyond noise; or that none did."""
     helped = [s for s in summaries if effects[s.name].get("helped")]
-
-    def strength(s: VariantSummary) -> tuple[float, float, str]:
-        eff = effects[s.name]
-        # Excess over the noise band, in points, on val accuracy (up) and gap (down).
-        val_excess = max(0.0, eff["delta_val_accuracy"] - eff["delta_val_ci95"])
-        gap_excess = max(0.0, -eff["delta_gap"] - eff["delta_gap_ci95"])
-        run_excess = (
-            max(0.0, -eff["delta_gap_widening"] - eff["delta_gap_widening_ci95"])
-            if eff.get("steadied")
-            else 0.0
-        )
-        return (-(val_excess + gap_excess + run_excess), -eff["delta_val_accuracy"], s.name)
-
-    recs = []
-    for s in sorted(helped, key=strength)[:MAX_MITIGATIONS]:
-        eff = effects[s.name]
-        verb = "Adopt" if ref.verdict == OVERFITTING else "Consider"
-        still = (
-            ", and strengthen or combine it: its own saved model is still overfit"
-            if s.saved_verdict == OVERFITTING
-            else ""
-        )
-        steadied = ""
-        if eff.get("steadied"):
-            steadied = (
-                f"its run no longer overfits if left running: after its best epoch the gap "
-                f"widened {_signed_pts(s.gap_widening)} vs {_signed_pts(ref.gap_widening)} "
-                f"(difference {_signed_pts(eff['delta_gap_widening'])}, noise "
-                f"±{_pts(eff['delta_gap_widening_ci95'])}); "
-            )
-        recs.append(
-            {
-                "action": f"{verb} the `{s.name}` mitigation{still}",
-                "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): {steadied}"
-                f"val accuracy "
-                f"{_signed_pts(eff['delta_val_accuracy'])} (noise ±{_pts(eff['delta_val_ci95'])}), "
-                f"gap {_signed_pts(eff['delta_gap'])} (noise ±{_pts(eff['delta_gap_ci95'])}), "
-                f"test accuracy {_signed_pts(eff['delta_test_accuracy'])}",
-                "source": "comparison",
-            }
-        )
+    ranked = sorted(helped, key=lambda s: _mitigation_rank(effects[s.name], s.name))
+    recs = [_adopt_advice(s, effects[s.name], ref) for s in ranked[:MAX_MITIGATIONS]]
     if not recs and len(summaries) > 1:
-        known = [effects[s.name] for s in summaries if s.name != ref.name]
-        band = max(
-            (e["delta_val_ci95"] for e in known if math.isfinite(e["delta_val_ci95"])),
-            default=float("nan"),
-        )
-        noise = f" (val noise up to ±{_pts(band)})" if math.isfinite(band) else ""
-        lead = (
-            f"{ref.name} is overfitting (gap {ref.gap:.1%})"
-            if ref.verdict == OVERFITTING
-            else f"{ref.name} is {ref.verdict} (gap {ref.gap:.1%})"
-        )
-        recs.append(
-            {
-                "action": "No mitigation measurably helped"
-                + (
-                    ": try stronger regularisation, more data, or a smaller model"
-                    if ref.verdict == OVERFITTING
-                    else ""
-                ),
-                "reason": f"{lead}; no variant raised val accuracy, cut the gap, or stopped "
-                "the run from diverging without losing val accuracy, beyond the noise of the "
-                f"split sizes{noise}",
-                "source": "comparison",
-            }
-        )
+        recs.append(_no_mitigation_advice(summaries, effects, ref))
     return recs
+
+
+def _mitigation_rank(eff: Mapping[str, Any], name: str) -> tuple[float, float, str]:
+    """Sort key, strongest first: total excess over noise, then val accuracy gained, then name."""
+    # Excess over the noise band, in points, on val accuracy (up) and gap (down).
+    val_excess = max(0.0, eff["delta_val_accuracy"] - eff["delta_val_ci95"])
+    gap_excess = max(0.0, -eff["delta_gap"] - eff["delta_gap_ci95"])
+    run_excess = (
+        max(0.0, -eff["delta_gap_widening"] - eff["delta_gap_widening_ci95"])
+        if eff.get("steadied")
+        else 0.0
+    )
+    return (-(val_excess + gap_excess + run_excess), -eff["delta_val_accuracy"], name)
+
+
+def _adopt_advice(s: VariantSummary, eff: Mapping[str, Any], ref: VariantSummary) -> dict[str, str]:
+    """Adopt (or consider) one mitigation, with its effects and their noise."""
+    verb = "Adopt" if ref.verdict == OVERFITTING else "Consider"
+    still = (
+        ", and strengthen or combine it: its own saved model is still overfit"
+        if s.saved_verdict == OVERFITTING
+        else ""
+    )
+    steadied = ""
+    if eff.get("steadied"):
+        steadied = (
+            f"its run no longer overfits if left running: after its best epoch the gap "
+            f"widened {_signed_pts(s.gap_widening)} vs {_signed_pts(ref.gap_widening)} "
+            f"(difference {_signed_pts(eff['delta_gap_widening'])}, noise "
+            f"±{_pts(eff['delta_gap_widening_ci95'])}); "
+        )
+    return {
+        "action": f"{verb} the `{s.name}` mitigation{still}",
+        "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): {steadied}"
+        f"val accuracy "
+        f"{_signed_pts(eff['delta_val_accuracy'])} (noise ±{_pts(eff['delta_val_ci95'])}), "
+        f"gap {_signed_pts(eff['delta_gap'])} (noise ±{_pts(eff['delta_gap_ci95'])}), "
+        f"test accuracy {_signed_pts(eff['delta_test_accuracy'])}",
+        "source": "comparison",
+    }
+
+
+def _no_mitigation_advice(
+    summaries: Sequence[VariantSummary],
+    effects: Mapping[str, Mapping[str, Any]],
+    ref: VariantSummary,
+) -> dict[str, str]:
+    """No variant helped beyond noise: say so, with the widest val noise among them."""
+    known = [effects[s.name] for s in summaries if s.name != ref.name]
+    band = max(
+        (e["delta_val_ci95"] for e in known if math.isfinite(e["delta_val_ci95"])),
+        default=float("nan"),
+    )
+    noise = f" (val noise up to ±{_pts(band)})" if math.isfinite(band) else ""
+    overfitting = ref.verdict == OVERFITTING
+    lead = (
+        f"{ref.name} is overfitting (gap {ref.gap:.1%})"
+        if overfitting
+        else f"{ref.name} is {ref.verdict} (gap {ref.gap:.1%})"
+    )
+    return {
+        "action": "No mitigation measurably helped"
+        + (": try stronger regularisation, more data, or a smaller model" if overfitting else ""),
+        "reason": f"{lead}; no variant raised val accuracy, cut the gap, or stopped "
+        "the run from diverging without losing val accuracy, beyond the noise of the "
+        f"split sizes{noise}",
+        "source": "comparison",
+    }
 
 
 def _signed_pts(value: float) -> str:

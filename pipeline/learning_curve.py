@@ -135,57 +135,10 @@ def analyse(points: Sequence[CurvePoint], variant: str = "") -> dict[str, Any]:
     """
     ordered = check_points(points)
     full = ordered[-1].n_train
-    rows = []
-    for p in ordered:
-        n_scored = p.n_train_scored or p.n_train
-        train_ci = wilson_interval(p.train_accuracy, n_scored)
-        val_ci = wilson_interval(p.val_accuracy, p.n_val)
-        gap = p.train_accuracy - p.val_accuracy
-        rows.append(
-            {
-                "fraction": p.n_train / full,
-                "n_train": p.n_train,
-                "train_accuracy": p.train_accuracy,
-                "train_ci95": list(train_ci),
-                "n_train_scored": n_scored,
-                "val_accuracy": p.val_accuracy,
-                "val_ci95": list(val_ci),
-                "n_val": p.n_val,
-                "gap": gap,
-                "gap_ci95": list(
-                    difference_interval(p.train_accuracy, train_ci, p.val_accuracy, val_ci)
-                ),
-                "mlflow_run_id": p.mlflow_run_id,
-            }
-        )
-
-    before, last = rows[-2], rows[-1]
-    step_ci = difference_interval(
-        last["val_accuracy"],
-        tuple(last["val_ci95"]),
-        before["val_accuracy"],
-        tuple(before["val_ci95"]),
-    )
-    step = {
-        "from_fraction": before["fraction"],
-        "to_fraction": last["fraction"],
-        "from_n_train": before["n_train"],
-        "to_n_train": last["n_train"],
-        "delta_val_accuracy": last["val_accuracy"] - before["val_accuracy"],
-        "ci95": list(step_ci),
-        "trend": _step_trend(step_ci),
-    }
-    first = rows[0]
-    gap_ci = difference_interval(
-        last["gap"], tuple(last["gap_ci95"]), first["gap"], tuple(first["gap_ci95"])
-    )
-    gap_change = {
-        "from_fraction": first["fraction"],
-        "to_fraction": last["fraction"],
-        "delta_gap": last["gap"] - first["gap"],
-        "ci95": list(gap_ci),
-        "trend": _trend(gap_ci, GROWING, SHRINKING),
-    }
+    rows = [_point_row(p, full) for p in ordered]
+    first, before, last = rows[0], rows[-2], rows[-1]
+    step = _last_step(before, last)
+    gap_change = _gap_change(first, last)
     return {
         "variant": variant,
         "points": rows,
@@ -195,6 +148,59 @@ def analyse(points: Sequence[CurvePoint], variant: str = "") -> dict[str, Any]:
         "gap_shrinks": gap_change["trend"] == SHRINKING,
         "summary": step_sentence(step, full),
         "gap_summary": gap_sentence(gap_change, first["gap"], last["gap"], full, first["n_train"]),
+    }
+
+
+def _point_row(p: CurvePoint, full: int) -> dict[str, Any]:
+    """One point's accuracies and gap with their 95% intervals; `full` is the largest n_train."""
+    n_scored = p.n_train_scored or p.n_train
+    train_ci = wilson_interval(p.train_accuracy, n_scored)
+    val_ci = wilson_interval(p.val_accuracy, p.n_val)
+    return {
+        "fraction": p.n_train / full,
+        "n_train": p.n_train,
+        "train_accuracy": p.train_accuracy,
+        "train_ci95": list(train_ci),
+        "n_train_scored": n_scored,
+        "val_accuracy": p.val_accuracy,
+        "val_ci95": list(val_ci),
+        "n_val": p.n_val,
+        "gap": p.train_accuracy - p.val_accuracy,
+        "gap_ci95": list(difference_interval(p.train_accuracy, train_ci, p.val_accuracy, val_ci)),
+        "mlflow_run_id": p.mlflow_run_id,
+    }
+
+
+def _last_step(before: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The change of val accuracy from the second-largest point to the full one, and its trend."""
+    step_ci = difference_interval(
+        last["val_accuracy"],
+        tuple(last["val_ci95"]),
+        before["val_accuracy"],
+        tuple(before["val_ci95"]),
+    )
+    return {
+        "from_fraction": before["fraction"],
+        "to_fraction": last["fraction"],
+        "from_n_train": before["n_train"],
+        "to_n_train": last["n_train"],
+        "delta_val_accuracy": last["val_accuracy"] - before["val_accuracy"],
+        "ci95": list(step_ci),
+        "trend": _step_trend(step_ci),
+    }
+
+
+def _gap_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The change of the train-val gap from the smallest point to the full one, and its trend."""
+    gap_ci = difference_interval(
+        last["gap"], tuple(last["gap_ci95"]), first["gap"], tuple(first["gap_ci95"])
+    )
+    return {
+        "from_fraction": first["fraction"],
+        "to_fraction": last["fraction"],
+        "delta_gap": last["gap"] - first["gap"],
+        "ci95": list(gap_ci),
+        "trend": _trend(gap_ci, GROWING, SHRINKING),
     }
 
 

@@ -56,7 +56,19 @@ def build_model(
     if model_cfg.augmentation.enabled:
         for layer in augmentation_layers(model_cfg.augmentation, seeds):
             x = layer(x)
+    x = _conv_blocks(x, model_cfg, input_shape, seeds, regularizer)
+    outputs = _classifier_head(x, model_cfg, n_classes, seeds, regularizer)
+    return keras.Model(inputs=inputs, outputs=outputs, name="cnn")
 
+
+def _conv_blocks(
+    x: keras.KerasTensor,
+    model_cfg: ModelConfig,
+    input_shape: tuple[int, int, int],
+    seeds: _SeedSequence,
+    regularizer: keras.regularizers.Regularizer | None,
+) -> keras.KerasTensor:
+    """One Conv2D "conv_<i>" block per conv_filters entry: conv, pooling, dropout."""
     height, width = int(input_shape[0]), int(input_shape[1])
     for i, filters in enumerate(model_cfg.conv_filters, start=1):
         x = keras.layers.Conv2D(
@@ -78,7 +90,17 @@ def build_model(
                 seed=seeds.of(f"dropout_after_conv{i}"),
                 name=f"dropout_after_conv{i}",
             )(x)
+    return x
 
+
+def _classifier_head(
+    x: keras.KerasTensor,
+    model_cfg: ModelConfig,
+    n_classes: int,
+    seeds: _SeedSequence,
+    regularizer: keras.regularizers.Regularizer | None,
+) -> keras.KerasTensor:
+    """Flatten, Dense(dense_units, relu), Dropout when dropout > 0, softmax output."""
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(
         model_cfg.dense_units,
@@ -89,13 +111,12 @@ def build_model(
     )(x)
     if model_cfg.dropout > 0:
         x = keras.layers.Dropout(model_cfg.dropout, seed=seeds.of("dropout"), name="dropout")(x)
-    outputs = keras.layers.Dense(
+    return keras.layers.Dense(
         n_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of(OUTPUT_LAYER)),
         name=OUTPUT_LAYER,
     )(x)
-    return keras.Model(inputs=inputs, outputs=outputs, name="cnn")
 
 
 def augmentation_layers(aug: AugmentationConfig, seeds: _SeedSequence) -> list[keras.layers.Layer]:

@@ -314,32 +314,10 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
             scratch_path, mode="w+", dtype=np.uint8, shape=(n, height, width, data.channels)
         )
         facts = decode_records(source, data, scratch, progress=progress)
-
         ok = np.array([f["status"] == STATUS_OK for f in facts], dtype=bool)
-        classes = sorted(
-            {r.label for r, good in zip(source.records, ok, strict=True) if good},
-            key=class_sort_key,
-        )
-        if len(classes) < 2:
-            raise StageError(
-                f"data.source {root}: {len(classes)} class(es) with usable images "
-                f"({', '.join(classes) or 'none'}); at least 2 are needed. "
-                f"Unusable files: {_unusable_summary(source, facts)}"
-            )
+        classes = _usable_classes(root, source, facts, ok)
         class_index = {name: i for i, name in enumerate(classes)}
-        usable = np.flatnonzero(ok)
-        labels = np.array([class_index[source.records[i].label] for i in usable], dtype=np.int64)
-        source_split = np.array([source.records[i].source_split for i in usable], dtype=object)
-        ids = [source.records[i].id for i in usable]
-        split_of_usable = assign_splits(labels, source_split, data, keys=ids)
-
-        split = np.full(n, "", dtype=object)
-        split[usable] = split_of_usable
-        array_index = np.full(n, -1, dtype=np.int64)
-        for name in SPLITS:
-            members = usable[split_of_usable == name]
-            array_index[members] = np.arange(len(members))
-            _write_split_arrays(tmp, scratch, members, labels[split_of_usable == name], name)
+        split, array_index = _split_and_write(tmp, scratch, source, ok, class_index, data)
         del scratch
         scratch_path.unlink()
 
@@ -362,6 +340,54 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
         "unusable": unusable,
         "records": n,
     }
+
+
+def _usable_classes(
+    root: Path, source: Source, facts: list[dict[str, Any]], ok: np.ndarray
+) -> list[str]:
+    """The classes with at least one usable image, sorted; StageError when fewer than 2."""
+    classes = sorted(
+        {r.label for r, good in zip(source.records, ok, strict=True) if good},
+        key=class_sort_key,
+    )
+    if len(classes) < 2:
+        raise StageError(
+            f"data.source {root}: {len(classes)} class(es) with usable images "
+            f"({', '.join(classes) or 'none'}); at least 2 are needed. "
+            f"Unusable files: {_unusable_summary(source, facts)}"
+        )
+    return classes
+
+
+def _split_and_write(
+    tmp: Path,
+    scratch: np.ndarray,
+    source: Source,
+    ok: np.ndarray,
+    class_index: dict[str, int],
+    data: DataConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assign the usable records to splits and write each split's arrays into `tmp`.
+
+    Returns:
+        (split, array_index), one entry per record: its split ("" when
+        unusable) and its row in that split's arrays (-1 when unusable).
+    """
+    usable = np.flatnonzero(ok)
+    labels = np.array([class_index[source.records[i].label] for i in usable], dtype=np.int64)
+    source_split = np.array([source.records[i].source_split for i in usable], dtype=object)
+    ids = [source.records[i].id for i in usable]
+    split_of_usable = assign_splits(labels, source_split, data, keys=ids)
+
+    n = len(source.records)
+    split = np.full(n, "", dtype=object)
+    split[usable] = split_of_usable
+    array_index = np.full(n, -1, dtype=np.int64)
+    for name in SPLITS:
+        members = usable[split_of_usable == name]
+        array_index[members] = np.arange(len(members))
+        _write_split_arrays(tmp, scratch, members, labels[split_of_usable == name], name)
+    return split, array_index
 
 
 def build_manifest(
