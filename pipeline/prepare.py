@@ -7,24 +7,12 @@ staging folder and swapped in only when complete, so a failed run leaves the
 previous dataset untouched.
 
 Steps: list records (pipeline.datasets) -> decode, convert, resize and hash
-each image in `data.workers` processes (pipeline.imagecheck) into a scratch
+each image in `data.workers` processes (pipeline.decoding) into a scratch
 memory-mapped array -> split the usable images -> copy each split's pixels
 into its own .npy. Pixels never need to fit in RAM at once.
 
-Splits are stratified by class and deterministic for `data.seed`, and stable:
-within a class, images are ordered by a hash of (seed, image id), so adding or
-removing images leaves the others in their split (see `split_rank`).
-
-- image folders: test = `test_fraction`, val = `val_fraction` of all usable
-  images, the rest is train;
-- IDX sources with a t10k part: test = the source's test images, val =
-  `val_fraction` of the source's train images (`test_fraction` is ignored);
-- then `train_fraction` < 1 keeps a stratified subsample of train; the rest
-  gets split "unused".
-
-A class too small to contribute to a split (one image, or fewer than
-1 / fraction) keeps its images in train, with a warning; validate's label_set
-check then reports the class missing from val or test.
+Splits: pipeline.splitting (stratified by class, deterministic for
+`data.seed`, stable when images are added or removed).
 
 The run fails (exit 2) only when nothing usable remains: the source is
 missing or unreadable, or fewer than two classes have a usable image.
@@ -33,14 +21,8 @@ missing or unreadable, or fewer than two classes have a usable image.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import math
-import os
-import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,223 +30,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
-from tqdm import tqdm
 
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, DataConfig, load_config
 from pipeline.datasets import LAYOUTS_HELP, Source, class_sort_key, load_source
-from pipeline.imagecheck import ImageFacts, check_array, check_file
+from pipeline.decoding import FACT_FIELDS, decode_records
+from pipeline.imagecheck import ImageFacts
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, STATUS_OK, finish_prepared, manifest_frame, staging_dir
+from pipeline.splitting import assign_splits
 
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 8192  # rows copied at a time from the scratch array into a split array
-_FACT_FIELDS = (
-    "status",
-    "error",
-    "width",
-    "height",
-    "mode",
-    "bytes",
-    "pixel_hash",
-    "phash",
-    "pixel_mean",
-    "pixel_std",
-)
-
-
-# ---------------------------------------------------------------- decoding
-
-
-def _decode_task(task: tuple[str, Any, tuple[int, int], str]) -> tuple[np.ndarray, list[dict]]:
-    """Worker: one chunk of files or IDX images -> (pixels (k, h, w, c), facts without pixels)."""
-    kind, items, image_size, color_mode = task
-    channels = 1 if color_mode == "grayscale" else 3
-    pixels = np.zeros((len(items), *image_size, channels), dtype=np.uint8)
-    facts = []
-    for i, item in enumerate(items):
-        fact: ImageFacts = (
-            check_file(item, image_size, color_mode)
-            if kind == "files"
-            else check_array(item, image_size, color_mode)
-        )
-        if fact.pixels is not None:
-            pixels[i] = fact.pixels
-        facts.append({name: getattr(fact, name) for name in _FACT_FIELDS})
-    return pixels, facts
-
-
-def _tasks(
-    source: Source, todo: list[int], data: DataConfig, chunk: int
-) -> Iterator[tuple[list[int], tuple]]:
-    size = tuple(data.image_size)
-    for start in range(0, len(todo), chunk):
-        positions = todo[start : start + chunk]
-        records = [source.records[p] for p in positions]
-        if source.format == "idx":
-            # Records of one chunk may span the train and t10k files.
-            items: Any = [source.arrays[r.idx_file][r.idx_pos] for r in records]
-            yield positions, ("arrays", items, size, data.color_mode)
-        else:
-            yield positions, ("files", [r.path for r in records], size, data.color_mode)
-
-
-def resolve_workers(workers: int) -> int:
-    """params' data.workers -> a process count (0 = one per CPU core this process may use)."""
-    if workers > 0:
-        return workers
-    if hasattr(os, "sched_getaffinity"):  # respects taskset / container CPU limits
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def decode_records(
-    source: Source, data: DataConfig, scratch: np.ndarray, progress: bool = True
-) -> list[dict[str, Any]]:
-    """Decode every record into `scratch` (row = record position); returns per-record facts."""
-    facts: list[dict[str, Any]] = [
-        {"status": r.status, "error": r.error} if r.status else {} for r in source.records
-    ]
-    todo = [i for i, r in enumerate(source.records) if not r.status]
-    workers = min(resolve_workers(data.workers), max(1, len(todo)))
-    chunk = max(32, min(2048, math.ceil(len(todo) / (workers * 8)) if todo else 32))
-    tasks = list(_tasks(source, todo, data, chunk))
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc="prepare",
-        file=sys.stderr,
-        disable=not progress,
-        mininterval=0.5,
-    )
-    with bar:
-        if workers == 1:
-            results = (_decode_task(task) for _, task in tasks)
-            _collect(tasks, results, facts, scratch, bar)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                _collect(tasks, pool.map(_decode_task, [t for _, t in tasks]), facts, scratch, bar)
-    return facts
-
-
-def _collect(
-    tasks: list[tuple[list[int], tuple]],
-    results: Iterable[tuple[np.ndarray, list[dict]]],
-    facts: list[dict[str, Any]],
-    scratch: np.ndarray,
-    bar: tqdm,
-) -> None:
-    """Store each chunk's pixels in the scratch array at its records' positions."""
-    for (positions, _), (pixels, chunk_facts) in zip(tasks, results, strict=True):
-        scratch[positions] = pixels
-        for pos, fact in zip(positions, chunk_facts, strict=True):
-            facts[pos] = fact
-        bar.update(len(positions))
-
-
-# ---------------------------------------------------------------- splitting
-
-
-def split_rank(keys: Sequence[str], seed: int, what: str) -> np.ndarray:
-    """A pseudo-random but stable sort key per item: sha256(seed, what, key).
-
-    An item's rank depends only on its own key (its id in the source), not on
-    which other items exist, so adding or removing images leaves every other
-    image's relative order, and so its split, as it was (give or take the one
-    image at each class's boundary). A retrained challenger and the champion
-    can then be compared on a test set the champion never trained on.
-    """
-    return np.array(
-        [
-            int.from_bytes(hashlib.sha256(f"{seed}:{what}:{key}".encode()).digest()[:8], "big")
-            for key in keys
-        ],
-        dtype=np.uint64,
-    )
-
-
-def stratified_take(
-    indices: np.ndarray,
-    labels: np.ndarray,
-    fraction: float,
-    seed: int,
-    what: str,
-    keys: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `indices` into (taken ~fraction, kept), stratified by `labels[indices]`.
-
-    Per class, the images are ordered by `split_rank` of their key and the
-    first round(n * fraction) are taken, always keeping at least one image of
-    the class in the larger part (a class too small to split warns).
-
-    Args:
-        keys: a stable identifier per item of `labels` (the record ids); the
-            position is used when omitted.
-    """
-    if fraction <= 0 or len(indices) == 0:
-        return indices[:0], indices
-    all_keys = [str(i) for i in range(len(labels))] if keys is None else keys
-    rank = split_rank([all_keys[i] for i in indices], seed, what)
-    strata = labels[indices]
-    taken_parts, kept_parts, too_small = [], [], []
-    for label in sorted(set(strata.tolist())):
-        in_class = strata == label
-        members = indices[in_class][np.argsort(rank[in_class], kind="stable")]
-        n_take = min(int(round(len(members) * fraction)), len(members) - 1)
-        if n_take == 0:
-            too_small.append(label)
-        taken_parts.append(members[:n_take])
-        kept_parts.append(members[n_take:])
-    if too_small:
-        log.warning(
-            "%s: stratified split not possible for class index(es) %s (too few images): "
-            "none of their images go to %s",
-            what,
-            too_small,
-            what,
-        )
-    return np.sort(np.concatenate(taken_parts)), np.sort(np.concatenate(kept_parts))
-
-
-def assign_splits(
-    labels: np.ndarray,
-    source_split: np.ndarray,
-    data: DataConfig,
-    keys: Sequence[str] | None = None,
-) -> np.ndarray:
-    """Split names for usable images (parallel arrays of label index and source split).
-
-    Args:
-        keys: a stable id per image (the manifest id), so that an image keeps
-            its split when others are added or removed; default: position.
-    """
-    n = len(labels)
-    out = np.full(n, "train", dtype=object)
-    everything = np.arange(n)
-    own_test = source_split == "test"
-    if own_test.any():
-        test = everything[own_test]
-        val, train = stratified_take(
-            everything[~own_test], labels, data.val_fraction, data.seed, "val", keys
-        )
-    else:
-        test, rest = stratified_take(
-            everything, labels, data.test_fraction, data.seed, "test", keys
-        )
-        val_share = data.val_fraction / (1.0 - data.test_fraction)
-        val, train = stratified_take(rest, labels, val_share, data.seed, "val", keys)
-    out[test] = "test"
-    out[val] = "val"
-    if data.train_fraction < 1.0:
-        unused, _ = stratified_take(
-            train, labels, 1.0 - data.train_fraction, data.seed, "train_fraction", keys
-        )
-        out[unused] = "unused"
-    for split in SPLITS:
-        if not (out == split).any():
-            log.warning("split %r is empty: too few usable images (%d) for the fractions", split, n)
-    return out
 
 
 # ---------------------------------------------------------------- writing
@@ -401,7 +179,7 @@ def build_manifest(
     empty = {
         name: default
         for name, default in asdict(ImageFacts(status="")).items()
-        if name in _FACT_FIELDS
+        if name in FACT_FIELDS
     }
     rows = []
     for pos, record in enumerate(source.records):

@@ -245,7 +245,7 @@ INFRASTRUCTURE = {
 }  # fmt: skip
 PURE_CORES = [
     "diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement",
-    "report_context",
+    "report_context", "splitting",
 ]  # fmt: skip
 
 

@@ -12,14 +12,10 @@ import pytest
 
 from pipeline.cli import EXIT_USER_ERROR, run_stage
 from pipeline.config import parse_config
-from pipeline.prepare import (
-    assign_splits,
-    main,
-    prepare_dataset,
-    resolve_workers,
-    stratified_take,
-)
+from pipeline.decoding import resolve_workers
+from pipeline.prepare import main, prepare_dataset
 from pipeline.prepared import MANIFEST_COLUMNS, SPLITS, load_prepared
+from pipeline.splitting import assign_splits, stratified_take
 
 from .conftest import Project, idx_folder, make_prepared, small_params, write_png_folder
 
