@@ -292,3 +292,11 @@ def test_pure_cores_load_without_tensorflow_keras_or_mlflow():
         + "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_ruff_is_clean_including_complexity():
+    """Lint, format and the complexity limit (pyproject: C90, max-complexity 10) hold."""
+    ruff = str(Path(sys.executable).parent / "ruff")
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([ruff, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
