@@ -266,13 +266,24 @@ __all__ = [
 BIN = Path(sys.executable).parent
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def dvc_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment `dvc` runs the stages in: this venv first, the repo's own MLflow."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # stages call `python -m ...`
     env.pop("MLFLOW_RUN_ID", None)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    return {**env, **extra}
+
+
+def dvc(root: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run `dvc <args>` in `root`; `env` overrides variables (e.g. MLFLOW_TRACKING_URI)."""
     result = subprocess.run(
-        [str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=900
+        [str(BIN / "dvc"), *args],
+        cwd=root,
+        env=dvc_env(root, **env),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
