@@ -30,6 +30,8 @@ from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, manifest_frame, write_prepared
 
 REPO = Path(__file__).resolve().parent.parent
+# DVC's usage analytics spawn a daemon per command that tries the network (offline here).
+os.environ["DVC_NO_ANALYTICS"] = "1"
 
 
 def real_params() -> dict:
