@@ -21,6 +21,12 @@ Two layouts are understood:
   files names them, one per line in label order (for Fashion-MNIST:
   T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag,
   Ankle boot). The files carry no names, so none are guessed.
+
+Names are bytes on Linux and need not be UTF-8 (a latin-1 "café.png"). Ids,
+labels and the paths the manifest shows pass through `printable_name`: bytes
+that are not UTF-8 become ``\\xNN`` escapes, so parquet and JSON can hold them,
+while a UTF-8 name keeps exactly its text (and so its id and split).
+`SourceRecord.path` stays the name as the OS has it, for opening the file.
 """
 
 from __future__ import annotations
@@ -106,6 +112,22 @@ def load_source(root: Path, fmt: str = "auto") -> Source:
 # ---------------------------------------------------------------- image folders
 
 
+def printable_name(name: str) -> str:
+    """A file name (or path) as text that UTF-8 writers (parquet, JSON) accept.
+
+    Python holds the bytes of a non-UTF-8 name as lone surrogates, which no
+    UTF-8 writer accepts. Such a name becomes its bytes with each non-UTF-8
+    byte written ``\\xNN`` and each backslash doubled (reversible, and the same
+    bytes always give the same text); any other name is returned unchanged.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name).replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
+    return name
+
+
 def shown_path(path: Path) -> str:
     """The path as the manifest records it: relative to the project root when
     inside it (so the data version does not depend on where the repo is
@@ -136,7 +158,7 @@ def folder_records(root: Path) -> list[SourceRecord]:
         if not entry.is_dir():
             log.info("ignoring %s: files directly in the source root have no class", entry)
             continue
-        label = entry.name
+        label = printable_name(entry.name)
         if entry.is_symlink() and _outside(entry, root_real):
             records.append(_symlink_row(entry, f"{label}/", label))
             continue
@@ -185,7 +207,7 @@ def _subfolders(
         if not sub.is_symlink():
             kept.append(name)
         elif _outside(sub, root_real):
-            rows.append(_symlink_row(sub, sub.relative_to(root).as_posix() + "/", label))
+            rows.append(_symlink_row(sub, _record_id(root, sub) + "/", label))
         else:
             log.info("not following %s: its target is already inside the source", sub)
     return kept, rows
@@ -193,7 +215,7 @@ def _subfolders(
 
 def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceRecord:
     """A file's record: an image, or why it is not one (link outside, extension, dangling)."""
-    rel = path.relative_to(root).as_posix()
+    rel = _record_id(root, path)
     if path.is_symlink() and _outside(path, root_real):
         return _symlink_row(path, rel, label)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -212,13 +234,19 @@ def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceR
     return SourceRecord(id=rel, path=shown_path(path), label=label)
 
 
+def _record_id(root: Path, path: Path) -> str:
+    """A file's id: its path below the source root, "/"-separated, printable."""
+    return printable_name(path.relative_to(root).as_posix())
+
+
 def _symlink_row(path: Path, rel: str, label: str) -> SourceRecord:
     return SourceRecord(
         id=rel,
         path=shown_path(path),
         label=label,
         status="symlink_outside",
-        error=f"symlink to {os.path.realpath(path)}, outside the source root; not followed",
+        error=f"symlink to {printable_name(os.path.realpath(path))}, outside the source root; "
+        "not followed",
     )
 
 

@@ -33,7 +33,7 @@ from numpy.lib.format import open_memmap
 
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, DataConfig, load_config
-from pipeline.datasets import LAYOUTS_HELP, Source, class_sort_key, load_source
+from pipeline.datasets import LAYOUTS_HELP, Source, class_sort_key, load_source, printable_name
 from pipeline.decoding import FACT_FIELDS, decode_records
 from pipeline.imagecheck import ImageFacts
 from pipeline.paths import Paths
@@ -186,7 +186,8 @@ def build_manifest(
         row = {**empty, **facts[pos]}
         row.update(
             id=record.id,
-            path=record.path,
+            path=printable_name(record.path),
+            error=printable_name(row["error"]),
             label=record.label,
             label_index=class_index.get(record.label, -1),
             split=split[pos],

@@ -15,6 +15,7 @@ from pipeline.datasets import (
     detect_format,
     folder_records,
     load_source,
+    printable_name,
     read_idx,
 )
 
@@ -97,6 +98,28 @@ def test_broken_symlink_inside_is_corrupt(tmp_path: Path) -> None:
     root = write_png_folder(tmp_path / "src", per_class=1, classes=("a",))
     os.symlink(root / "a" / "gone.png", root / "a" / "dangling.png")
     assert _by_id(folder_records(root))["a/dangling.png"].status == "corrupt"
+
+
+def test_non_utf8_names_get_stable_printable_ids(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "src", per_class=1, classes=("a",))
+    klass = root / os.fsdecode(b"\xe9t\xe9")  # a latin-1 class folder
+    klass.mkdir()
+    (root / "a" / "000.png").rename(root / "a" / os.fsdecode(b"caf\xe9.png"))
+    (root / "a" / "z.png").write_bytes(b"x")
+    (klass / os.fsdecode(b"x\\\xff.png")).write_bytes(b"x")
+    records = folder_records(root)
+    assert [r.id for r in records] == ["a/caf\\xe9.png", "a/z.png", "\\xe9t\\xe9/x\\\\\\xff.png"]
+    assert records[2].label == "\\xe9t\\xe9"
+    assert all(Path(r.path).is_file() for r in records)  # the path still opens the file
+    assert [r.id for r in folder_records(root)] == [r.id for r in records]
+    for r in records:
+        r.id.encode("utf-8")  # no surrogates left
+
+
+def test_printable_name_keeps_utf8_names_exactly() -> None:
+    for name in ("cat/001.png", "café/ü.png", "a\\b.png", "日本.jpg"):
+        assert printable_name(name) == name
+    assert printable_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
 
 
 def test_numeric_classes_sort_as_numbers() -> None:

@@ -264,3 +264,23 @@ def test_adding_images_leaves_existing_images_in_their_split() -> None:
     order = rng.permutation(len(labels))
     shuffled = assign_splits(labels[order], none, _data(), keys=[ids[i] for i in order])
     assert (shuffled == before[order]).all()
+
+
+def test_non_utf8_file_name_prepares_and_is_in_the_manifest(project: Project) -> None:
+    """Linux allows any bytes in a name; the id escapes the ones UTF-8 cannot hold."""
+    from PIL import Image
+
+    root = _folder_project(project)
+    name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: a surrogate escape in Python
+    Image.new("L", (8, 8), 200).save(root / "cat" / name)
+    assert main([]) == 0
+    data = load_prepared(project.paths.prepared_dir)
+    row = data.manifest.set_index("id").loc["cat/caf\\xe9.png"]
+    assert row.status == "ok" and row.split in SPLITS
+    assert row.path.endswith("images/cat/caf\\xe9.png")
+    # ASCII names keep their ids, so existing splits do not move.
+    assert "cat/000.png" in set(data.manifest.id)
+    # The same file gets the same id, and so the same split, on every run.
+    assert main([]) == 0
+    again = load_prepared(project.paths.prepared_dir).manifest.set_index("id")
+    assert again.loc["cat/caf\\xe9.png", "split"] == row.split
