@@ -31,6 +31,7 @@ while a UTF-8 name keeps exactly its text (and so its id and split).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -229,9 +230,23 @@ def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceR
         )
     if not path.exists():
         return SourceRecord(
-            id=rel, path=shown_path(path), label=label, status="corrupt", error="broken symlink"
+            id=rel, path=shown_path(path), label=label, status="corrupt", error=_missing_why(path)
         )
     return SourceRecord(id=rel, path=shown_path(path), label=label)
+
+
+def _missing_why(path: Path) -> str:
+    """Why a listed file cannot be opened: a symlink loop, a dangling symlink, or gone."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if not path.is_symlink():
+            return f"cannot read: {exc.strerror or exc}"
+        target = printable_name(os.readlink(path))
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop: {path.name} -> {target} leads back to itself, never to a file"
+        return f"broken symlink: its target {target} does not exist"
+    return "cannot read: it vanished while the source was listed"
 
 
 def _record_id(root: Path, path: Path) -> str:

@@ -122,6 +122,21 @@ def test_printable_name_keeps_utf8_names_exactly() -> None:
     assert printable_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
 
 
+def test_symlink_loop_is_reported_as_a_loop_not_broken(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "src", per_class=1, classes=("a",))
+    os.symlink("self.png", root / "a" / "self.png")
+    os.symlink("two.png", root / "a" / "one.png")
+    os.symlink("one.png", root / "a" / "two.png")
+    os.symlink("gone.png", root / "a" / "dangling.png")
+    records = _by_id(folder_records(root))
+    for name in ("self.png", "one.png", "two.png"):
+        row = records[f"a/{name}"]
+        assert row.status == "corrupt"
+        assert row.error.startswith("symlink loop") and "broken" not in row.error, row.error
+    assert "one.png -> two.png" in records["a/one.png"].error
+    assert records["a/dangling.png"].error == "broken symlink: its target gone.png does not exist"
+
+
 def test_numeric_classes_sort_as_numbers() -> None:
     assert sorted(["10", "2", "b", "1", "a"], key=class_sort_key) == ["1", "2", "10", "a", "b"]
 
