@@ -9,7 +9,8 @@ Decisions worth knowing:
 - A file is decoded fully (`img.load()`) with Pillow's safety limits in force:
   truncated files fail (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False) and
   an image larger than ``Image.MAX_IMAGE_PIXELS`` is a `decompression_bomb`
-  that is never loaded (Pillow's warning is treated as the error it warns of).
+  that is never loaded (Pillow's warning is treated as the error it warns of);
+  its row still records the width, height and mode its header declares.
 - Transparency is composited onto a white background, not dropped: a
   transparent PNG's hidden colour under alpha 0 is arbitrary (often black),
   and dropping alpha would turn a dark drawing on a clear background into
@@ -162,6 +163,7 @@ def check_file(path: Path | str, image_size: tuple[int, int], color_mode: ColorM
                 img.load()  # forces a full decode, so truncation shows up here
                 pixels = prepare_image(img, image_size, color_mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        width, height, mode = _declared_size(path)
         return ImageFacts(
             status="decompression_bomb",
             error=str(exc),
@@ -193,6 +195,25 @@ def check_file(path: Path | str, image_size: tuple[int, int], color_mode: ColorM
         pixels=pixels,
         **pixel_facts(pixels),
     )
+
+
+def _declared_size(path: Path) -> tuple[int, int, str]:
+    """Width, height and mode from the header of an image refused as a bomb.
+
+    Pillow refuses such a file inside `Image.open`, before it tells the size,
+    so the header is read again with the pixel limit lifted. Only the header
+    is read (never `load()`), and the limit is put back before returning;
+    `prepare`'s workers check one file at a time, so no other open runs unguarded.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as img:
+            return img.width, img.height, img.mode
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return 0, 0, ""
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _looks_like_text(path: Path, probe: int = 4096) -> bool:

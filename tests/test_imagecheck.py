@@ -165,6 +165,20 @@ def test_decompression_bomb_is_refused_unloaded(
     assert "pixels" in facts.error
 
 
+@pytest.mark.parametrize("limit", [2000, 1000], ids=["warning_range", "error_range"])
+def test_decompression_bomb_records_its_declared_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    # 60 wide, 40 high = 2400 pixels: over both limits, and not square.
+    path = _save(Image.new("RGB", (60, 40), 0), tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    facts = check_file(path, SIZE, "grayscale")
+    assert facts.status == "decompression_bomb" and facts.pixels is None
+    assert (facts.width, facts.height, facts.mode) == (60, 40, "RGB")
+    assert facts.bytes == path.stat().st_size
+    assert limit == Image.MAX_IMAGE_PIXELS  # the limit is in force again afterwards
+
+
 def test_bomb_limit_not_hit_by_normal_image(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
