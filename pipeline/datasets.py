@@ -110,6 +110,35 @@ def load_source(root: Path, fmt: str = "auto") -> Source:
     return Source(root=root, format="folder", records=folder_records(root))
 
 
+def explain_empty_source(root: Path) -> str:
+    """The error for a source that yielded no records: what it holds instead, and why."""
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    visible = [printable_name(p.name) for p in entries if not _is_hidden(p.name)]
+    idx = [name for name in visible if IDX_PATTERN.match(name)]
+    images = [name for name in visible if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    if any("idx3" in name for name in idx):
+        found = f"IDX files ({', '.join(idx)}) read as an image folder; set data.format to idx"
+    elif idx:
+        found = (
+            f"IDX labels file {', '.join(idx)} but no train-images-idx3-ubyte[.gz] "
+            "beside it; an IDX source needs both"
+        )
+    elif images:
+        found = (
+            f"{_count(images, 'image file')} directly in {root} (e.g. {images[0]}) and no class "
+            "folders; put each image in a folder named after its class"
+        )
+    elif visible:
+        found = f"{_count(visible, 'file')} (e.g. {visible[0]}), no class folders and no images"
+    else:
+        found = f"{root} is empty (hidden entries, names starting with '.', are ignored)"
+    return f"data.source {root} holds no class folders: found {found}; {LAYOUTS_HELP}"
+
+
+def _count(items: list[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 # ---------------------------------------------------------------- image folders
 
 

@@ -13,6 +13,7 @@ from pipeline.datasets import (
     IDX_IMAGES_MAGIC,
     class_sort_key,
     detect_format,
+    explain_empty_source,
     folder_records,
     load_source,
     printable_name,
@@ -191,6 +192,17 @@ def test_idx_without_t10k_is_train_only(tmp_path: Path) -> None:
 def test_format_folder_forced_on_idx_folder_yields_no_classes(tmp_path: Path) -> None:
     root = idx_folder(tmp_path / "idx", gz=False)
     assert load_source(root, "folder").records == []
+
+
+def test_empty_source_explained(tmp_path: Path) -> None:
+    root = idx_folder(tmp_path / "idx", gz=False)
+    assert "read as an image folder; set data.format to idx" in explain_empty_source(root)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.PNG").write_bytes(b"x")
+    assert "found 1 image file directly in" in explain_empty_source(tmp_path / "one")
+    (tmp_path / "one" / "a.PNG").rename(tmp_path / "one" / "a.csv")
+    message = explain_empty_source(tmp_path / "one")
+    assert "found 1 file (e.g. a.csv), no class folders and no images" in message
 
 
 def test_idx_bad_magic_names_file(tmp_path: Path) -> None:
