@@ -21,10 +21,17 @@ Two layouts are understood:
   files names them, one per line in label order (for Fashion-MNIST:
   T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag,
   Ankle boot). The files carry no names, so none are guessed.
+
+Names are bytes on Linux and need not be UTF-8 (a latin-1 "café.png"). Ids,
+labels and the paths the manifest shows pass through `printable_name`: bytes
+that are not UTF-8 become ``\\xNN`` escapes, so parquet and JSON can hold them,
+while a UTF-8 name keeps exactly its text (and so its id and split).
+`SourceRecord.path` stays the name as the OS has it, for opening the file.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -103,7 +110,52 @@ def load_source(root: Path, fmt: str = "auto") -> Source:
     return Source(root=root, format="folder", records=folder_records(root))
 
 
+def explain_empty_source(root: Path) -> str:
+    """The error for a source that yielded no records: what it holds instead, and why."""
+    entries = sorted(root.iterdir(), key=lambda p: p.name)
+    visible = [printable_name(p.name) for p in entries if not _is_hidden(p.name)]
+    idx = [name for name in visible if IDX_PATTERN.match(name)]
+    images = [name for name in visible if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    if any("idx3" in name for name in idx):
+        found = f"IDX files ({', '.join(idx)}) read as an image folder; set data.format to idx"
+    elif idx:
+        found = (
+            f"IDX labels file {', '.join(idx)} but no train-images-idx3-ubyte[.gz] "
+            "beside it; an IDX source needs both"
+        )
+    elif images:
+        found = (
+            f"{_count(images, 'image file')} directly in {root} (e.g. {images[0]}) and no class "
+            "folders; put each image in a folder named after its class"
+        )
+    elif visible:
+        found = f"{_count(visible, 'file')} (e.g. {visible[0]}), no class folders and no images"
+    else:
+        found = f"{root} is empty (hidden entries, names starting with '.', are ignored)"
+    return f"data.source {root} holds no class folders: found {found}; {LAYOUTS_HELP}"
+
+
+def _count(items: list[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 # ---------------------------------------------------------------- image folders
+
+
+def printable_name(name: str) -> str:
+    """A file name (or path) as text that UTF-8 writers (parquet, JSON) accept.
+
+    Python holds the bytes of a non-UTF-8 name as lone surrogates, which no
+    UTF-8 writer accepts. Such a name becomes its bytes with each non-UTF-8
+    byte written ``\\xNN`` and each backslash doubled (reversible, and the same
+    bytes always give the same text); any other name is returned unchanged.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name).replace(b"\\", b"\\\\")
+        return raw.decode("utf-8", "backslashreplace")
+    return name
 
 
 def shown_path(path: Path) -> str:
@@ -136,7 +188,7 @@ def folder_records(root: Path) -> list[SourceRecord]:
         if not entry.is_dir():
             log.info("ignoring %s: files directly in the source root have no class", entry)
             continue
-        label = entry.name
+        label = printable_name(entry.name)
         if entry.is_symlink() and _outside(entry, root_real):
             records.append(_symlink_row(entry, f"{label}/", label))
             continue
@@ -185,7 +237,7 @@ def _subfolders(
         if not sub.is_symlink():
             kept.append(name)
         elif _outside(sub, root_real):
-            rows.append(_symlink_row(sub, sub.relative_to(root).as_posix() + "/", label))
+            rows.append(_symlink_row(sub, _record_id(root, sub) + "/", label))
         else:
             log.info("not following %s: its target is already inside the source", sub)
     return kept, rows
@@ -193,7 +245,7 @@ def _subfolders(
 
 def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceRecord:
     """A file's record: an image, or why it is not one (link outside, extension, dangling)."""
-    rel = path.relative_to(root).as_posix()
+    rel = _record_id(root, path)
     if path.is_symlink() and _outside(path, root_real):
         return _symlink_row(path, rel, label)
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -207,9 +259,28 @@ def _file_record(root: Path, path: Path, label: str, root_real: Path) -> SourceR
         )
     if not path.exists():
         return SourceRecord(
-            id=rel, path=shown_path(path), label=label, status="corrupt", error="broken symlink"
+            id=rel, path=shown_path(path), label=label, status="corrupt", error=_missing_why(path)
         )
     return SourceRecord(id=rel, path=shown_path(path), label=label)
+
+
+def _missing_why(path: Path) -> str:
+    """Why a listed file cannot be opened: a symlink loop, a dangling symlink, or gone."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if not path.is_symlink():
+            return f"cannot read: {exc.strerror or exc}"
+        target = printable_name(os.readlink(path))
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop: {path.name} -> {target} leads back to itself, never to a file"
+        return f"broken symlink: its target {target} does not exist"
+    return "cannot read: it vanished while the source was listed"
+
+
+def _record_id(root: Path, path: Path) -> str:
+    """A file's id: its path below the source root, "/"-separated, printable."""
+    return printable_name(path.relative_to(root).as_posix())
 
 
 def _symlink_row(path: Path, rel: str, label: str) -> SourceRecord:
@@ -218,7 +289,8 @@ def _symlink_row(path: Path, rel: str, label: str) -> SourceRecord:
         path=shown_path(path),
         label=label,
         status="symlink_outside",
-        error=f"symlink to {os.path.realpath(path)}, outside the source root; not followed",
+        error=f"symlink to {printable_name(os.path.realpath(path))}, outside the source root; "
+        "not followed",
     )
 
 

@@ -9,7 +9,8 @@ Decisions worth knowing:
 - A file is decoded fully (`img.load()`) with Pillow's safety limits in force:
   truncated files fail (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False) and
   an image larger than ``Image.MAX_IMAGE_PIXELS`` is a `decompression_bomb`
-  that is never loaded (Pillow's warning is treated as the error it warns of).
+  that is never loaded (Pillow's warning is treated as the error it warns of);
+  its row still records the width, height and mode its header declares.
 - Transparency is composited onto a white background, not dropped: a
   transparent PNG's hidden colour under alpha 0 is arbitrary (often black),
   and dropping alpha would turn a dark drawing on a clear background into
@@ -17,13 +18,19 @@ Decisions worth knowing:
 - 16- and 32-bit integer images (``I;16*``, ``I``) are taken as 16-bit data
   and scaled by 255/65535; float images (``F``) are taken as 0..1 when their
   maximum is at most 1, else as 0..255. Animated images use their first frame.
+- The EXIF orientation tag is applied (`ImageOps.exif_transpose`): cameras and
+  phones store many JPEGs sideways with a tag saying how to turn them, and a
+  viewer shows them upright, so the model does too. The recorded width and
+  height are those of the upright image. A broken EXIF block is ignored.
 - Resizing is bilinear to exactly (height, width) without keeping the aspect
   ratio, as Keras's `image_dataset_from_directory` does by default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,7 @@ from typing import Literal
 
 import imagehash
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.prepared import STATUS_OK
 
@@ -160,8 +167,10 @@ def check_file(path: Path | str, image_size: tuple[int, int], color_mode: ColorM
             with Image.open(path) as img:
                 width, height, mode = img.width, img.height, img.mode
                 img.load()  # forces a full decode, so truncation shows up here
+                width, height = _upright(img)
                 pixels = prepare_image(img, image_size, color_mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        width, height, mode = _declared_size(path)
         return ImageFacts(
             status="decompression_bomb",
             error=str(exc),
@@ -193,6 +202,33 @@ def check_file(path: Path | str, image_size: tuple[int, int], color_mode: ColorM
         pixels=pixels,
         **pixel_facts(pixels),
     )
+
+
+def _upright(img: Image.Image) -> tuple[int, int]:
+    """Turn a loaded image as its EXIF orientation tag says, in place; returns its new size."""
+    # A broken EXIF block leaves the pixels as stored.
+    with contextlib.suppress(SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        ImageOps.exif_transpose(img, in_place=True)
+    return img.width, img.height
+
+
+def _declared_size(path: Path) -> tuple[int, int, str]:
+    """Width, height and mode from the header of an image refused as a bomb.
+
+    Pillow refuses such a file inside `Image.open`, before it tells the size,
+    so the header is read again with the pixel limit lifted. Only the header
+    is read (never `load()`), and the limit is put back before returning;
+    `prepare`'s workers check one file at a time, so no other open runs unguarded.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as img:
+            return img.width, img.height, img.mode
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return 0, 0, ""
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _looks_like_text(path: Path, probe: int = 4096) -> bool:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pipeline.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -55,17 +57,6 @@ def read_holder(path: Path) -> LockHolder | None:
         return LockHolder(int(raw["pid"]), str(raw["host"]), float(raw["started_at"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def stale_reason(

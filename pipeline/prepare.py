@@ -33,7 +33,13 @@ from numpy.lib.format import open_memmap
 
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, DataConfig, load_config
-from pipeline.datasets import LAYOUTS_HELP, Source, class_sort_key, load_source
+from pipeline.datasets import (
+    Source,
+    class_sort_key,
+    explain_empty_source,
+    load_source,
+    printable_name,
+)
 from pipeline.decoding import FACT_FIELDS, decode_records
 from pipeline.imagecheck import ImageFacts
 from pipeline.paths import Paths
@@ -83,7 +89,7 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
     root = source_path(data, paths)
     source = load_source(root, data.format)
     if not source.records:
-        raise StageError(f"data.source {root} holds no class folders or images; {LAYOUTS_HELP}")
+        raise StageError(explain_empty_source(root))
     height, width = data.image_size
     n = len(source.records)
     with staging_dir(paths.prepared_dir) as tmp:
@@ -186,7 +192,8 @@ def build_manifest(
         row = {**empty, **facts[pos]}
         row.update(
             id=record.id,
-            path=record.path,
+            path=printable_name(record.path),
+            error=printable_name(row["error"]),
             label=record.label,
             label_index=class_index.get(record.label, -1),
             split=split[pos],

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +32,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline.processes import pid_alive
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 STATUS_OK = "ok"
@@ -167,16 +173,59 @@ def finish_prepared(tmp: Path, manifest: pd.DataFrame, meta: Mapping[str, Any]) 
     (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
 
 
+def _staging_owner(entry: Path, target: Path) -> tuple[int, bool] | None:
+    """(owner pid, is the moved-aside old target) of a staging folder of `target`, else None.
+
+    Staging folders are named `.<target>.<pid>.<random>` and `.<target>.<pid>.old`.
+    """
+    match = re.fullmatch(rf"\.{re.escape(target.name)}\.(\d+)\.(old|[a-z0-9_]+)", entry.name)
+    if match is None or entry.is_symlink() or not entry.is_dir():
+        return None
+    return int(match[1]), match[2] == "old"
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Remove the staging folders beside `target` whose owner process is gone.
+
+    A killed run cannot clean up after itself, so the next run does. A folder
+    whose owner is alive is left alone: another run may be writing it. A dead
+    run's `.old` folder while `target` is missing means it died between its
+    two renames; that folder is the previous `target` and is put back.
+
+    Returns:
+        The folders removed or put back.
+    """
+    if not target.parent.is_dir():
+        return []
+    handled = []
+    for entry in sorted(target.parent.iterdir()):
+        owner = _staging_owner(entry, target)
+        if owner is None or pid_alive(owner[0]):
+            continue
+        if owner[1] and not target.exists():
+            log.warning("putting back %s as %s: its run (pid %d) died", entry, target, owner[0])
+            os.replace(entry, target)
+        else:
+            log.warning("removing %s, left by a run (pid %d) that is gone", entry, owner[0])
+            shutil.rmtree(entry, ignore_errors=True)
+        handled.append(entry)
+    return handled
+
+
 @contextlib.contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
     """A temp dir beside `target` that replaces it when the block succeeds.
 
     On an exception the temp dir is removed and `target` is left as it was,
-    so a killed or failed stage never leaves a half-written dataset.
+    so a killed or failed stage never leaves a half-written dataset. The temp
+    dir's name holds this process's pid, so that the next run removes it when
+    this one is killed (`remove_stale_staging`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_staging(target)
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{pid}.", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the result is ordinary data
     try:
         yield tmp
@@ -185,7 +234,7 @@ def staging_dir(target: Path) -> Iterator[Path]:
         raise
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
+        old = target.with_name(f".{target.name}.{pid}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     os.replace(tmp, target)

@@ -13,8 +13,10 @@ from pipeline.datasets import (
     IDX_IMAGES_MAGIC,
     class_sort_key,
     detect_format,
+    explain_empty_source,
     folder_records,
     load_source,
+    printable_name,
     read_idx,
 )
 
@@ -99,6 +101,43 @@ def test_broken_symlink_inside_is_corrupt(tmp_path: Path) -> None:
     assert _by_id(folder_records(root))["a/dangling.png"].status == "corrupt"
 
 
+def test_non_utf8_names_get_stable_printable_ids(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "src", per_class=1, classes=("a",))
+    klass = root / os.fsdecode(b"\xe9t\xe9")  # a latin-1 class folder
+    klass.mkdir()
+    (root / "a" / "000.png").rename(root / "a" / os.fsdecode(b"caf\xe9.png"))
+    (root / "a" / "z.png").write_bytes(b"x")
+    (klass / os.fsdecode(b"x\\\xff.png")).write_bytes(b"x")
+    records = folder_records(root)
+    assert [r.id for r in records] == ["a/caf\\xe9.png", "a/z.png", "\\xe9t\\xe9/x\\\\\\xff.png"]
+    assert records[2].label == "\\xe9t\\xe9"
+    assert all(Path(r.path).is_file() for r in records)  # the path still opens the file
+    assert [r.id for r in folder_records(root)] == [r.id for r in records]
+    for r in records:
+        r.id.encode("utf-8")  # no surrogates left
+
+
+def test_printable_name_keeps_utf8_names_exactly() -> None:
+    for name in ("cat/001.png", "café/ü.png", "a\\b.png", "日本.jpg"):
+        assert printable_name(name) == name
+    assert printable_name(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+
+
+def test_symlink_loop_is_reported_as_a_loop_not_broken(tmp_path: Path) -> None:
+    root = write_png_folder(tmp_path / "src", per_class=1, classes=("a",))
+    os.symlink("self.png", root / "a" / "self.png")
+    os.symlink("two.png", root / "a" / "one.png")
+    os.symlink("one.png", root / "a" / "two.png")
+    os.symlink("gone.png", root / "a" / "dangling.png")
+    records = _by_id(folder_records(root))
+    for name in ("self.png", "one.png", "two.png"):
+        row = records[f"a/{name}"]
+        assert row.status == "corrupt"
+        assert row.error.startswith("symlink loop") and "broken" not in row.error, row.error
+    assert "one.png -> two.png" in records["a/one.png"].error
+    assert records["a/dangling.png"].error == "broken symlink: its target gone.png does not exist"
+
+
 def test_numeric_classes_sort_as_numbers() -> None:
     assert sorted(["10", "2", "b", "1", "a"], key=class_sort_key) == ["1", "2", "10", "a", "b"]
 
@@ -153,6 +192,17 @@ def test_idx_without_t10k_is_train_only(tmp_path: Path) -> None:
 def test_format_folder_forced_on_idx_folder_yields_no_classes(tmp_path: Path) -> None:
     root = idx_folder(tmp_path / "idx", gz=False)
     assert load_source(root, "folder").records == []
+
+
+def test_empty_source_explained(tmp_path: Path) -> None:
+    root = idx_folder(tmp_path / "idx", gz=False)
+    assert "read as an image folder; set data.format to idx" in explain_empty_source(root)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.PNG").write_bytes(b"x")
+    assert "found 1 image file directly in" in explain_empty_source(tmp_path / "one")
+    (tmp_path / "one" / "a.PNG").rename(tmp_path / "one" / "a.csv")
+    message = explain_empty_source(tmp_path / "one")
+    assert "found 1 file (e.g. a.csv), no class folders and no images" in message
 
 
 def test_idx_bad_magic_names_file(tmp_path: Path) -> None:

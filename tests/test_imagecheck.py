@@ -155,14 +155,41 @@ def test_missing_file_is_corrupt_not_a_crash(tmp_path: Path) -> None:
 def test_decompression_bomb_is_refused_unloaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
 ) -> None:
-    # 60x60 = 3600 pixels. Pillow only warns between the limit and twice the
+    # 80x45 = 3600 pixels. Pillow only warns between the limit and twice the
     # limit (limit 2000) and raises beyond it (limit 1600): both are bombs here.
-    path = _save(Image.new("L", (60, 60), 0), tmp_path / "bomb.png")
+    path = _save(Image.new("RGB", (80, 45), 0), tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     facts = check_file(path, SIZE, "grayscale")
     assert facts.status == "decompression_bomb"
     assert facts.pixels is None
     assert "pixels" in facts.error
+    # The row still says what the header declares (not square: no swapped axes).
+    assert (facts.width, facts.height, facts.mode) == (80, 45, "RGB")
+    assert facts.bytes == path.stat().st_size
+    assert limit == Image.MAX_IMAGE_PIXELS  # the limit is in force again afterwards
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # Stored 10 wide and 6 high, black left half and white right half;
+    # orientation 6 says "rotate 90 degrees clockwise to display".
+    stored = np.zeros((6, 10), dtype=np.uint8)
+    stored[:, 5:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    path = _save(Image.fromarray(stored, mode="L"), tmp_path / "phone.jpg", exif=exif, quality=95)
+    facts = check_file(path, (10, 6), "grayscale")
+    assert facts.ok
+    assert (facts.width, facts.height) == (6, 10)  # as displayed: upright
+    upright = np.rot90(stored, k=-1)  # clockwise: the black left half ends up on top
+    assert np.abs(facts.pixels[..., 0].astype(int) - upright).mean() < 10
+
+
+def test_invalid_exif_orientation_leaves_the_image_as_stored(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 9  # not an orientation
+    path = _save(_gradient(), tmp_path / "odd.jpg", exif=exif)
+    facts = check_file(path, SIZE, "grayscale")
+    assert facts.ok and (facts.width, facts.height) == (10, 8)
 
 
 def test_bomb_limit_not_hit_by_normal_image(

@@ -251,7 +251,7 @@ def test_training_depends_on_the_validation_flags_not_the_whole_report():
 STAGES = {"digits", "prepare", "validate", "train", "evaluate", "report", "retrain"}
 INFRASTRUCTURE = {
     "config", "paths", "catalog", "io", "tracking", "gx_suite", "prepared", "lock",
-    "dvc_runner", "cli",
+    "processes", "dvc_runner", "cli",
 }  # fmt: skip
 PURE_CORES = [
     "diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement",

@@ -239,6 +239,38 @@ def test_source_without_class_folders_fails(
     assert "holds no class folders" in err
 
 
+def test_loose_images_without_class_folders_say_what_was_found(
+    project: Project, capsys: pytest.CaptureFixture
+) -> None:
+    flat = write_png_folder(project.root / "src", per_class=12, classes=("flat",)) / "flat"
+    (flat / "notes.txt").write_text("x")
+    project.write_params(small_params(data={"source": "src/flat"}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert f"12 image files directly in {flat} (e.g. 000.png) and no class folders" in err
+    assert "<source>/<class>/<image files>" in err  # the layout expected
+
+
+def test_idx_folder_with_only_a_labels_file_names_the_missing_images_file(
+    project: Project, capsys: pytest.CaptureFixture
+) -> None:
+    root = idx_folder(project.root / "idx", gz=True, n_test=0)
+    (root / "train-images-idx3-ubyte.gz").unlink()
+    project.write_params(small_params(data={"source": "idx"}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "IDX labels file train-labels-idx1-ubyte.gz but no train-images-idx3-ubyte" in err
+    assert "allowed layouts" in err
+
+
+def test_empty_source_says_it_is_empty(project: Project, capsys: pytest.CaptureFixture) -> None:
+    (project.root / "void" / ".cache").mkdir(parents=True)
+    project.write_params(small_params(data={"source": "void"}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "void is empty (hidden entries, names starting with '.', are ignored)" in err
+
+
 def test_resolve_workers() -> None:
     assert resolve_workers(3) == 3
     assert 1 <= resolve_workers(0) <= (os.cpu_count() or 1)
@@ -264,3 +296,23 @@ def test_adding_images_leaves_existing_images_in_their_split() -> None:
     order = rng.permutation(len(labels))
     shuffled = assign_splits(labels[order], none, _data(), keys=[ids[i] for i in order])
     assert (shuffled == before[order]).all()
+
+
+def test_non_utf8_file_name_prepares_and_is_in_the_manifest(project: Project) -> None:
+    """Linux allows any bytes in a name; the id escapes the ones UTF-8 cannot hold."""
+    from PIL import Image
+
+    root = _folder_project(project)
+    name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: a surrogate escape in Python
+    Image.new("L", (8, 8), 200).save(root / "cat" / name)
+    assert main([]) == 0
+    data = load_prepared(project.paths.prepared_dir)
+    row = data.manifest.set_index("id").loc["cat/caf\\xe9.png"]
+    assert row.status == "ok" and row.split in SPLITS
+    assert row.path.endswith("images/cat/caf\\xe9.png")
+    # ASCII names keep their ids, so existing splits do not move.
+    assert "cat/000.png" in set(data.manifest.id)
+    # The same file gets the same id, and so the same split, on every run.
+    assert main([]) == 0
+    again = load_prepared(project.paths.prepared_dir).manifest.set_index("id")
+    assert again.loc["cat/caf\\xe9.png", "split"] == row.split
