@@ -3,9 +3,10 @@
 This module is the only reader of params.yaml. Every key is declared here with
 its type and allowed range (pydantic does the checking), and without a default:
 params.yaml holds each value once, so there is no second copy to drift (a test
-walks these models to keep it so). An unknown key, a missing key, a wrong type
-or an out-of-range value raises `ConfigError` naming the key, the value and
-what is allowed, before any stage does work.
+walks these models to keep it so). An unknown key, a missing key, a key given
+twice (DVC rejects that file), a wrong type or an out-of-range value raises
+`ConfigError` naming the key, the value (or line) and what is allowed, before
+any stage does work.
 
 Inputs: params.yaml. Outputs: `Config` objects; nothing is written.
 """
@@ -365,6 +366,37 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(_describe(exc)) from None
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in the YAML gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last value silently; DVC, which reads params.yaml too,
+    rejects the file. Merge keys (``<<``) may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                earlier = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeLoader explains it below
+                continue
+            if earlier is not None:
+                raise DuplicateKeyError(
+                    f"duplicate key {key!r} on line {line} (first on line {earlier}); "
+                    "DVC rejects a key given twice"
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path | str = "params.yaml") -> Config:
     """Read and validate params.yaml; raises ConfigError on any problem."""
     path = Path(path)
@@ -373,7 +405,9 @@ def load_config(path: Path | str = "params.yaml") -> Config:
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     try:

@@ -87,7 +87,8 @@ def record_outcome(paths: Paths, cfg: Config, outcome: Outcome) -> None:
     try:
         _log_run(paths, cfg, outcome)
     except Exception as exc:  # MLflow down must not hide the decision
-        log.warning("could not record the retrain in MLflow: %s", exc)
+        if str(exc) not in outcome.reasons:  # else the failure already says so, once
+            log.warning("could not record the retrain in MLflow: %s", exc)
         outcome.mlflow_run_id = None
         write_json_atomic(paths.retrain_json, outcome.to_dict())
 

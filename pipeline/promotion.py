@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -128,11 +129,19 @@ def score(model_uri: str, x: np.ndarray, y: np.ndarray) -> tuple[float | None, s
 
 
 def _quiet_keras() -> None:
-    # Keras prints a progress bar per predict() call otherwise.
+    """Keras's progress bar per predict() call, with colour codes, on a terminal only.
+
+    Cron and systemd keep retrain's output as its log. Keras's non-interactive
+    mode sends the bars to absl logging instead of stdout; at INFO they would
+    still reach that log, so absl's INFO is dropped too.
+    """
+    if sys.stdout.isatty():
+        return
     with contextlib.suppress(ImportError):
         import keras
 
         keras.utils.disable_interactive_logging()
+        logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 # The lead replaces these with one typed reader per file; they read as before.

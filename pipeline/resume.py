@@ -16,7 +16,8 @@ the shuffle order and the dropout/augmentation random streams are pure
 functions of (seed, epoch) (pipeline.train_input, pipeline.seeds), and the
 early-stopping / LR-schedule state is replayed from the history rows
 (`replay_callbacks`). The state is discarded when its fingerprint (variant
-params, data version, class weights) changed, or its MLflow run is gone.
+params, data version, class weights) changed, or its MLflow run is gone; the
+run of a discarded state, if still RUNNING, is ended as KILLED.
 
 Imports neither TensorFlow nor Keras: the Keras-specific half (the atomic
 checkpoint, the random streams) is pipeline.keras_private.
@@ -60,6 +61,9 @@ class BackupState:
     run_id: str | None = None
     fit_done: bool = False
     rows: list[dict[str, float]] = field(default_factory=list)
+    # The MLflow run of an earlier state this one replaced (not saved): nothing
+    # continues it any more, so `open_run_backup` ends it.
+    abandoned_run_id: str | None = None
 
     @property
     def state_json(self) -> Path:
@@ -115,6 +119,7 @@ def open_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
         if root.exists():
             log.info("discarding training state in %s (params or data changed)", root)
         state.discard()
+        state.abandoned_run_id = saved.get("run_id") if isinstance(saved, dict) else None
         return state
     state.run_id = saved.get("run_id")
     state.fit_done = bool(saved.get("fit_done"))
@@ -123,7 +128,7 @@ def open_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
     if len(rows) < done or [r["epoch"] for r in rows[:done]] != list(range(1, done + 1)):
         log.warning("training state in %s is inconsistent; starting over", root)
         state.discard()
-        return BackupState(root=root, fingerprint=fingerprint)
+        return BackupState(root=root, fingerprint=fingerprint, abandoned_run_id=state.run_id)
     # Rows written after the last checkpoint belong to an epoch that is rerun.
     state.rows = rows[:done]
     if done:
@@ -132,8 +137,14 @@ def open_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
 
 
 def open_run_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
-    """open_backup, started over when the state's MLflow run no longer exists."""
+    """open_backup, started over when the state's MLflow run no longer exists.
+
+    The run of a discarded state, killed mid-training and so still RUNNING, is
+    ended as KILLED: the new state starts a run of its own.
+    """
     state = open_backup(root, fingerprint)
+    if state.abandoned_run_id and tracking.end_run_as_killed(state.abandoned_run_id):
+        log.info("ended MLflow run %s of the discarded state as KILLED", state.abandoned_run_id)
     if state.run_id and not tracking.run_exists(state.run_id):
         log.info("MLflow run %s of the saved state is gone; starting over", state.run_id)
         state.discard()

@@ -50,7 +50,7 @@ import uuid
 from collections.abc import Sequence
 
 from pipeline import dvc_runner, promotion, tracking
-from pipeline.cli import StageError, run_stage
+from pipeline.cli import StageError, UserError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.judgement import NoChallengerError, gates_fingerprint, needs_judgement
 from pipeline.lock import LockHeldError, retrain_lock
@@ -67,8 +67,9 @@ from pipeline.paths import Paths
 
 log = logging.getLogger(__name__)
 
-# Failures whose message is written for the reader; others get their type's name.
-EXPLAINED_FAILURES = (RetrainError, dvc_runner.DvcError, NoChallengerError)
+# Expected failures, whose message is written for the reader: logged as that one
+# line. Others (bugs) get their type's name and a traceback.
+EXPLAINED_FAILURES = (RetrainError, dvc_runner.DvcError, NoChallengerError, UserError)
 
 
 def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> Outcome:
@@ -82,10 +83,11 @@ def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> 
     try:
         _run_steps(paths, cfg, list(dvc or dvc_runner.dvc_command()), outcome)
     except Exception as exc:  # any step: record it, never half-promote
-        log.exception("retrain failed")
         outcome.decision = "failed"
         explained = isinstance(exc, EXPLAINED_FAILURES)
         outcome.reasons = [str(exc) if explained else f"{type(exc).__name__}: {exc}"]
+        if not explained:  # main() prints an expected failure's one line
+            log.exception("retrain failed")
     outcome.finished_at = now()
     record_outcome(paths, cfg, outcome)
     return outcome
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = "; ".join(outcome.reasons) or outcome.decision
     print(
         f"retrain: {outcome.decision.replace('_', ' ')}: {summary} "
-        f"-> {paths.retrain_json} (exit {outcome.exit_code})"
+        f"-> {paths.retrain_json} (exit {outcome.exit_code})",
+        file=sys.stderr if outcome.decision == "failed" else sys.stdout,
     )
     if args.exit_zero and outcome.exit_code in (EXIT_PROMOTED, EXIT_REJECTED):
         return 0

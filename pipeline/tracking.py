@@ -278,6 +278,29 @@ def run_exists(run_id: str | None) -> bool:
     return True
 
 
+def end_run_as_killed(run_id: str) -> bool:
+    """End run `run_id` as KILLED if it is still RUNNING; True when it was.
+
+    A training killed hard (SIGKILL, OOM) never ends its run. When its resume
+    state is then discarded, nothing will continue that run, and the UI would
+    show it live forever. A missing run, a finished one and the active one are
+    left alone.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    active = mlflow.active_run()
+    if run.info.status != "RUNNING" or (active and active.info.run_id == run_id):
+        return False
+    client.set_terminated(run_id, status="KILLED")
+    return True
+
+
 def metric_steps(run_id: str, key: str) -> set[int]:
     """The steps at which `key` was logged in the run."""
     from mlflow.tracking import MlflowClient

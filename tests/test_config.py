@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import get_args
@@ -223,6 +226,59 @@ def test_load_config_file_errors_name_the_file(tmp_path: Path) -> None:
     bad_yaml.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=rf"invalid {bad_yaml}:\n  model.dropout = 1.5"):
         load_config(bad_yaml)
+
+
+def _line_of(prefix: str) -> int:
+    """The 1-based number of the real params.yaml's first line starting with `prefix`."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if text.startswith(prefix))
+
+
+def _with_duplicate(tmp_path: Path, after: str, duplicate: str) -> tuple[Path, int]:
+    """The real params.yaml with line `duplicate` inserted after the first line starting
+    with `after`; the inserted line's number."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    at = _line_of(after)
+    lines.insert(at, duplicate)
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, at + 1
+
+
+@pytest.mark.parametrize(
+    ("after", "duplicate", "first"),
+    [
+        ("  batch_size:", "  batch_size: 32", "  batch_size:"),  # nested: train.batch_size
+        ("  experiment:", "data: {}", "data:"),  # top level, at the end; DVC rejects both
+    ],
+)
+def test_a_duplicate_key_is_rejected_naming_it_and_its_line(
+    tmp_path: Path, after: str, duplicate: str, first: str
+) -> None:
+    path, line = _with_duplicate(tmp_path, after, duplicate)
+    key = first.strip().rstrip(":")
+    message = re.escape(f"{path}: duplicate key '{key}' on line {line} (first on line ")
+    message += rf"{_line_of(first)}\)"
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_duplicate_key_is_one_line_and_exit_2_from_the_command_line(tmp_path: Path) -> None:
+    path, line = _with_duplicate(tmp_path, "  epochs:", "  epochs: 3")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.retrain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {path}: duplicate key 'epochs' on line {line} "
+        f"(first on line {_line_of('  epochs:')}); DVC rejects a key given twice"
+    ]
 
 
 def test_seeds_default_lives_in_params_yaml_and_a_variant_may_override_it() -> None:

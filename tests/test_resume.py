@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import callbacks, fitting, keras_private, resume
+from pipeline import callbacks, fitting, keras_private, resume, tracking
 from pipeline.config import parse_config
 from pipeline.history import history_text
 
@@ -63,6 +63,63 @@ def test_backup_state_is_dropped_when_params_change_or_rows_are_missing(tmp_path
     fresh.run_id = "r2"
     fresh.save()
     assert resume.open_backup(root, {"variant_params_hash": "b"}).run_id is None
+
+
+def _mlflow_run(project, status: str = "RUNNING") -> str:
+    """A run in the project's real MLflow backend; RUNNING is what a SIGKILL leaves."""
+    import mlflow
+
+    tracking.configure(project.paths)
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(tracking.ensure_experiment(project.paths, "resume")).info.run_id
+    if status != "RUNNING":
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def _status(run_id: str) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(run_id).info.status
+
+
+def _save_state(root, fingerprint: dict[str, str], run_id: str) -> None:
+    state = resume.open_backup(root, fingerprint)
+    state.run_id = run_id
+    state.save()
+
+
+def test_a_discarded_state_ends_its_still_running_run_as_killed(project):
+    root = project.root / ".pipeline_state" / "train" / "baseline"
+    changed = _mlflow_run(project)
+    _save_state(root, {"variant_params_hash": "a"}, changed)
+    state = resume.open_run_backup(root, {"variant_params_hash": "b"})  # params changed
+    assert state.run_id is None and not root.exists()
+    assert _status(changed) == "KILLED"
+
+    inconsistent = _mlflow_run(project)
+    _save_state(root, {"variant_params_hash": "b"}, inconsistent)
+    (root / "checkpoint").mkdir()
+    (root / "checkpoint" / "latest.weights.h5").write_bytes(b"x")
+    (root / "checkpoint" / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    assert resume.open_run_backup(root, {"variant_params_hash": "b"}).run_id is None
+    assert _status(inconsistent) == "KILLED"  # no history rows for 3 epochs
+
+
+def test_only_an_abandoned_running_run_is_killed(project):
+    root = project.root / ".pipeline_state" / "train" / "baseline"
+    resumed = _mlflow_run(project)
+    _save_state(root, {"variant_params_hash": "a"}, resumed)
+    assert resume.open_run_backup(root, {"variant_params_hash": "a"}).run_id == resumed
+    assert _status(resumed) == "RUNNING"  # the resume continues it
+
+    for status in ("FINISHED", "FAILED"):
+        ended = _mlflow_run(project, status)
+        _save_state(root, {"variant_params_hash": "a"}, ended)
+        resume.open_run_backup(root, {"variant_params_hash": "b"})
+        assert _status(ended) == status
+    _save_state(root, {"variant_params_hash": "a"}, "0" * 32)  # a run that is gone
+    assert resume.open_run_backup(root, {"variant_params_hash": "b"}).run_id is None
 
 
 def test_layer_weights_round_trip(tmp_path):

@@ -380,6 +380,63 @@ def test_missing_challenger_fails(rproject):
     assert "no 'challenger' alias" in report(rproject)["reasons"][0]
 
 
+def run_cli(project, **env: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.retrain` as cron runs it: in the project, output not a terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.retrain"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        timeout=300,
+    )
+
+
+def assert_plain_log(done: subprocess.CompletedProcess) -> None:
+    """What cron and systemd keep: no traceback, no colour codes, no progress bars."""
+    for stream in (done.stdout, done.stderr):
+        assert "Traceback" not in stream, stream
+        assert "\x1b[" not in stream, stream
+        assert "\u2501" not in stream, stream  # the bar of Keras's progress bar
+
+
+def test_cli_unreachable_tracking_server_is_one_line(rproject):
+    done = run_cli(rproject, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    assert done.returncode == outcome.EXIT_FAILED, done.stderr
+    assert_plain_log(done)
+    lines = [line for line in done.stderr.splitlines() if "is unreachable" in line]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("retrain: failed: MLflow tracking server http://127.0.0.1:9")
+    assert report(rproject)["decision"] == "failed"
+
+
+def test_cli_missing_challenger_is_one_line(rproject):
+    done = run_cli(rproject)
+    assert done.returncode == outcome.EXIT_FAILED, done.stderr
+    assert_plain_log(done)
+    lines = [line for line in done.stderr.splitlines() if "no 'challenger' alias" in line]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("retrain: failed:")
+
+
+def test_cli_promotion_log_has_no_progress_bars(rproject, keras_models):
+    version = register(rproject, keras_models["good"], alias="challenger")
+    done = run_cli(rproject)
+    assert done.returncode == outcome.EXIT_PROMOTED, done.stderr
+    assert_plain_log(done)
+    assert f"v{version} is the champion" in done.stdout
+
+
+def test_unexpected_bug_keeps_its_traceback(rproject, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(tracking, "registered_aliases", broken)
+    assert retrain.main([]) == outcome.EXIT_FAILED
+    assert report(rproject)["reasons"] == ["ZeroDivisionError: a bug"]
+    assert any(r.exc_info for r in caplog.records if r.levelname == "ERROR")
+
+
 def test_concurrent_run_exits_locked(rproject):
     handle = lock.acquire_lock(rproject.paths.retrain_lock, stale_seconds=3600)
     try:

@@ -195,6 +195,32 @@ def test_a_kill_after_training_reuses_the_finished_epochs(digits_prepared, monke
     assert run_info["run_id"] == state["run_id"]
 
 
+def test_params_changed_after_a_hard_kill_end_the_abandoned_run(digits_prepared, monkeypatch):
+    import mlflow
+
+    project = digits_prepared
+    _write(project, train_over={"epochs": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_write = train.write_train_outputs
+    monkeypatch.setattr(train, "write_train_outputs", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--variant", "baseline"])
+    old = json.loads((project.paths.backup_dir("baseline") / "state.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    client.update_run(old, status="RUNNING")  # what a SIGKILL leaves: the run never ended
+    monkeypatch.setattr(train, "write_train_outputs", real_write)
+
+    _write(project, train_over={"epochs": 2})  # the saved state's fingerprint is stale
+    assert train.main(["--variant", "baseline"]) == 0
+    new = json.loads(project.paths.run_info("baseline").read_text())["run_id"]
+    assert new != old
+    assert client.get_run(old).info.status == "KILLED"
+    assert client.get_run(new).info.status == "FINISHED"
+
+
 def test_unknown_variant_is_a_config_error_listing_the_variants(digits_prepared):
     _write(digits_prepared)
     with pytest.raises(ConfigError, match="unknown variant 'nope'.*baseline, noisy"):
