@@ -426,7 +426,7 @@ def test_unreachable_mlflow_exits_2_before_any_write(digits_prepared, monkeypatc
     assert exit_info.value.code == EXIT_USER_ERROR
     assert time.perf_counter() - start < 15
     assert "http://127.0.0.1:9" in capsys.readouterr().err
-    assert report_files(digits_prepared) == before == {"validation.json"}
+    assert report_files(digits_prepared) == before == {"validation.json", "validation_flags.json"}
 
 
 def test_stale_run_json_stops_evaluate_before_any_write(digits_prepared):
@@ -434,7 +434,7 @@ def test_stale_run_json_stops_evaluate_before_any_write(digits_prepared):
     fake_trained_variants(digits_prepared, "f" * 32)
     with pytest.raises(StageError, match=r"variant 'baseline': MLflow run f{32} .*not in the"):
         ev.run_evaluate(digits_prepared.paths, load_config(digits_prepared.paths.params))
-    assert report_files(digits_prepared) == {"validation.json"}
+    assert report_files(digits_prepared) == {"validation.json", "validation_flags.json"}
 
 
 # --------------------------------------------------------------------------- pure pieces
