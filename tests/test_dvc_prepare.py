@@ -90,9 +90,11 @@ def test_failed_prepare_leaves_nothing_half_written(repo: Path) -> None:
     result = dvc(repo, "repro", "prepare", check=False)
     assert result.returncode != 0
     assert "at least 2 are needed" in result.stderr + result.stdout
-    # DVC deletes a stage's outputs before running it; prepare adds nothing
-    # half-written, and the last good dataset comes back from the DVC cache.
-    assert not (repo / "data/prepared").exists()
+    # The output persists (DVC leaves it in place) and prepare swaps in a new
+    # dataset only when it is complete: the last good one is still there, whole.
+    assert (repo / "data/prepared/manifest.parquet").read_bytes() == before
     assert [p.name for p in (repo / "data").iterdir() if p.name.startswith(".prepared")] == []
+    # ...and the DVC cache holds it too.
+    (repo / "data/prepared/manifest.parquet").unlink()
     dvc(repo, "checkout", "data/prepared")
     assert (repo / "data/prepared/manifest.parquet").read_bytes() == before
