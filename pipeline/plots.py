@@ -8,6 +8,10 @@ File names (the report looks for these): `curves_<variant>.png`,
 `val_curves_all.png`, `gap_all.png`, `confusion_<variant>.png`,
 `feature_maps_<variant>.png`, `learning_curve.png`.
 
+Class names are drawn only when the figure font has every glyph (matplotlib's
+bundled DejaVu Sans lacks CJK, for one): otherwise a class is shown by its index,
+and the report's per-class table maps index to name (`drawable`).
+
 Loss axes are logarithmic: cross-entropy falls from about 2 to below 0.05, and
 on a linear axis the late-epoch rise of the val loss that decides the verdict
 is a flat line at the bottom.
@@ -15,6 +19,7 @@ is a flat line at the bottom.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,12 +32,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties, findfont  # noqa: E402
+from matplotlib.ft2font import FT2Font  # noqa: E402
 
 from pipeline.io import write_bytes_atomic  # noqa: E402
 
 DPI = 90
 # Feature maps: at most this many channels per layer, so a 128-filter layer stays legible.
 MAX_CHANNELS = 8
+
+
+@functools.cache
+def _figure_font() -> FT2Font:
+    return FT2Font(findfont(FontProperties()))
+
+
+def drawable(text: str, fallback: str) -> str:
+    """`text` if the figure font has a glyph for each character, else `fallback`.
+
+    Missing glyphs would print as empty boxes (and warn once per character).
+    """
+    font = _figure_font()
+    return text if all(font.get_char_index(ord(c)) for c in text if not c.isspace()) else fallback
 
 
 def curves_name(variant: str) -> str:
@@ -225,8 +246,9 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> 
     size = min(2.5 + 0.45 * n, 9)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(n), labels=list(classes), fontsize=7)
+    names = [drawable(str(c), str(i)) for i, c in enumerate(classes)]
+    ax.set_xticks(range(n), labels=names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), labels=names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 20:
@@ -298,7 +320,9 @@ def feature_maps_figure(
             if k == 0:
                 shown = image[..., 0] if image.shape[-1] == 1 else image.astype(np.uint8)
                 axes[row, 0].imshow(shown, cmap="gray")
-                title = str(labels[i]) if labels is not None else f"image {i + 1}"
+                title = f"image {i + 1}"
+                if labels is not None:
+                    title = drawable(str(labels[i]), title)
                 axes[row, 0].set_title(title, fontsize=7)
             if layer is None:
                 continue

@@ -120,3 +120,25 @@ def test_write_figures_replaces_the_folder_whole(tmp_path):
         plots.GAP_CURVES,  # no learning_curve in the evaluation: no learning_curve.png
     }
     assert (figures_dir / plots.curves_name("a")).read_bytes().startswith(b"\x89PNG")
+
+
+def test_class_names_the_figure_font_cannot_draw_become_their_index():
+    """CJK class names would print as empty boxes: the figures show the class index (the
+    report's per-class table maps index to name), and no glyph goes missing."""
+    import warnings
+
+    assert plots.drawable("T-shirt/top", "0") == "T-shirt/top"
+    assert plots.drawable("猫", "1") == "1"
+    classes = ["cat", "猫", "犬"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)"
+        fig = plots.confusion_figure(np.eye(3, dtype=int), classes, "test")
+        fig.canvas.draw()
+        ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert ticks == ["cat", "1", "2"]
+        maps = plots.feature_maps_figure(
+            np.zeros((1, 8, 8, 1), np.uint8), {"conv_1": np.ones((1, 4, 4, 2))}, "v", ["猫"]
+        )
+        maps.canvas.draw()
+    titles = [ax.get_title() for ax in maps.axes if ax.get_title()]
+    assert "image 1" in titles and "猫" not in titles

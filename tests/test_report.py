@@ -433,3 +433,16 @@ def test_code_spans_escape_first_then_mark_backticked_names():
         "Adopt <code>dropout</code> &lt;script&gt;x&lt;/script&gt; &amp; <code>l2</code>"
     )
     assert str(report_context.code_spans("no ticks")) == "no ticks"
+
+
+def test_per_class_table_gives_each_class_its_figure_index(project, built):
+    """Figures show a class the font cannot draw by its index; the table maps it back."""
+    evaluation = write_inputs(project, built)
+    report.write_report(project.paths)
+    html = project.paths.report_html.read_text()
+    name = next(iter(evaluation["variants"]))
+    card = html[html.index(f'id="variant-{name}"') :]
+    table = card[card.index('class="per-class"') : card.index("</table>")]
+    rows = re.findall(r'<tr><td class="num">(\d+)</td><td>([^<]*)</td>', table)
+    classes = [c["class"] for c in evaluation["variants"][name]["per_class"]]
+    assert rows == [(str(i), c) for i, c in enumerate(classes)]
