@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.lib.format import open_memmap
 
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, DataConfig, load_config
@@ -42,6 +42,7 @@ from pipeline.datasets import (
 )
 from pipeline.decoding import FACT_FIELDS, decode_records
 from pipeline.imagecheck import ImageFacts
+from pipeline.io import open_reserved_npy, require_free_space
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, STATUS_OK, finish_prepared, manifest_frame, staging_dir
 from pipeline.splitting import assign_splits
@@ -49,6 +50,9 @@ from pipeline.splitting import assign_splits
 log = logging.getLogger(__name__)
 
 COPY_CHUNK = 8192  # rows copied at a time from the scratch array into a split array
+# Beyond the pixels: the manifest (a few hundred bytes per image), meta, file-system slack.
+SPACE_PER_IMAGE = 512
+SPACE_MARGIN = 2**20
 
 
 # ---------------------------------------------------------------- writing
@@ -61,7 +65,7 @@ def _write_split_arrays(
     if len(positions) == 0:
         np.save(tmp / f"{split}_x.npy", np.zeros(shape, dtype=np.uint8))
     else:
-        out = open_memmap(tmp / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=shape)
+        out = open_reserved_npy(tmp / f"{split}_x.npy", shape)
         for start in range(0, len(positions), COPY_CHUNK):
             out[start : start + COPY_CHUNK] = scratch[positions[start : start + COPY_CHUNK]]
         out.flush()
@@ -92,11 +96,14 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
         raise StageError(explain_empty_source(root))
     height, width = data.image_size
     n = len(source.records)
+    shape = (n, height, width, data.channels)
+    # The scratch array, then the split arrays copied from it: about twice the pixels.
+    paths.prepared_dir.parent.mkdir(parents=True, exist_ok=True)
+    needed = 2 * math.prod(shape) + SPACE_PER_IMAGE * n + SPACE_MARGIN
+    require_free_space(paths.prepared_dir.parent, needed)
     with staging_dir(paths.prepared_dir) as tmp:
         scratch_path = tmp / ".scratch_x.npy"
-        scratch = open_memmap(
-            scratch_path, mode="w+", dtype=np.uint8, shape=(n, height, width, data.channels)
-        )
+        scratch = open_reserved_npy(scratch_path, shape)
         facts = decode_records(source, data, scratch, progress=progress)
         ok = np.array([f["status"] == STATUS_OK for f in facts], dtype=bool)
         classes = _usable_classes(root, source, facts, ok)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from pipeline.cli import EXIT_USER_ERROR, run_stage
 from pipeline.config import parse_config
 from pipeline.decoding import resolve_workers
+from pipeline.io import DiskFullError, open_reserved_npy
 from pipeline.prepare import main, prepare_dataset
 from pipeline.prepared import MANIFEST_COLUMNS, SPLITS, load_prepared
 from pipeline.splitting import assign_splits, stratified_take
@@ -316,3 +320,59 @@ def test_non_utf8_file_name_prepares_and_is_in_the_manifest(project: Project) ->
     assert main([]) == 0
     again = load_prepared(project.paths.prepared_dir).manifest.set_index("id")
     assert again.loc["cat/caf\\xe9.png", "split"] == row.split
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs (root only: skipped where it cannot be mounted), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_dataset(small_disk, tmp_path):
+    """Once prepare died with SIGBUS (exit 135, no message) and left its staging folder."""
+    source = write_png_folder(tmp_path / "images", per_class=200, classes=("a", "b", "c"))
+    project = Project(small_disk)
+    params = small_params(data={"source": str(source), "image_size": [8, 8]})
+    project.write_params(params)
+    cwd = os.getcwd()
+    os.chdir(small_disk)
+    try:
+        assert main([]) == 0  # 600 images at 8x8: fits
+        before = project.paths.manifest.read_bytes()
+        params["data"]["image_size"] = [64, 64]  # about 2 x 7.4 MB: does not fit in 3 MB
+        project.write_params(params)
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.prepare"], capture_output=True, text=True
+        )
+    finally:
+        os.chdir(cwd)
+    assert done.returncode == 2, done.stderr
+    assert "not enough disk space in" in done.stderr and "MB needed" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert project.paths.manifest.read_bytes() == before
+    assert not [p for p in (small_disk / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_a_reserved_array_fails_with_enospc_instead_of_sigbus(small_disk):
+    """A plain memory map on a full disk dies at the first unstorable page; reserved, it
+    raises DiskFullError before any page is written, and leaves no file behind."""
+    with pytest.raises(DiskFullError, match="not enough disk space"):
+        open_reserved_npy(small_disk / "big.npy", (8 * 2**20,))
+    assert list(small_disk.iterdir()) == []
+    small = open_reserved_npy(small_disk / "small.npy", (1000,))
+    small[:] = 7
+    small.flush()
+    assert np.load(small_disk / "small.npy").sum() == 7000
