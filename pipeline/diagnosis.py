@@ -1123,7 +1123,8 @@ def compare_to_baseline(
         val_up = known and delta_val > noise
         val_down = known and delta_val < -noise
         gap_down = known and delta_gap < -gap_noise
-        steadied = _steadied(s, ref, min_effect) and not val_down
+        widening = _widening_difference(s, ref)
+        steadied = _steadied(s, ref, widening, min_effect) and not val_down
         sound = s.name != ref.name and s.saved_verdict != UNDERFITTING and not s.memorizing
         effects[s.name] = {
             "reference": ref.name,
@@ -1135,7 +1136,7 @@ def compare_to_baseline(
             "delta_gap_ci95": gap_noise,
             "within_noise": bool(known and abs(delta_val) <= noise),
             "gap_within_noise": bool(known and abs(delta_gap) <= gap_noise),
-            **_widening_difference(s, ref),
+            **widening,
             "steadied": bool(sound and steadied),
             "helped": bool(
                 sound
@@ -1160,9 +1161,11 @@ def _widening_difference(s: VariantSummary, ref: VariantSummary) -> dict[str, fl
     }
 
 
-def _steadied(s: VariantSummary, ref: VariantSummary, min_effect: float) -> bool:
-    """The reference's run diverged, this one's did not, and its gap widened measurably less."""
-    diff = _widening_difference(s, ref)
+def _steadied(
+    s: VariantSummary, ref: VariantSummary, diff: Mapping[str, float | None], min_effect: float
+) -> bool:
+    """The reference's run diverged, this one's did not, and its gap widened measurably less
+    (`diff`: _widening_difference of the two)."""
     if not ref.diverged or s.diverged or diff["delta_gap_widening"] is None:
         return False
     narrower = -diff["delta_gap_widening"]

@@ -495,5 +495,5 @@ def log_metrics_and_record(metrics: dict[str, float], record: Any, artifact_file
     import mlflow
 
     if metrics:
-        mlflow.log_metrics(metrics)
+        log_metrics(metrics)
     mlflow.log_dict(record, artifact_file)

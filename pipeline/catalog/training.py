@@ -12,7 +12,6 @@ old one only when all are there, so evaluate never reads a mix of two runs.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ def read_train_outputs(paths: Paths, variant: str) -> TrainOutputs:
         )
     stage = f"train@{variant}"
     try:
-        history = pd.read_csv(io.StringIO(needed["history"].read_text()))
+        history = pd.read_csv(needed["history"])
     except (ValueError, OSError) as exc:
         raise StageError(f"variant {variant!r}: unreadable training output: {exc}") from None
     return TrainOutputs(
