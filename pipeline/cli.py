@@ -1,14 +1,16 @@
 """Shared command-line plumbing for the stage modules.
 
 `run_stage(main)` sets up logging and turns the user's mistakes (bad params,
-missing inputs, unreachable MLflow) into a one-paragraph message and a
-non-zero exit code instead of a traceback.
+missing inputs, unreachable MLflow) and a full disk into a one-paragraph
+message and a non-zero exit code instead of a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -35,16 +37,60 @@ def setup_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for noisy in ("alembic", "urllib3", "matplotlib", "PIL", "great_expectations", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow's SQL store logs every database error with its traceback, then raises it as
+    # an MlflowException; that exception is reported once (run_stage or the traceback).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+# How a full disk reads when a library wraps the OSError: SQLite (MLflow's
+# store), and Arrow or HDF5 messages that carry strerror but no errno.
+_DISK_FULL_TEXT = ("database or disk is full", "No space left on device")
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain that says the disk is full, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) == errno.ENOSPC or any(
+            text in str(current) for text in _DISK_FULL_TEXT
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def disk_full_message(cause: BaseException, where: str = ".") -> str:
+    """One paragraph: what could not be written, the free space, what to do."""
+    target = str(getattr(cause, "filename", None) or os.path.abspath(where))
+    folder = target if os.path.isdir(target) else os.path.dirname(target) or "."
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"the disk is full: could not write {target} ({free}). Free some space (or put "
+        "the project on a larger disk) and rerun; this stage's previous outputs are "
+        "untouched, since every output is swapped in only once it is complete"
+    )
 
 
 def run_stage(
     main: Callable[[list[str] | None], int | None], argv: list[str] | None = None
 ) -> None:
-    """Run a stage's main() and exit with its code; user errors exit 2 with a message."""
+    """Run a stage's main() and exit with its code; user errors and a full disk exit 2
+    with a message instead of a traceback."""
     setup_logging()
     try:
         code = main(argv)
     except (UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        print(f"error: {disk_full_message(cause)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     sys.exit(code or 0)

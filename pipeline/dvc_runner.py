@@ -1,5 +1,11 @@
 """The dvc subprocess: `dvc status --json` and `dvc repro` for the scheduled retrain.
 
+`dvc status` cannot know what an `always_changed` stage (the `source`
+fingerprint of data.source) would produce, and always lists it; so the retrain
+first reruns those stages (`refresh`), then asks `dvc status`, which then sees
+a changed source as a changed dependency of prepare, and ignores their
+"always changed" entry.
+
 The dvc command is ``$PIPELINE_DVC`` when set (tests point it at a fake dvc),
 else this interpreter's ``python -m dvc``. Stages run with this interpreter's
 bin dir first on PATH and the retrain's repro id in ``PIPELINE_REPRO_ID``, so
@@ -20,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipeline.tracking import REPRO_ID_ENV
 
@@ -49,8 +57,15 @@ def child_env(repro_id: str) -> dict[str, str]:
     return env
 
 
+ALWAYS_CHANGED = "always changed"
+
+
 def parse_dvc_status(stdout: str) -> dict[str, Any]:
-    """`dvc status --json` output -> {stage: changes}; {} means up to date."""
+    """`dvc status --json` output -> {stage: changes}; {} means up to date.
+
+    A stage whose only change is "always changed" is left out: it says nothing
+    about whether anything would change.
+    """
     text = stdout.strip()
     candidates = [text, *reversed(text.splitlines())]
     for candidate in candidates:
@@ -59,7 +74,7 @@ def parse_dvc_status(stdout: str) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(parsed, dict):
-            return parsed
+            return {k: v for k, v in parsed.items() if v != [ALWAYS_CHANGED]}
     raise DvcError(f"cannot parse `dvc status --json` output: {text[:300]!r}")
 
 
@@ -75,9 +90,28 @@ def dvc_status(root: Path, dvc: Sequence[str], env: dict[str, str]) -> dict[str,
     return parse_dvc_status(done.stdout)
 
 
-def dvc_repro(root: Path, dvc: Sequence[str], env: dict[str, str]) -> None:
-    """Run `dvc repro`, its output streaming to ours."""
-    cmd = [*dvc, "repro"]
+def always_changed_stages(root: Path) -> list[str]:
+    """The stages dvc.yaml in `root` marks `always_changed`, in file order."""
+    try:
+        stages = yaml.safe_load((root / "dvc.yaml").read_text()).get("stages") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise DvcError(f"cannot read {root / 'dvc.yaml'}: {exc}") from exc
+    return [name for name, body in stages.items() if (body or {}).get("always_changed")]
+
+
+def refresh(root: Path, dvc: Sequence[str], env: dict[str, str]) -> None:
+    """Rerun the always-changed stages (and what they need), so that `dvc status`
+    afterwards sees what they would change."""
+    targets = always_changed_stages(root)
+    if targets:
+        dvc_repro(root, dvc, env, targets)
+
+
+def dvc_repro(
+    root: Path, dvc: Sequence[str], env: dict[str, str], targets: Sequence[str] = ()
+) -> None:
+    """Run `dvc repro [targets]`, its output streaming to ours."""
+    cmd = [*dvc, "repro", *targets]
     log.info("running %s in %s", shlex.join(cmd), root)
     sys.stdout.flush()
     sys.stderr.flush()

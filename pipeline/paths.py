@@ -39,6 +39,16 @@ class Paths:
     def digits_dir(self) -> Path:
         return self.root / "data" / "digits"
 
+    def source_dir(self, source: str) -> Path:
+        """params data.source as the stages read it: `~` expanded, relative to the root."""
+        path = Path(source).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def source_json(self) -> Path:
+        """The `source` stage's fingerprint of data.source: what prepare depends on."""
+        return self.root / "data" / "source.json"
+
     @property
     def prepared_dir(self) -> Path:
         return self.root / "data" / "prepared"

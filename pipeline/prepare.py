@@ -81,16 +81,10 @@ def _unusable_summary(source: Source, facts: list[dict[str, Any]], examples: int
     return f"{summary}; e.g. {shown}" if shown else summary
 
 
-def source_path(data: DataConfig, paths: Paths) -> Path:
-    """data.source, relative paths taken from the project root."""
-    path = Path(data.source).expanduser()
-    return path if path.is_absolute() else paths.root / path
-
-
 def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict[str, Any]:
     """Run the whole stage; returns the written meta plus `unusable` counts."""
     data = config.data
-    root = source_path(data, paths)
+    root = paths.source_dir(data.source)
     source = load_source(root, data.format)
     if not source.records:
         raise StageError(explain_empty_source(root))

@@ -4,7 +4,8 @@ Run from the project root by cron, a systemd timer or CI as
 ``python -m pipeline.retrain`` (see deploy/ and the README). One run:
 
 1. takes ``retrain.lock`` (`pipeline.lock`); a live retrain is never overlapped;
-2. asks ``dvc status --json`` whether data, params or code changed and only then
+2. reruns the always-changed ``source`` stage (the fingerprint of data.source),
+   asks ``dvc status --json`` whether data, params or code changed and only then
    runs ``dvc repro`` (`pipeline.dvc_runner`) under a fresh ``PIPELINE_REPRO_ID``,
    so every MLflow run of this retrain shares one ``repro_id`` tag;
 3. stops up to date when there is nothing new to judge (`pipeline.judgement`):
@@ -97,6 +98,7 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
     """dvc status, dvc repro when something changed, then judge and promote if there is
     anything new to judge; fills `outcome`."""
     env = dvc_runner.child_env(outcome.repro_id)
+    dvc_runner.refresh(paths.root, dvc, env)
     outcome.dvc_changes = dvc_runner.dvc_status(paths.root, dvc, env)
     tracking.configure(paths)
     name = cfg.registry.model_name

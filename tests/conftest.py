@@ -305,10 +305,15 @@ def init_repo(root: Path, params: dict) -> Path:
     return root
 
 
+# dvc.yaml's always-changed stages: they run on every `dvc repro` by design.
+ALWAYS_RUNS = {"source"}
+
+
 def ran_stages(output: str) -> set[str]:
+    """The stages `dvc repro` reran, not counting ALWAYS_RUNS."""
     return {
         line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    }
+    } - ALWAYS_RUNS
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -431,3 +436,57 @@ def register(project, model_uri: Path | str, alias: str | None = None, **tags) -
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return str(version)
+
+
+# --------------------------------------------------------------------------- a repro'd repo
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A temp git repo where the real `dvc repro` ran the whole pipeline once, on a small
+    slice of the configuration (digits at 8x8, two variants, two epochs); with its output.
+    Shared by the end-to-end and fault tests: a test that changes it uses `own_repo`."""
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    params = small_params(
+        data={"image_size": [8, 8]},
+        variants={"baseline": {}, "dropout": {"model": {"dropout": 0.5}}},
+    )
+    params["train"]["epochs"] = 2
+    init_repo(root, params)
+    first = dvc(root, "repro")
+    return root, first.stdout
+
+
+@pytest.fixture
+def own_repo(pipeline_repo, tmp_path: Path) -> Path:
+    """A copy of the repro'd repo for a test that changes it; the shared one stays
+    pristine, so no test depends on another having run first."""
+    copy = tmp_path / "repo"
+    shutil.copytree(pipeline_repo[0], copy, symlinks=True)
+    return copy
+
+
+def mount_tmpfs(where: Path, size: str) -> None:
+    """A tmpfs of `size` (e.g. "3m") at `where`; skips the test where it cannot be mounted
+    (root only). The caller unmounts it (`umount_tmpfs`)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+
+def umount_tmpfs(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs, unmounted afterwards."""
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "3m")
+    try:
+        yield disk
+    finally:
+        umount_tmpfs(disk)

@@ -36,27 +36,35 @@ def repo(tmp_path: Path) -> Path:
 
 def test_repro_prepare_reruns_exactly_when_the_source_changes(repo: Path) -> None:
     first = dvc(repo, "repro", "prepare")
-    assert ran_stages(first.stdout) == {"prepare"}  # digits is not upstream of a user folder
+    # digits runs too: the source stage is ordered after it (it fingerprints a user
+    # folder as well), and the fingerprint is what prepare depends on.
+    assert ran_stages(first.stdout) == {"digits", "prepare"}
+    assert "source: 12 files" in first.stdout
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["classes"] == ["a", "b"] and meta["source"] == "images"
     hash_before = meta["manifest_hash"]
 
     again = dvc(repo, "repro", "prepare")
     assert ran_stages(again.stdout) == set()
-    assert "didn't change" in again.stdout
+    assert "didn't change" in again.stdout and "unchanged" in again.stdout
     assert "up to date" in dvc(repo, "status", "prepare").stdout
 
-    # modify one image
+    # modify one image: the fingerprint stage sees it, then `dvc status` does
     changed = repo / "images/a/000.png"
     Image.fromarray(np.full((8, 8), 7, dtype=np.uint8), mode="L").save(changed)
+    assert "1 changed" in dvc(repo, "repro", "source").stdout
     status = dvc(repo, "status", "prepare").stdout
-    assert "changed deps" in status and "images" in status
+    assert "changed deps" in status and "data/source.json" in status
     old_hash = _manifest(repo).loc["a/000.png", "pixel_hash"]
     assert ran_stages(dvc(repo, "repro", "prepare").stdout) == {"prepare"}
     assert _manifest(repo).loc["a/000.png", "pixel_hash"] != old_hash
     assert (
         json.loads((repo / "data/prepared/meta.json").read_text())["manifest_hash"] != hash_before
     )
+
+    # the same bytes written again (a new mtime): hashed again, nothing reruns
+    changed.write_bytes(changed.read_bytes())
+    assert ran_stages(dvc(repo, "repro", "prepare").stdout) == set()
 
     # add one image
     Image.fromarray(np.full((8, 8), 99, dtype=np.uint8), mode="L").save(repo / "images/b/new.png")

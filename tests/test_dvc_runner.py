@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,12 +12,17 @@ import pytest
 
 from pipeline import dvc_runner, tracking
 
+from .conftest import dvc, dvc_env
+
 
 def test_parse_dvc_status():
     assert dvc_runner.parse_dvc_status("{}\n") == {}
     assert dvc_runner.parse_dvc_status("") == {}
     changed = dvc_runner.parse_dvc_status('warning: x\n{"train": [{"changed deps": {}}]}')
     assert list(changed) == ["train"]
+    # an always-changed stage says nothing about whether anything would change
+    both = '{"source": ["always changed"], "prepare": [{"changed deps": {}}]}'
+    assert list(dvc_runner.parse_dvc_status(both)) == ["prepare"]
     with pytest.raises(dvc_runner.DvcError, match="cannot parse"):
         dvc_runner.parse_dvc_status("ERROR: no")
 
@@ -59,3 +66,45 @@ def test_dvc_repro_failure_and_a_missing_command_raise(tmp_path):
         dvc_runner.dvc_repro(tmp_path, missing, dict(os.environ))
     with pytest.raises(dvc_runner.DvcError, match="cannot run"):
         dvc_runner.dvc_status(tmp_path, missing, dict(os.environ))
+
+
+FINGERPRINTED = """\
+stages:
+  fingerprint:
+    cmd: cp input.txt fingerprint.txt
+    always_changed: true
+    outs:
+      - fingerprint.txt:
+          cache: false
+  use:
+    cmd: cp fingerprint.txt out.txt
+    deps:
+      - fingerprint.txt
+    outs:
+      - out.txt:
+          cache: false
+"""
+
+
+@pytest.mark.slow
+def test_refresh_lets_status_see_what_an_always_changed_stage_would_change(tmp_path):
+    """`dvc status` lists an always-changed stage every time and cannot see past it: the
+    retrain reruns it first, then a changed input shows as a change of its dependents."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / "dvc.yaml").write_text(FINGERPRINTED)
+    (root / "input.txt").write_text("one")
+    dvc(root, "init", "-q")
+    dvc(root, "repro")
+    assert dvc_runner.always_changed_stages(root) == ["fingerprint"]
+    cmd, env = dvc_runner.dvc_command(), dvc_env(root)
+    raw = json.loads(dvc(root, "status", "--json").stdout)
+    assert raw == {"fingerprint": ["always changed"]}
+    assert dvc_runner.dvc_status(root, cmd, env) == {}  # nothing would change
+
+    (root / "input.txt").write_text("two")
+    assert dvc_runner.dvc_status(root, cmd, env) == {}  # dvc status alone cannot tell
+    dvc_runner.refresh(root, cmd, env)
+    assert list(dvc_runner.dvc_status(root, cmd, env)) == ["use"]
+    assert (root / "out.txt").read_text() == "one"  # refresh ran only the fingerprint

@@ -248,7 +248,7 @@ def test_training_depends_on_the_validation_flags_not_the_whole_report():
 
 
 # The layers of docs/architecture.md.
-STAGES = {"digits", "prepare", "validate", "train", "evaluate", "report", "retrain"}
+STAGES = {"digits", "source", "prepare", "validate", "train", "evaluate", "report", "retrain"}
 INFRASTRUCTURE = {
     "config", "paths", "catalog", "io", "tracking", "gx_suite", "prepared", "lock",
     "processes", "dvc_runner", "cli",
