@@ -7,14 +7,26 @@ message and a non-zero exit code instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
+VERBOSE_ENV = "PIPELINE_VERBOSE"
+
+# What TensorFlow's C++ side prints on every import, whatever TF_CPP_MIN_LOG_LEVEL
+# says (absl writes to fd 2 before its logging is initialized, TF >= 2.16).
+TF_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions:",
+)
 
 
 class UserError(Exception):
@@ -30,6 +42,11 @@ class StageError(UserError, RuntimeError):
     """A stage's own user-fixable problem; printed without a traceback."""
 
 
+def verbose() -> bool:
+    """PIPELINE_VERBOSE=1: show TensorFlow's native and Python warnings too."""
+    return os.environ.get(VERBOSE_ENV, "").strip() not in ("", "0")
+
+
 def setup_logging() -> None:
     level = os.environ.get("PIPELINE_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -37,6 +54,10 @@ def setup_logging() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for noisy in ("alembic", "urllib3", "matplotlib", "PIL", "great_expectations", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose():
+        # tf.function retracing notes and absl's Python-side warnings, per stage
+        for noisy in ("tensorflow", "absl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     # MLflow's SQL store logs every database error with its traceback, then raises it as
     # an MlflowException; that exception is reported once (run_stage or the traceback).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -76,12 +97,50 @@ def disk_full_message(cause: BaseException, where: str = ".") -> str:
     )
 
 
+@contextlib.contextmanager
+def native_stderr_filtered(noise: tuple[str, ...]) -> Iterator[None]:
+    """File descriptor 2 captured for the block; afterwards its lines are written back
+    to stderr, except those that contain one of `noise`. Catches what C++ libraries
+    print, which Python's sys.stderr never sees."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(True) if not any(n in line for n in noise)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its startup banner (shown with PIPELINE_VERBOSE=1)."""
+    if verbose() or "tensorflow" in sys.modules:
+        return
+    with native_stderr_filtered(TF_STARTUP_NOISE):
+        import tensorflow  # noqa: F401
+
+
 def run_stage(
-    main: Callable[[list[str] | None], int | None], argv: list[str] | None = None
+    main: Callable[[list[str] | None], int | None],
+    argv: list[str] | None = None,
+    tensorflow: bool = False,
 ) -> None:
     """Run a stage's main() and exit with its code; user errors and a full disk exit 2
-    with a message instead of a traceback."""
+    with a message instead of a traceback.
+
+    Args:
+        tensorflow: the stage uses TensorFlow: import it first, quietly.
+    """
     setup_logging()
+    if tensorflow:
+        import_tensorflow_quietly()
     try:
         code = main(argv)
     except (UserError, FileNotFoundError) as exc:

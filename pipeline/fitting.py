@@ -308,6 +308,7 @@ def tracked_fit(
     backup_root: Path,
     run_params: dict[str, Any] | None = None,
     run_tags: dict[str, str] | None = None,
+    run_name: str | None = None,
     fingerprint_extra: dict[str, str] | None = None,
     on_new_run: Callable[[], None] | None = None,
 ) -> Iterator[TrackedFit]:
@@ -334,7 +335,7 @@ def tracked_fit(
         **(run_params or {}),
     }
     with resumable_run(
-        paths, cfg, vcfg.name, state, params, stage=stage, extra_tags=run_tags
+        paths, cfg, vcfg.name, state, params, stage=stage, extra_tags=run_tags, run_name=run_name
     ) as run:
         result = fit_variant(vcfg, data, state, class_weight)
         n_train = len(data.y("train"))
@@ -425,7 +426,7 @@ def train_extra_seed(
         stage="train",
         extra_tags={"seed": str(seed), "seed_index": str(index)},
         parent_run_id=parent_run_id,
-        run_name=f"train-{vcfg.name}-seed{seed}",
+        run_name=f"train · {vcfg.name} · seed {seed}",
     ) as run:
         log.info(
             "training %s with seed %d (%d of %d)", vcfg.name, seed, index + 1, vcfg.train.seeds

@@ -166,6 +166,22 @@ def register_best(
     return {"model_name": name, "version": version, "alias": alias, "tags": tags}
 
 
+def pipeline_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """The evaluate run's own metrics: the pipeline's answer, not a copy of each variant's
+    numbers (those are on the variant's own run, where the UI compares them)."""
+    variants = evaluation["variants"]
+    best = variants[evaluation["best_variant"]]
+    verdicts = [v["verdict"] for v in variants.values()]
+    return {
+        "best_test_accuracy": float(best["test"]["accuracy"]),
+        "best_val_accuracy": float(best["val"]["accuracy"]),
+        "best_gap_accuracy": float(best["gap"]["accuracy"]),
+        "variants": float(len(variants)),
+        "variants_overfitting": float(verdicts.count("overfitting")),
+        "variants_underfitting": float(verdicts.count("underfitting")),
+    }
+
+
 def log_evaluate_run(
     paths: Paths,
     cfg: Config,
@@ -177,18 +193,11 @@ def log_evaluate_run(
 
     Adds `registered` (register_best) and `evaluate_run_id` to `evaluation`.
     """
-    variants = evaluation["variants"]
     with tracking.stage_run(
         paths, cfg, "evaluate", extra_tags={"best_variant": evaluation["best_variant"]}
     ) as run:
         run_id = run.info.run_id
-        metrics = {}
-        for name, v in variants.items():
-            metrics[f"{name}.val_accuracy"] = v["val"]["accuracy"]
-            metrics[f"{name}.test_accuracy"] = v["test"]["accuracy"]
-            metrics[f"{name}.gap_accuracy"] = v["gap"]["accuracy"]
-        tags = {f"verdict.{name}": v["verdict"] for name, v in variants.items()}
-        tracking.log_to_run(run_id, metrics=metrics, tags=tags)
+        tracking.log_to_run(run_id, metrics=pipeline_metrics(evaluation))
         evaluation["registered"] = register_best(paths, cfg, evaluation, validation, alias)
         evaluation["evaluate_run_id"] = run_id
         tracking.log_to_run(

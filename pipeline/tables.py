@@ -124,13 +124,15 @@ def comparison_markdown(frame: pd.DataFrame, best: str, reference: str) -> str:
 
 
 def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """reports/metrics.json for `dvc metrics diff`: {variant: {metric: value}}."""
+    """reports/metrics.json for `dvc metrics diff` and `dvc exp show`:
+    {variant: {metric: value}}, the verdict a text column experiments sort by."""
     return {
         name: {
             "test_accuracy": v["test"]["accuracy"],
             "val_accuracy": v["val"]["accuracy"],
             "train_accuracy": v["train"]["accuracy"],
             "gap": v["gap"]["accuracy"],
+            "verdict": v["verdict"],
         }
         for name, v in evaluation["variants"].items()
     }

@@ -90,17 +90,69 @@ def configure(paths: Paths) -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment on this kind's view: training runs, not GenAI traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+PIPELINE_RUN_TAG = "pipeline_run"
+
+
 def ensure_experiment(paths: Paths, name: str) -> str:
-    """The experiment id of `name`, created on first use."""
+    """The experiment id of `name`, created on first use, tagged to open on training runs."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if tracking_uri(paths).startswith("sqlite:"):
-        artifact_location = (paths.root / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        artifact_location = None
+        if tracking_uri(paths).startswith("sqlite:"):
+            artifact_location = (paths.root / "mlartifacts").resolve().as_uri()
+        return mlflow.create_experiment(
+            name,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+    return experiment.experiment_id
+
+
+def pipeline_run(paths: Paths, cfg: Config, experiment_id: str) -> str:
+    """The parent run of one pipeline execution (one `repro_id`): found, or made by the
+    first stage that logs. Each stage's run nests under it, so the UI shows one
+    `dvc repro` as one expandable row."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    rid = repro_id(paths, cfg)
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.repro_id = '{rid}' and tags.{PIPELINE_RUN_TAG} = 'true'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {
+        "repro_id": rid,
+        PIPELINE_RUN_TAG: "true",
+        "git_commit": git_commit(paths.root),
+        "data_source": cfg.data.source,
+        "params_hash": cfg.params_hash(),
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline · {rid[:12]}")
+    return run.info.run_id
+
+
+def _mark_pipeline_run(run_id: str, status: str) -> None:
+    """RUNNING while a stage runs, then the stage's outcome: the parent's end time and
+    status are those of the latest stage."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status)
 
 
 _NOT_SOURCE = tuple(
@@ -191,7 +243,7 @@ def stage_run(
             training after a kill keeps its run and its epoch history).
         parent_run_id: the active run to nest this one under (a variant's
             extra training seeds are children of its train run).
-        run_name: instead of `<stage>-<variant>`.
+        run_name: instead of `<stage> · <variant>`.
     """
     import mlflow
 
@@ -199,11 +251,14 @@ def stage_run(
     experiment_id = ensure_experiment(paths, cfg.mlflow.experiment)
     tags = common_tags(paths, cfg, stage, variant)  # before the pop: repro_id reads it
     parent = os.environ.pop(PARENT_RUN_ENV, None)
-    if parent_run_id or parent:
-        tags["mlflow.parentRunId"] = parent_run_id or parent
+    # Under `mlflow run` its run is the parent; else the pipeline run of this repro_id.
+    grouping = None if (parent_run_id or parent) else pipeline_run(paths, cfg, experiment_id)
+    tags["mlflow.parentRunId"] = parent_run_id or parent or grouping
     tags.update(extra_tags or {})
-    run_name = run_name or (f"{stage}-{variant}" if variant else stage)
+    run_name = run_name or (f"{stage} · {variant}" if variant else stage)
     nested = parent_run_id is not None
+    if grouping:
+        _mark_pipeline_run(grouping, "RUNNING")
     if resume_run_id:
         run = mlflow.start_run(run_id=resume_run_id, nested=nested)
         mlflow.set_tags(tags)
@@ -211,14 +266,14 @@ def stage_run(
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested
         )
+    status = "FAILED"
     try:
         yield run
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+        status = "FINISHED"
     finally:
+        mlflow.end_run(status=status)
+        if grouping:
+            _mark_pipeline_run(grouping, status)
         if parent:
             os.environ[PARENT_RUN_ENV] = parent
 

@@ -115,6 +115,7 @@ def train_fraction(paths: Paths, cfg: Config, name: str, fraction: float) -> dic
             "data.n_train_full": n_full,
         },
         run_tags={"train_fraction": key},
+        run_name=f"learning_curve · {vcfg.name} · {key}",
         fingerprint_extra={"train_fraction": key, "subset": data.subset_hash},
     ) as fit:
         result_json = {
@@ -176,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, tensorflow=True)

@@ -120,12 +120,35 @@ def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     experiment = client.get_experiment_by_name(
         yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]
     )
+    # The UI opens the experiment on its training runs, not the GenAI overview.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
     assert {r.data.tags["variant"] for r in runs} == {"baseline", "dropout"}
+    assert {r.info.run_name for r in runs} == {"train · baseline", "train · dropout"}
     first_two = sorted(runs, key=lambda r: r.info.start_time)[:2]
     assert first_two[0].data.tags["repro_id"] == first_two[1].data.tags["repro_id"]
     history = client.get_metric_history(first_two[0].info.run_id, "val_loss")
     assert [m.step for m in history] == list(range(1, len(history) + 1))
+
+    # One parent run per repro; every stage's run nests under it.
+    repro = first_two[0].data.tags["repro_id"]
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], f"tags.pipeline_run = 'true' and tags.repro_id = '{repro}'"
+    )
+    assert parent.info.run_name.startswith("pipeline · ") and parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags["stage"] for r in children) == [
+        "evaluate", "learning_curve", "learning_curve", "train", "train", "validate",
+    ]  # fmt: skip
+    # The evaluate run holds the pipeline's answer; each variant's numbers are on its run.
+    (evaluate,) = [r for r in children if r.data.tags["stage"] == "evaluate"]
+    assert not [k for k in evaluate.data.metrics if k.startswith(("baseline.", "dropout."))]
+    assert 0 < evaluate.data.metrics["best_test_accuracy"] <= 1
+    for run in runs:
+        assert {"eval_test_accuracy", "eval_gap_accuracy"} <= set(run.data.metrics)
+        assert run.data.tags["verdict"] in {"overfitting", "underfitting", "good_fit"}
 
 
 def test_dvc_metrics_and_plots_read_the_declared_outputs(pipeline_repo):

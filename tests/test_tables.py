@@ -93,4 +93,5 @@ def test_flat_metrics_are_per_variant():
         "val_accuracy": 0.9,
         "train_accuracy": 0.92,
         "gap": 0.02,
+        "verdict": "good_fit",
     }
