@@ -245,3 +245,50 @@ def test_broken_dataset_stops_at_validate(tmp_path: Path):
     failed = {c["name"] for c in validation["checks"] if not c["success"]}
     assert {"min_images_per_class", "split_leakage"} <= failed
     assert not (root / "models").exists()
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_dvc_experiments_rerun_one_variant_compare_and_restore(own_repo):
+    """`dvc exp run -S` reruns only what the change touches; `dvc exp show` has each
+    variant's val accuracy, gap and verdict; apply and branch bring the results back."""
+    root = own_repo
+    (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/.pipeline_state/\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "results")
+    committed = json.loads((root / "reports/metrics.json").read_text())
+
+    run = dvc(root, "exp", "run", "-n", "drop03", "-S", "variants.dropout.model.dropout=0.3")
+    ran = ran_stages(run.stdout)
+    assert {"train@dropout", "evaluate", "report"} <= ran, run.stdout
+    assert not ran & {"train@baseline", "prepare", "validate"}, run.stdout
+
+    shown = json.loads(dvc(root, "exp", "show", "--json").stdout)
+    (exp,) = [
+        rev["data"]
+        for head in shown
+        for group in head.get("experiments") or []
+        for rev in group["revs"]
+        if rev.get("name") == "drop03"
+    ]
+    params = exp["params"]["params.yaml"]["data"]
+    assert params["variants"]["dropout"]["model"]["dropout"] == 0.3
+    columns = exp["metrics"]["reports/metrics.json"]["data"]
+    for variant in ("baseline", "dropout"):
+        assert columns[variant]["verdict"] in {"overfitting", "underfitting", "good_fit"}
+        assert 0 <= columns[variant]["val_accuracy"] <= 1
+        assert -1 <= columns[variant]["gap"] <= 1
+    assert columns["baseline"] == committed["baseline"]  # not retrained
+
+    git(root, "checkout", "--", ".")  # back to the committed results...
+    dvc(root, "checkout")
+    assert json.loads((root / "reports/metrics.json").read_text()) == committed
+    dvc(root, "exp", "apply", "drop03")  # ...and to the experiment's
+    assert json.loads((root / "reports/metrics.json").read_text()) == columns
+    assert "dropout: 0.3" in (root / "params.yaml").read_text()
+    dvc(root, "exp", "branch", "drop03", "drop03-results")
+    assert "drop03-results" in git(root, "branch", "--list")
