@@ -39,7 +39,7 @@ from pipeline import learning_curve as lc
 from pipeline.catalog.training import TrainOutputs, read_fraction_result, read_train_outputs
 from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
-from pipeline.config import Config
+from pipeline.config import Config, EvaluateConfig
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import SPLITS
 from pipeline.scoring import VariantEvaluation
@@ -167,8 +167,15 @@ def run_facts(
     )
 
 
-def per_class_table(scores: Mapping[str, Mapping[str, Any]], classes: Sequence[str]) -> list[dict]:
-    """One row per class: precision/recall/F1 per split and the train-vs-val recall gap."""
+def per_class_table(
+    scores: Mapping[str, Mapping[str, Any]], classes: Sequence[str], cfg: EvaluateConfig
+) -> list[dict]:
+    """One row per class: precision/recall/F1 per split and the train-vs-val recall gap.
+
+    `gap_material` flags a class the model memorizes: its gap passes the rule a
+    saved model's gap is judged by (diagnosis.material_gap), with the noise of
+    that class's own image counts (`gap_noise`), so 2 val images flag nothing.
+    """
     rows = []
     for i, name in enumerate(classes):
         row: dict[str, Any] = {"class": name}
@@ -178,6 +185,11 @@ def per_class_table(scores: Mapping[str, Mapping[str, Any]], classes: Sequence[s
                 row[f"{split}_{metric}"] = pc[metric][i]
         # Recall of a class = accuracy on that class's images.
         row["accuracy_gap"] = row["train_recall"] - row["val_recall"]
+        row["gap_noise"] = diagnosis.gap_noise(
+            row["train_recall"], int(row["train_support"]),
+            row["val_recall"], int(row["val_support"]), cfg,
+        )  # fmt: skip
+        row["gap_material"] = diagnosis.material_gap(row["accuracy_gap"], row["gap_noise"], cfg)
         rows.append(row)
     return rows
 
@@ -248,7 +260,7 @@ def build_evaluation(
         art = artifacts[name]
         diag = diagnose(name, art.history, ev.scores, art.train_metrics)
         seed_summary = summarize_seeds(name, cfg, diag, art, ev, seed_records.get(name), diagnose)
-        variants[name] = variant_entry(diag, art, ev, seed_summary, classes)
+        variants[name] = variant_entry(diag, art, ev, seed_summary, classes, cfg)
         summaries.append(variant_summary(name, cfg, diag, ev, seed_summary))
     effects = diagnosis.compare_to_baseline(summaries, cfg.evaluate.min_effect)
     best, reason = diagnosis.choose_best(summaries)
@@ -274,6 +286,7 @@ def variant_entry(
     ev: VariantEvaluation,
     seed_summary: Mapping[str, Any],
     classes: Sequence[str],
+    cfg: Config,
 ) -> dict[str, Any]:
     """One variant's block of evaluation.json (key order is the file's)."""
     entry = {
@@ -294,7 +307,7 @@ def variant_entry(
         "model_uri": art.run_info.get("model_uri"),
         "training_behaviour": ev.behaviour,
         "seeds": seed_summary,
-        "per_class": per_class_table(ev.scores, classes),
+        "per_class": per_class_table(ev.scores, classes, cfg.evaluate),
         "confusion": {
             "labels": list(classes),
             **{split: ev.scores[split]["_confusion"] for split in SPLITS},

@@ -2,7 +2,8 @@
 
 Inputs: the derived tables (`ValidationTables`, pipeline/validation_tables.py),
 params.yaml `validate`, and GX's result per expectation (pipeline/gx_suite.py).
-Outputs: the validation.json payload (`summarise`), its MLflow metrics
+Outputs: the validation.json payload (`summarise`; each check's entry holds its
+`observed` facts and the `limits`, the params it was judged against), its MLflow metrics
 (`numeric_observations`) and a few lines for stderr (`failure_summary`);
 nothing is written here.
 
@@ -43,6 +44,9 @@ class Check(ABC):
     name: ClassVar[str]
     # observed keys logged as MLflow metrics; None: every numeric value
     metric_keys: ClassVar[tuple[str, ...] | None] = None
+    # params `validate` knobs this check is judged against, recorded with its result
+    # so the report can say "allowed up to 3.0" without reading params.yaml itself
+    limit_keys: ClassVar[tuple[str, ...]] = ()
 
     def severity(self, vcfg: ValidateConfig) -> Severity:
         """params `validate.severity.<name>`: does a failure stop the pipeline."""
@@ -59,6 +63,10 @@ class Check(ABC):
     def summary(self, observed: dict[str, Any]) -> str:
         """What a failure without offending files found, in a few words."""
         return "dataset-level"
+
+    def limits(self, vcfg: ValidateConfig) -> dict[str, Any]:
+        """The thresholds of `limit_keys`, as validation.json records them."""
+        return {key: getattr(vcfg, key) for key in self.limit_keys}
 
     def expect(
         self, vcfg: ValidateConfig, table: str, kind: type, description: str, **kwargs: Any
@@ -120,6 +128,7 @@ class LabelSet(Check):
 
 class ClassBalance(Check):
     name = "class_balance"
+    limit_keys = ("max_imbalance_ratio", "max_label_divergence", "min_class_share")
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -156,6 +165,7 @@ class ClassBalance(Check):
 
 class MinImagesPerClass(Check):
     name = "min_images_per_class"
+    limit_keys = ("min_images_per_class",)
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -185,6 +195,7 @@ class CorruptImages(Check):
     name = "corrupt_images"
     # `reasons` and `by_status` are keyed by path and status: not metric names
     metric_keys = ("unusable", "fraction")
+    limit_keys = ("max_corrupt_fraction",)
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -211,6 +222,7 @@ class CorruptImages(Check):
 
 class ImageProperties(Check):
     name = "image_properties"
+    limit_keys = ("blank_std_threshold", "max_blank_fraction")
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -240,6 +252,7 @@ class ImageProperties(Check):
 
 class Duplicates(Check):
     name = "duplicates"
+    limit_keys = ("max_duplicate_fraction",)
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -268,6 +281,7 @@ class Duplicates(Check):
 
 class SplitLeakage(Check):
     name = "split_leakage"
+    limit_keys = ("near_duplicate_distance", "near_duplicate_max_pixel_diff")
 
     def expectations(self, vcfg: ValidateConfig, classes: list[str]) -> list[Spec]:
         import great_expectations.expectations as gxe
@@ -355,6 +369,7 @@ def _entry(
         "success": all(bool(r.success) for r in results),
         "severity": check.severity(vcfg),
         "observed": observed,
+        "limits": check.limits(vcfg),
         "examples": _paths(results, vcfg.max_examples),
     }
 

@@ -756,19 +756,34 @@ class _SavedGap:
     sentence: str  # "the saved model (epoch n) scores train ... vs val ...: gap ..."
 
 
+def gap_noise(
+    train_accuracy: float, n_train: int, val_accuracy: float, n_val: int, cfg: EvaluateConfig
+) -> float:
+    """`noise_z` standard errors of a train - val accuracy gap measured on these many images."""
+    return cfg.noise_z * math.hypot(
+        binomial_se(train_accuracy, n_train), binomial_se(val_accuracy, n_val)
+    )
+
+
+def material_gap(gap: float, noise: float, cfg: EvaluateConfig) -> bool:
+    """A train - val accuracy gap that counts: at least `overfit_gap` and beyond its noise.
+
+    The same rule judges a saved model and, in the per-class table, each class.
+    """
+    return gap >= cfg.overfit_gap and gap > noise
+
+
 def _saved_gap(
     train: SplitScores, val: SplitScores, best_epoch: int, cfg: EvaluateConfig
 ) -> _SavedGap:
     """Is the saved model's gap material: at least `overfit_gap` and beyond noise?"""
     acc_gap = train.accuracy - val.accuracy
-    noise = cfg.noise_z * math.hypot(
-        binomial_se(train.accuracy, train.n), binomial_se(val.accuracy, val.n)
-    )
+    noise = gap_noise(train.accuracy, train.n, val.accuracy, val.n, cfg)
     noise_words = f"±{_pts(noise)}" if noise > 0 else "noise unknown"
     return _SavedGap(
         accuracy=acc_gap,
         noise=noise,
-        material=acc_gap >= cfg.overfit_gap and acc_gap > noise,
+        material=material_gap(acc_gap, noise, cfg),
         noise_words=noise_words,
         sentence=f"the saved model (epoch {best_epoch}) scores train {train.accuracy:.1%} vs val "
         f"{val.accuracy:.1%}: gap {_pts(acc_gap)} ({noise_words})",

@@ -5,7 +5,8 @@ variant's history (models/<variant>/history.csv), what evaluate measured on
 its saved model (pipeline.scoring.VariantEvaluation, holding the
 `feature_maps` on the probe) and the probe images.
 Outputs: the PNGs of reports/figures/ (learning curves, all-variant curves,
-gaps, confusion matrices, feature maps, the learning curve; file names in
+gaps, confusion matrices, feature maps, the best variant's per-class gaps,
+the learning curve; file names in
 pipeline.plots), replaced as a whole so no stale variant's figure survives.
 
 Feature-map probes are one validation image per class (the first
@@ -119,7 +120,8 @@ def write_figures(
     """All PNGs into a fresh figures dir, swapped in whole (no stale variants).
 
     A variant's feature maps (its evaluation's, measured on `probe_images`) are
-    drawn when it has any.
+    drawn when it has any; the per-class gap chart only for the best variant
+    (the one the report recommends), when its evaluation has per-class rows.
     """
     marks = {
         name: (v["best_epoch"], v["onset_epoch"]) for name, v in evaluation["variants"].items()
@@ -135,6 +137,12 @@ def write_figures(
                     plots.feature_maps_figure(probe_images, maps, name, probe_labels),
                     tmp / plots.feature_maps_name(name),
                 )
+        best = evaluation.get("best_variant")
+        per_class = evaluation["variants"].get(best, {}).get("per_class")
+        if per_class:
+            plots.save_png(
+                plots.class_gap_figure(per_class, best), tmp / plots.class_gaps_name(best)
+            )
         plots.save_png(plots.all_val_curves(histories, marks), tmp / plots.VAL_CURVES)
         plots.save_png(plots.gap_curves(histories), tmp / plots.GAP_CURVES)
         if evaluation.get("learning_curve"):

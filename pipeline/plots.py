@@ -6,7 +6,8 @@ written atomically by `save_png`; evaluate puts them in reports/figures/.
 
 File names (the report looks for these): `curves_<variant>.png`,
 `val_curves_all.png`, `gap_all.png`, `confusion_<variant>.png`,
-`feature_maps_<variant>.png`, `learning_curve.png`.
+`feature_maps_<variant>.png`, `class_gaps_<variant>.png` (the best variant's
+per-class train - val gap), `learning_curve.png`.
 
 Class names are drawn only when the figure font has every glyph (matplotlib's
 bundled DejaVu Sans lacks CJK, for one): otherwise a class is shown by its index,
@@ -15,6 +16,12 @@ and the report's per-class table maps index to name (`drawable`).
 Loss axes are logarithmic: cross-entropy falls from about 2 to below 0.05, and
 on a linear axis the late-epoch rise of the val loss that decides the verdict
 is a flat line at the bottom.
+
+A reader who cannot tell colours apart can still tell the series apart: every
+figure with several lines gives each its own (line style, marker) pair
+(`series_styles`) and labels it at its last point, and colours come from
+matplotlib's colour-blind-safe `tableau-colorblind10` style. The per-class gap
+chart marks memorized classes by hatching and a word, not by colour alone.
 """
 
 from __future__ import annotations
@@ -38,8 +45,52 @@ from matplotlib.ft2font import FT2Font  # noqa: E402
 from pipeline.io import write_bytes_atomic  # noqa: E402
 
 DPI = 90
+PNG_COLOURS = 256  # palette size of the saved PNGs (png_bytes)
 # Feature maps: at most this many channels per layer, so a 128-filter layer stays legible.
 MAX_CHANNELS = 8
+
+# Tableau's colour-blind-safe ten colours, as matplotlib ships them (a style, not our list).
+PALETTE: tuple[str, ...] = tuple(
+    matplotlib.style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"]
+)
+LINESTYLES = ("-", "--", "-.", ":")
+# 4 line styles x 9 markers, coprime: the first 36 series all get distinct pairs.
+# "o" and "X" are left out: all_val_curves marks the best epoch and the onset with them.
+MARKERS = ("s", "^", "D", "v", "P", "<", ">", "*", "h")
+MARKS_PER_LINE = 10  # about this many markers per line, so long histories stay legible
+HATCH = "///"  # what marks a memorized class's bar, besides the word
+
+
+def series_styles(n: int) -> list[dict[str, str]]:
+    """Plot keyword arguments (color, linestyle, marker) for `n` series on one axes.
+
+    No two of the first 36 share a (linestyle, marker) pair, so series stay
+    apart in greyscale and for colour-blind readers; colours repeat after 10.
+    """
+    return [
+        {
+            "color": PALETTE[i % len(PALETTE)],
+            "linestyle": LINESTYLES[i % len(LINESTYLES)],
+            "marker": MARKERS[i % len(MARKERS)],
+        }
+        for i in range(n)
+    ]
+
+
+def _plot_series(ax, x, y, label: str, style: Mapping[str, str]) -> None:
+    """One styled line, markers spread along it, labelled directly at its last point."""
+    x, y = np.asarray(x), np.asarray(y)
+    ax.plot(x, y, label=label, markersize=4, markevery=max(1, len(x) // MARKS_PER_LINE), **style)
+    if len(x):
+        ax.annotate(
+            label,
+            (x[-1], y[-1]),
+            xytext=(3, 0),
+            textcoords="offset points",
+            fontsize=7,
+            va="center",
+            color=style["color"],
+        )
 
 
 @functools.cache
@@ -60,6 +111,10 @@ def curves_name(variant: str) -> str:
     return f"curves_{variant}.png"
 
 
+def class_gaps_name(variant: str) -> str:
+    return f"class_gaps_{variant}.png"
+
+
 def confusion_name(variant: str) -> str:
     return f"confusion_{variant}.png"
 
@@ -73,27 +128,42 @@ GAP_CURVES = "gap_all.png"
 LEARNING_CURVE = "learning_curve.png"
 
 
-def save_png(fig: Figure, path: Path) -> Path:
-    """Render `fig` to PNG at `path` atomically and free it."""
+def png_bytes(fig: Figure) -> bytes:
+    """`fig` as a 256-colour PNG at DPI.
+
+    The report embeds every figure, so bytes count: a palette PNG is a third
+    of matplotlib's RGBA one (line plots use a few colours plus anti-aliasing,
+    viridis is itself 256 colours) and looks the same; SVG was larger still
+    for every figure here. Pillow, matplotlib's own dependency, quantizes.
+    """
+    from PIL import Image
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    with Image.open(buffer) as image:
+        palette = image.convert("RGB").quantize(PNG_COLOURS, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Render `fig` to PNG at `path` atomically and free it."""
+    data = png_bytes(fig)
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, data)
     return path
 
 
 def _mark_epochs(ax, best_epoch: int | None, onset_epoch: int | None) -> None:
+    # Told apart by line style and label; grey and black, not the usual green and red.
     if best_epoch is not None:
         ax.axvline(
-            best_epoch,
-            color="tab:green",
-            linestyle="--",
-            linewidth=1,
-            label=f"best epoch {best_epoch}",
+            best_epoch, color="0.4", linestyle="--", linewidth=1, label=f"best epoch {best_epoch}"
         )
     if onset_epoch is not None:
         ax.axvline(
-            onset_epoch, color="tab:red", linestyle=":", linewidth=1.5, label=f"onset {onset_epoch}"
+            onset_epoch, color="black", linestyle=":", linewidth=1.5, label=f"onset {onset_epoch}"
         )
 
 
@@ -113,9 +183,10 @@ def learning_curves(
     """Train and val loss (left, log scale) and accuracy (right), best and onset marked."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
     epochs = history["epoch"]
+    train_style, val_style = series_styles(2)
     for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, history[metric], marker="o", markersize=3, label=f"train {label}")
-        ax.plot(epochs, history[f"val_{metric}"], marker="o", markersize=3, label=f"val {label}")
+        _plot_series(ax, epochs, history[metric], f"train {label}", train_style)
+        _plot_series(ax, epochs, history[f"val_{metric}"], f"val {label}", val_style)
         _mark_epochs(ax, best_epoch, onset_epoch)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -143,9 +214,11 @@ def all_val_curves(
     """
     marks = marks or {}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    for name, history in histories.items():
-        (line,) = ax_loss.plot(history["epoch"], history["val_loss"], label=name)
-        ax_acc.plot(history["epoch"], history["val_accuracy"], label=name, color=line.get_color())
+    for (name, history), style in zip(
+        histories.items(), series_styles(len(histories)), strict=True
+    ):
+        _plot_series(ax_loss, history["epoch"], history["val_loss"], name, style)
+        _plot_series(ax_acc, history["epoch"], history["val_accuracy"], name, style)
         best, onset = marks.get(name, (None, None))
         by_epoch = history.set_index("epoch")
         for epoch, marker, size in ((best, "o", 6), (onset, "X", 8)):
@@ -157,7 +230,7 @@ def all_val_curves(
                     [by_epoch.loc[epoch, col]],
                     marker=marker,
                     markersize=size,
-                    color=line.get_color(),
+                    color=style["color"],
                     markeredgecolor="black",
                     linestyle="none",
                 )
@@ -188,8 +261,12 @@ def all_val_curves(
 def gap_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
     """Train minus val accuracy per epoch for every variant."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    for name, history in histories.items():
-        ax.plot(history["epoch"], history["accuracy"] - history["val_accuracy"], label=name)
+    for (name, history), style in zip(
+        histories.items(), series_styles(len(histories)), strict=True
+    ):
+        _plot_series(
+            ax, history["epoch"], history["accuracy"] - history["val_accuracy"], name, style
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("train - val accuracy")
@@ -223,8 +300,8 @@ def learning_curve_figure(curve: Mapping) -> Figure:
             n,
             [p[value] for p in points],
             yerr=_error_bars(points, value, interval),
-            marker="o",
             capsize=4,
+            **series_styles(1)[0],
         )
         ax.set_xlabel("training images")
         ax.set_ylabel(label)
@@ -235,6 +312,57 @@ def learning_curve_figure(curve: Mapping) -> Figure:
     gap_trend = curve["gap_change"]["trend"]
     ax_gap.set_title("gap: no change beyond noise" if gap_trend == "flat" else f"gap {gap_trend}")
     fig.suptitle(f"Learning curve of {curve['variant']} (95% intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def class_gap_figure(per_class: Sequence[Mapping], variant: str) -> Figure:
+    """Train - val accuracy per class as horizontal bars, in points, memorized classes marked.
+
+    `per_class` is a variant's evaluation.json `per_class` rows: `accuracy_gap`,
+    and when known `gap_noise` (drawn as a whisker) and `gap_material` (the
+    class is memorized: hatched bar and the word "memorized", not colour alone).
+    A class the font cannot draw is shown by its index (`drawable`).
+    """
+    n = len(per_class)
+    names = [drawable(str(row["class"]), str(i)) for i, row in enumerate(per_class)]
+    gaps = np.array([row["accuracy_gap"] for row in per_class], dtype=float) * 100
+    noise = [row.get("gap_noise") for row in per_class]
+    flagged = [bool(row.get("gap_material")) for row in per_class]
+    fig, ax = plt.subplots(figsize=(5.5, min(0.8 + 0.26 * n, 14)))
+    bars = ax.barh(
+        range(n),
+        gaps,
+        xerr=None if None in noise else np.array(noise, dtype=float) * 100,
+        color=[PALETTE[1] if f else PALETTE[0] for f in flagged],
+        edgecolor="black",
+        linewidth=0.5,
+        error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.3"},
+    )
+    for bar, gap, memorized in zip(bars, gaps, flagged, strict=True):
+        if memorized:
+            bar.set_hatch(HATCH)
+            ax.annotate(
+                "memorized",
+                (max(gap, 0.0), bar.get_y() + bar.get_height() / 2),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=7,
+                va="center",
+                fontweight="bold",
+            )
+    ax.set_yticks(range(n), labels=names, fontsize=7)
+    ax.invert_yaxis()  # class 0 on top, as in the per-class table
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("train − val accuracy (points); whisker: noise")
+    ax.grid(alpha=0.3, axis="x")
+    ax.margins(x=0.25)  # room for the "memorized" labels
+    count = sum(flagged)
+    ax.set_title(
+        f"{variant}: per-class gap, {count} class{'es' if count != 1 else ''} memorized"
+        + (" (hatched)" if count else ""),
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 

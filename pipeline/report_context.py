@@ -11,7 +11,6 @@ Output: the dict pipeline/templates/report.html.j2 renders.
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,11 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import plots
+from pipeline import check_sentences, plots
 from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
-
-OBSERVED_CHARS = 400  # a check's observed value is shortened to this for the page
 
 
 def png_data_uri(path: Path) -> str | None:
@@ -33,11 +30,6 @@ def png_data_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= OBSERVED_CHARS else text[: OBSERVED_CHARS - 1] + "…"
-
-
 def _sentence(text: str) -> str:
     """`text` ending in a full stop, so the next sentence on the line reads as one."""
     text = text.strip()
@@ -45,14 +37,18 @@ def _sentence(text: str) -> str:
 
 
 def validation_context(validation: Validation) -> dict[str, Any]:
+    """The data-checks section: each check's result and what it found, in a sentence."""
     checks = []
     for check in validation.checks:
+        name = check.get("name", "?")
         checks.append(
             {
-                "name": check.get("name", "?"),
+                "name": name,
                 "success": bool(check.get("success", False)),
                 "severity": check.get("severity", ""),
-                "observed": _short(check.get("observed", "")),
+                "found": check_sentences.describe(
+                    name, check.get("observed", ""), check.get("limits")
+                ),
                 "examples": [str(e) for e in (check.get("examples") or [])[:5]],
             }
         )
@@ -153,6 +149,8 @@ def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[
         "curves": png_data_uri(figures_dir / plots.curves_name(name)),
         "confusion": png_data_uri(figures_dir / plots.confusion_name(name)),
         "feature_maps": png_data_uri(figures_dir / plots.feature_maps_name(name)),
+        "class_gaps": png_data_uri(figures_dir / plots.class_gaps_name(name)),
+        "memorized": [str(c["class"]) for c in v.get("per_class", []) if c.get("gap_material")],
     }
 
 

@@ -40,6 +40,7 @@ from .conftest import (
     make_prepared,
     needs_fashion,
     real_params,
+    shipped,
     small_params,
     write_validation,
 )
@@ -472,22 +473,37 @@ def test_predict_proba_batches_memmap_as_float32(tmp_path):
 
 
 def test_per_class_gap_is_train_minus_val_recall():
-    def scores(recalls):
+    def scores(recalls, support=5):
         return {
             "_per_class": {
                 "precision": recalls,
                 "recall": recalls,
                 "f1": recalls,
-                "support": [5, 5],
+                "support": [support, support],
             }
         }
 
     rows = assessment.per_class_table(
         {"train": scores([1.0, 0.9]), "val": scores([0.6, 0.9]), "test": scores([0.5, 0.8])},
         ["cat", "dog"],
+        shipped("evaluate"),
     )
     assert rows[0]["class"] == "cat" and rows[0]["accuracy_gap"] == pytest.approx(0.4)
     assert rows[1]["accuracy_gap"] == pytest.approx(0.0)
+    # 40 points on 5 images per split is within noise: no class is flagged.
+    assert rows[0]["gap_noise"] > 0.4 and not any(r["gap_material"] for r in rows)
+
+    rows = assessment.per_class_table(
+        {
+            "train": scores([1.0, 0.9], 500),
+            "val": scores([0.6, 0.9], 500),
+            "test": scores([0.5, 0.8]),
+        },
+        ["cat", "dog"],
+        shipped("evaluate"),
+    )
+    assert rows[0]["gap_noise"] < 0.1  # 500 images each: the same gap is far beyond noise
+    assert [r["gap_material"] for r in rows] == [True, False]
 
 
 def test_curves_frame_is_long_format():

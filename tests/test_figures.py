@@ -142,3 +142,38 @@ def test_class_names_the_figure_font_cannot_draw_become_their_index():
         maps.canvas.draw()
     titles = [ax.get_title() for ax in maps.axes if ax.get_title()]
     assert "image 1" in titles and "猫" not in titles
+
+
+def test_write_figures_draws_the_per_class_gap_chart_of_the_best_variant_only(tmp_path):
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "loss": [1.0, 0.5],
+            "val_loss": [1.1, 0.7],
+            "accuracy": [0.5, 0.8],
+            "val_accuracy": [0.4, 0.7],
+        }
+    )
+    per_class = [
+        {"class": "x", "accuracy_gap": 0.3, "gap_noise": 0.05, "gap_material": True},
+        {"class": "y", "accuracy_gap": 0.0, "gap_noise": 0.05, "gap_material": False},
+    ]
+    evaluation = {
+        "variants": {
+            "a": {**entry("good_fit"), "per_class": per_class},
+            "b": {**entry("overfitting"), "per_class": per_class},
+        },
+        "classes": ["x", "y"],
+        "best_variant": "a",
+    }
+    evaluations = {n: VariantEvaluation(n, {}, {}) for n in ("a", "b")}
+    figures_dir = tmp_path / "figures"
+    figures.write_figures(
+        figures_dir,
+        evaluation,
+        {"a": history, "b": history},
+        evaluations,
+        np.zeros((2, 8, 8, 1), dtype=np.uint8),
+    )
+    names = {p.name for p in figures_dir.iterdir()}
+    assert plots.class_gaps_name("a") in names and plots.class_gaps_name("b") not in names

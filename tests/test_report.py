@@ -37,7 +37,7 @@ VALIDATION = {
             "name": "label_set",
             "success": True,
             "severity": "error",
-            "observed": {"classes": 3},
+            "observed": {"classes": 3, "missing": {}, "unknown_label_images": 0},
             "examples": [],
         },
         {
@@ -58,42 +58,47 @@ def synthetic_history(n: int, overfit: bool) -> pd.DataFrame:
     loss = 1.2 * np.exp(-epochs / 3)
     val = 1.3 * np.exp(-epochs / 4) + (0.04 * np.maximum(epochs - 4, 0) if overfit else 0.0)
     acc = 1 - 0.6 * np.exp(-epochs / 3)
-    val_acc = acc - (0.02 * epochs if overfit else 0.03)
+    # The widening gap levels off, so long histories stay accuracies (unchanged for n <= 12).
+    val_acc = acc - (np.minimum(0.02 * epochs, 0.3) if overfit else 0.03)
     return pd.DataFrame(
         {"epoch": epochs, "loss": loss, "accuracy": acc, "val_loss": val, "val_accuracy": val_acc}
     )
 
 
-def synthetic_scores(rng, accuracy: float, n: int = 60) -> dict:
-    y = np.arange(n) % len(CLASSES)
-    proba = rng.dirichlet(np.ones(len(CLASSES)), size=n) * 0.3
+def synthetic_scores(rng, accuracy: float, n: int = 60, classes=CLASSES) -> dict:
+    y = np.arange(n) % len(classes)
+    proba = rng.dirichlet(np.ones(len(classes)), size=n) * 0.3
     right = rng.random(n) < accuracy
-    target = np.where(right, y, (y + 1) % len(CLASSES))
+    target = np.where(right, y, (y + 1) % len(classes))
     proba[np.arange(n), target] += 0.7
-    return scoring.split_scores(y, proba, len(CLASSES))
+    return scoring.split_scores(y, proba, len(classes))
 
 
-def build_inputs(paths: Paths) -> dict:
+# variant -> (overfits, train accuracy, val accuracy)
+SPECS = {"baseline": (True, 1.0, 0.7), "dropout": (False, 0.93, 0.9)}
+
+
+def build_inputs(
+    paths: Paths, specs=SPECS, classes=CLASSES, epochs: int = 12, n_images: int = 60
+) -> dict:
     """evaluation.json, comparison.csv, figures and validation.json like evaluate writes."""
     rng = np.random.default_rng(0)
-    cfg = parse_config(small_params())  # variants baseline, dropout
-    specs = {"baseline": (True, 1.0, 0.7), "dropout": (False, 0.93, 0.9)}
+    cfg = parse_config(small_params(variants={name: {} for name in specs}))
     artifacts, evaluations = {}, {}
     probe = rng.integers(0, 256, size=(2, 8, 8, 1), dtype=np.uint8)
     for name, (overfit, train_acc, val_acc) in specs.items():
-        history = synthetic_history(12, overfit)
+        history = synthetic_history(epochs, overfit)
         artifacts[name] = TrainOutputs(
             name, Path("unused"), history, {"best_epoch": 5}, {"run_id": f"run-{name}"}
         )
         scores = {
-            "train": synthetic_scores(rng, train_acc),
-            "val": synthetic_scores(rng, val_acc),
-            "test": synthetic_scores(rng, val_acc),
+            split: synthetic_scores(rng, acc, n_images, classes)
+            for split, acc in (("train", train_acc), ("val", val_acc), ("test", val_acc))
         }
         maps = {"conv_1": rng.random((2, 8, 8, 4)), "conv_2": rng.random((2, 4, 4, 8))}
         evaluations[name] = scoring.VariantEvaluation(name, scores, maps)
     evaluation = assessment.build_evaluation(
-        cfg, CLASSES, artifacts, evaluations, Validation.from_payload(VALIDATION)
+        cfg, classes, artifacts, evaluations, Validation.from_payload(VALIDATION)
     )
     evaluation["registered"] = {"model_name": "m", "version": 3, "alias": "challenger"}
     histories = {n: a.history for n, a in artifacts.items()}
@@ -167,7 +172,8 @@ def test_report_is_self_contained_and_complete(project, built):
     assert '<img class="confusion"' in html
     # Every figure is embedded; nothing points outside the file.
     srcs = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(srcs) == 2 + 3 * 2  # all-variant curves + gap, and per variant 3 figures
+    # all-variant curves + gap, per variant 3 figures, and the best variant's per-class gaps
+    assert len(srcs) == 2 + 3 * 2 + 1
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<script" not in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
@@ -176,6 +182,9 @@ def test_report_is_self_contained_and_complete(project, built):
     # The failed warning check is highlighted, the passed one is not.
     assert 'class="check failed warning" data-check="class_balance"' in html
     assert 'class="check passed" data-check="label_set"' in html
+    # Each check in words (a sentence, or "key: value" for an observed dict of unknown shape).
+    found = re.findall(r'<td class="found">([^<]*)</td>', html)
+    assert found == ["All 3 classes appear in train, val and test.", "ratio: 4.2"]
     for rec in evaluation["recommendations"]:
         assert rec["action"].split("`")[0].strip() in html
 
@@ -443,6 +452,29 @@ def test_per_class_table_gives_each_class_its_figure_index(project, built):
     name = next(iter(evaluation["variants"]))
     card = html[html.index(f'id="variant-{name}"') :]
     table = card[card.index('class="per-class"') : card.index("</table>")]
-    rows = re.findall(r'<tr><td class="num">(\d+)</td><td>([^<]*)</td>', table)
+    rows = re.findall(r'<tr[^>]*><td class="num">(\d+)</td><td>([^<]*)</td>', table)
     classes = [c["class"] for c in evaluation["variants"][name]["per_class"]]
     assert rows == [(str(i), c) for i, c in enumerate(classes)]
+
+
+# The page must stay small enough to mail and to open quickly: every figure is inline.
+REPORT_BUDGET_BYTES = 3_000_000
+
+
+def test_report_of_the_seven_shipped_variants_stays_under_the_size_budget(tmp_path):
+    """The shipped pipeline's shape: 7 variants, 10 classes, 100-epoch histories (the
+    epoch cap; early stopping ends sooner), the images of the digits' splits."""
+    from .conftest import real_params
+
+    names = list(real_params()["variants"])
+    assert len(names) == 7
+    specs = {n: (i % 2 == 0, 1.0 - 0.01 * i, 0.9 - 0.01 * i) for i, n in enumerate(names)}
+    paths = Paths(tmp_path)
+    build_inputs(paths, specs, [str(c) for c in range(10)], epochs=100, n_images=270)
+    report.write_report(paths)
+    size = paths.report_html.stat().st_size
+    assert size < REPORT_BUDGET_BYTES, f"report.html is {size:,} bytes"
+    # The figures are the page: a budget met by dropping them would be no achievement.
+    assert len(
+        re.findall(r'<img [^>]*src="data:image/png;base64,', paths.report_html.read_text())
+    ) == (2 + 3 * 7 + 1)
