@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.abc
+import importlib.util
 import logging
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 EXIT_USER_ERROR = 2
 VERBOSE_ENV = "PIPELINE_VERBOSE"
@@ -119,12 +122,35 @@ def native_stderr_filtered(noise: tuple[str, ...]) -> Iterator[None]:
             sys.stderr.flush()
 
 
+class _QuietTensorflowImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` the usual way, and runs its import with the startup banner
+    filtered out; removes itself, so only that first import is touched."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            with native_stderr_filtered(TF_STARTUP_NOISE):
+                run(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow without its startup banner (shown with PIPELINE_VERBOSE=1)."""
+    """Make the first import of TensorFlow, whenever it comes, skip its startup banner
+    (shown with PIPELINE_VERBOSE=1). Lazy: a stage that fails before it needs TensorFlow
+    (bad params, MLflow unreachable) does not wait for it."""
     if verbose() or "tensorflow" in sys.modules:
         return
-    with native_stderr_filtered(TF_STARTUP_NOISE):
-        import tensorflow  # noqa: F401
+    if not any(isinstance(f, _QuietTensorflowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorflowImport())
 
 
 def run_stage(
@@ -136,7 +162,7 @@ def run_stage(
     with a message instead of a traceback.
 
     Args:
-        tensorflow: the stage uses TensorFlow: import it first, quietly.
+        tensorflow: the stage uses TensorFlow: its import, when it comes, is quiet.
     """
     setup_logging()
     if tensorflow:

@@ -45,7 +45,7 @@ class Entry:
     """One name under the source: a regular file (with its stat) or why it is not one."""
 
     rel: bytes
-    kind: str  # "file", "dangling", "loop", "missing" or "unreadable:<errno name>"
+    kind: str  # "file", "dangling", "loop", "missing", "special" or "unreadable:<errno>"
     st: os.stat_result | None = None
 
 
@@ -73,8 +73,11 @@ def walk(root: Path) -> Iterator[Entry]:
         except OSError as exc:
             yield Entry(rel, _why(exc, os.path.islink(path)))
             return
-        if not stat.S_ISDIR(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             yield Entry(rel, "file", st)
+            return
+        if not stat.S_ISDIR(st.st_mode):  # a FIFO or a device: opening it could block
+            yield Entry(rel, "special")
             return
         if (st.st_dev, st.st_ino) in seen:
             yield Entry(rel, "loop")
