@@ -35,7 +35,7 @@ from pipeline import assessment, figures, publishing, scoring, tables, tracking
 from pipeline.catalog.evaluation import write_evaluation
 from pipeline.catalog.training import TrainOutputs, read_seed_records
 from pipeline.catalog.validation import read_validation
-from pipeline.cli import run_stage
+from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.paths import Paths
@@ -55,7 +55,13 @@ def evaluate_variant(
     """Load one variant's saved model and measure it: scores, feature maps, behaviour."""
     import keras
 
-    model = keras.saving.load_model(artifacts.model_path, compile=False)
+    try:
+        model = keras.saving.load_model(artifacts.model_path, compile=False)
+    except Exception as exc:  # Keras reports a damaged archive as many different errors
+        raise StageError(
+            f"{artifacts.model_path} cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); retrain it with `dvc repro -f train@{artifacts.name}`"
+        ) from None
     scores, correct = scoring.score_model(model, data, indices)
     maps = figures.feature_maps(model, probe.images, n_layers)
     behaviour = scoring.training_behaviour(model)

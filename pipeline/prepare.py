@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -85,6 +86,12 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
     """Run the whole stage; returns the written meta plus `unusable` counts."""
     data = config.data
     root = paths.source_dir(data.source)
+    if paths.root.resolve().is_relative_to(root.resolve()):
+        raise StageError(
+            f"data.source {data.source!r} ({root}) holds this project ({paths.root}): its "
+            "own data, models and reports would be read as images. Point data.source at "
+            "a folder of images (<folder>/<class>/<images>) outside the project or in data/"
+        )
     source = load_source(root, data.format)
     if not source.records:
         raise StageError(explain_empty_source(root))
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     paths = Paths.here()
     config = load_config(paths.params)
-    summary = prepare_dataset(config, paths, progress=True)
+    summary = prepare_dataset(config, paths, progress=sys.stderr.isatty())
     counts = summary["counts"]
     bad = sum(summary["unusable"].values())
     print(

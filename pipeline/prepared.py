@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.cli import UserError
 from pipeline.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,21 @@ def frame_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:12]
 
 
+class PreparedDataError(UserError, ValueError):
+    """A file of data/prepared/ is missing, truncated or not what prepare writes."""
+
+
+def load_array(path: Path, **options: Any) -> np.ndarray:
+    """np.load, with a damaged or missing file reported as one clear PreparedDataError."""
+    try:
+        return np.load(path, **options)
+    except (ValueError, OSError, EOFError) as exc:
+        raise PreparedDataError(
+            f"{path} is damaged or missing ({type(exc).__name__}: {exc}); rebuild "
+            "data/prepared/ with `dvc repro -f prepare` (or `dvc checkout data/prepared`)"
+        ) from None
+
+
 @dataclass(frozen=True)
 class PreparedDataset:
     """Read access to data/prepared/."""
@@ -102,10 +118,10 @@ class PreparedDataset:
         return int(height), int(width), int(self.meta["channels"])
 
     def x(self, split: str) -> np.ndarray:
-        return np.load(self.root / f"{split}_x.npy", mmap_mode="r")
+        return load_array(self.root / f"{split}_x.npy", mmap_mode="r")
 
     def y(self, split: str) -> np.ndarray:
-        return np.load(self.root / f"{split}_y.npy")
+        return load_array(self.root / f"{split}_y.npy")
 
 
 MODEL_INPUT_BATCH = 1024

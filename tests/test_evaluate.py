@@ -438,6 +438,18 @@ def test_stale_run_json_stops_evaluate_before_any_write(digits_prepared):
     assert report_files(digits_prepared) == {"validation.json", "validation_flags.json"}
 
 
+@pytest.mark.parametrize("damage", [b"garbage", b"PK\x03\x04 truncated zip"])
+def test_a_damaged_model_file_names_it_and_the_fix(tmp_path, damage):
+    """A truncated model.keras once ended in Keras's misleading `File not found`."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "model.keras"
+    path.write_bytes(damage)
+    artifacts = SimpleNamespace(name="baseline", model_path=path)
+    with pytest.raises(StageError, match=r"model.keras cannot be loaded.*-f train@baseline"):
+        ev.evaluate_variant(artifacts, None, {}, None, 1)
+
+
 # --------------------------------------------------------------------------- pure pieces
 
 

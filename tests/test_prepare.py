@@ -231,6 +231,18 @@ def test_missing_source_fails_naming_it(project: Project, capsys: pytest.Capture
     assert "no/such/dir does not exist" in err and "allowed layouts" in err
 
 
+@pytest.mark.parametrize("source", [".", ".."])
+def test_a_source_holding_the_project_is_refused(
+    project: Project, capsys: pytest.CaptureFixture, source: str
+) -> None:
+    """`data.source: .` once read the project's own models and figures as classes."""
+    project.write_params(small_params(data={"source": source}))
+    code, err = _run_stage_exit(capsys)
+    assert code == EXIT_USER_ERROR
+    assert "holds this project" in err and "Point data.source at" in err
+    assert not project.paths.prepared_dir.exists()
+
+
 def test_source_without_class_folders_fails(
     project: Project, capsys: pytest.CaptureFixture
 ) -> None:

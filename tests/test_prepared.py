@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pipeline.prepared import remove_stale_staging, staging_dir
+from pipeline.prepared import PreparedDataError, load_array, remove_stale_staging, staging_dir
 
 from .conftest import dead_pid
 
@@ -52,3 +53,15 @@ def test_staging_of_a_failed_block_is_removed_and_target_kept(tmp_path: Path) ->
         raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
     assert (target / "keep").read_text() == "x"
+
+
+def test_a_truncated_or_missing_array_is_one_clear_error(tmp_path: Path) -> None:
+    """A truncated .npy once ended in numpy's `mmap length is greater than file size`."""
+    path = tmp_path / "train_x.npy"
+    np.save(path, np.zeros((100, 8, 8, 1), dtype=np.uint8))
+    assert load_array(path, mmap_mode="r").shape == (100, 8, 8, 1)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(PreparedDataError, match=r"train_x.npy is damaged or missing.*-f prepare"):
+        load_array(path, mmap_mode="r")
+    with pytest.raises(PreparedDataError, match="val_x.npy is damaged or missing"):
+        load_array(tmp_path / "val_x.npy")
