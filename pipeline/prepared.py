@@ -228,6 +228,18 @@ def remove_stale_staging(target: Path) -> list[Path]:
     return handled
 
 
+# Files others keep in an output folder: DVC's .gitignore for a cached output inside it
+# (models/<variant>/.gitignore lists model.keras). Swapping the folder must keep them, or a
+# stage run outside `dvc repro` (`mlflow run -e train`) would let git add the model.
+CARRIED_OVER = (".gitignore",)
+
+
+def _carry_over(target: Path, tmp: Path) -> None:
+    for name in CARRIED_OVER:
+        if (target / name).is_file() and not (tmp / name).exists():
+            shutil.copy2(target / name, tmp / name)
+
+
 @contextlib.contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
     """A temp dir beside `target` that replaces it when the block succeeds.
@@ -250,6 +262,7 @@ def staging_dir(target: Path) -> Iterator[Path]:
         raise
     old = None
     if target.exists():
+        _carry_over(target, tmp)
         old = target.with_name(f".{target.name}.{pid}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)

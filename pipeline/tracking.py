@@ -139,7 +139,7 @@ def pipeline_run(paths: Paths, cfg: Config, experiment_id: str) -> str:
         "data_source": cfg.data.source,
         "params_hash": cfg.params_hash(),
     }
-    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline · {rid[:12]}")
+    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline · {rid}")
     return run.info.run_id
 
 

@@ -20,5 +20,5 @@ Done. Results:
 Compare the variants in MLflow:
   source .venv/bin/activate && mlflow ui --backend-store-uri sqlite:///mlflow.db
   then open http://127.0.0.1:5000/#/experiments/$(python -c 'from pipeline.config import load_config; import mlflow; print(mlflow.MlflowClient("sqlite:///mlflow.db").get_experiment_by_name(load_config().mlflow.experiment).experiment_id)')?workflowType=machine_learning
-  (the training runs; each `dvc repro` is one parent run: expand it for its stage runs)
+  (the training runs; each dvc repro is one parent run: expand it for its stage runs)
 MSG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,25 @@ def test_retrain_lock_releases_on_an_exception(tmp_path):
         raise RuntimeError("boom")
     assert lock.read_holder(path) is None
     lock.release_lock(lock.acquire_lock(path, stale_seconds=60))  # free again
+
+
+def test_a_zombie_counts_as_gone():
+    """A stage killed with its `dvc` lingers as a zombie until reaped; its pid must not
+    keep its lock or staging folder alive."""
+    import subprocess
+    import sys
+
+    from pipeline.processes import pid_alive
+
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        state = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    assert state == "Z"
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)

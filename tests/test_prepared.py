@@ -65,3 +65,16 @@ def test_a_truncated_or_missing_array_is_one_clear_error(tmp_path: Path) -> None
         load_array(path, mmap_mode="r")
     with pytest.raises(PreparedDataError, match="val_x.npy is damaged or missing"):
         load_array(tmp_path / "val_x.npy")
+
+
+def test_a_swapped_folder_keeps_dvcs_gitignore(tmp_path: Path) -> None:
+    """models/<variant>/.gitignore (DVC's, listing model.keras) once vanished when a stage
+    ran outside `dvc repro`, and `git add -A` then added the model to git."""
+    target = tmp_path / "models" / "baseline"
+    target.mkdir(parents=True)
+    (target / ".gitignore").write_text("/model.keras\n")
+    (target / "model.keras").write_bytes(b"old")
+    with staging_dir(target) as tmp:
+        (tmp / "model.keras").write_bytes(b"new")
+    assert (target / "model.keras").read_bytes() == b"new"
+    assert (target / ".gitignore").read_text() == "/model.keras\n"

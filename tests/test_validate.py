@@ -350,7 +350,7 @@ def test_main_clean_digits_exit_0_json_docs_and_mlflow(digits_prepared, capsys) 
     assert set(report) == {"success", "checks", "warnings", "errors"}
     assert report["success"] is True and report["errors"] == []
     for c in report["checks"]:
-        assert set(c) == {"name", "success", "severity", "observed", "examples"}
+        assert set(c) == {"name", "success", "severity", "observed", "examples", "limits"}
         assert c["severity"] in ("error", "warning")
     assert [c["name"] for c in report["checks"]] == list(checks.CHECK_NAMES)
     text = paths.validation_json.read_text()
