@@ -258,6 +258,7 @@ def test_dvc_experiments_rerun_one_variant_compare_and_restore(own_repo):
     variant's val accuracy, gap and verdict; apply and branch bring the results back."""
     root = own_repo
     (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/.pipeline_state/\n")
+    dvc(root, "repro")  # up to date first: other tests run stages outside DVC in this repo
     git(root, "add", "-A")
     git(root, "commit", "-qm", "results")
     committed = json.loads((root / "reports/metrics.json").read_text())
