@@ -174,4 +174,4 @@ class MlflowEpochs(Callback):
         self.state = state
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None):
-        tracking.log_metrics(history.epoch_metrics(self.state.rows[-1]), step=epoch + 1)
+        tracking.log_epoch(history.epoch_metrics(self.state.rows[-1]), epoch + 1)

@@ -390,7 +390,7 @@ def summarise(
 
 
 def numeric_observations(report: dict[str, Any]) -> dict[str, float]:
-    """validate.<check>.success and every numeric observed value, as MLflow metrics."""
+    """<check>.success and every numeric observed value (<check>.<key>), for MLflow."""
     metrics: dict[str, float] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -406,8 +406,8 @@ def numeric_observations(report: dict[str, Any]) -> dict[str, float]:
     for entry in report["checks"]:
         name, observed = entry["name"], entry["observed"]
         keys = _BY_NAME[name].metric_keys
-        metrics[f"validate.{name}.success"] = float(entry["success"])
-        walk(f"validate.{name}", observed if keys is None else {k: observed[k] for k in keys})
+        metrics[f"{name}.success"] = float(entry["success"])
+        walk(name, observed if keys is None else {k: observed[k] for k in keys})
     return metrics
 
 

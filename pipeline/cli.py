@@ -55,7 +55,15 @@ def setup_logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # TensorFlow and friends are loud at INFO.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for noisy in ("alembic", "urllib3", "matplotlib", "PIL", "great_expectations", "git"):
+    for noisy in (
+        "alembic",
+        "urllib3",
+        "matplotlib",
+        "PIL",
+        "great_expectations",
+        "git",
+        "mlflow.system_metrics",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose():
         # tf.function retracing notes and absl's Python-side warnings, per stage

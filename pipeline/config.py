@@ -216,6 +216,7 @@ class LearningCurveConfig(_Frozen):
 
 class MlflowConfig(_Frozen):
     experiment: str = Field(min_length=1)
+    system_metrics: bool
 
 
 class Config(_Frozen):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import assessment, figures, publishing, scoring, tables, tracking
+from pipeline import assessment, figures, progress, publishing, scoring, tables, tracking
 from pipeline.catalog.evaluation import write_evaluation
 from pipeline.catalog.training import TrainOutputs, read_seed_records
 from pipeline.catalog.validation import read_validation
@@ -93,8 +93,9 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     probe = figures.select_probe(data, cfg.evaluate.feature_map_images)
     indices = scoring.evaluation_indices(data)
     evaluations = {}
-    for name, art in artifacts.items():
-        log.info("evaluating %s", name)
+    for name, art in progress.steps(
+        list(artifacts.items()), "evaluate: scoring", "variant", label=lambda item: item[0]
+    ):
         evaluations[name] = evaluate_variant(
             art, data, indices, probe, cfg.evaluate.feature_map_layers
         )

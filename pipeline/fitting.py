@@ -231,13 +231,17 @@ def model_summary(model: Any) -> str:
 
 
 def run_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """metrics.json's numbers as MLflow run metrics ("params" is the parameter count)."""
+    """metrics.json's numbers as MLflow run metrics, in the `training/` section of the
+    chart view ("params" is the parameter count)."""
     renamed = {"params": "param_count"}
-    return {
-        renamed.get(key, key): float(value)
-        for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
+    return tracking.sectioned(
+        tracking.SECTION_TRAINING,
+        {
+            renamed.get(key, key): value
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        },
+    )
 
 
 def data_params(cfg: Config, data: PreparedDataset) -> dict[str, Any]:
@@ -257,10 +261,10 @@ def data_params(cfg: Config, data: PreparedDataset) -> dict[str, Any]:
 
 def backfill_epochs(run_id: str, rows: Sequence[dict[str, float]]) -> None:
     """Log epochs whose rows exist but whose metrics a killed run never sent."""
-    logged = tracking.metric_steps(run_id, "val_loss")
+    logged = tracking.logged_epochs(run_id)
     for row in rows:
         if row["epoch"] not in logged:
-            tracking.log_metrics(history.epoch_metrics(row), step=int(row["epoch"]))
+            tracking.log_epoch(history.epoch_metrics(row), int(row["epoch"]))
 
 
 @contextlib.contextmanager
@@ -277,7 +281,12 @@ def resumable_run(
     `params` are logged unless the fit was done before (they are logged already).
     """
     with tracking.stage_run(
-        paths, cfg, variant=variant, resume_run_id=state.run_id, **run_options
+        paths,
+        cfg,
+        variant=variant,
+        resume_run_id=state.run_id,
+        system_metrics=True,
+        **run_options,
     ) as run:
         state.run_id = run.info.run_id
         state.save()
@@ -436,9 +445,10 @@ def train_extra_seed(
         metrics = summarize(svcfg, result.rows, result.stopped_epoch, n_train, n_params)
         scores = scoring.score_splits(result.model, data, indices)
         # The same names evaluate logs on the variant's run, so the UI compares them.
-        eval_metrics = {
-            f"eval_{split}_{m}": s[m] for split, s in scores.items() for m in ("accuracy", "loss")
-        }
+        eval_metrics = tracking.sectioned(
+            tracking.SECTION_EVAL,
+            {f"{split}_{m}": s[m] for split, s in scores.items() for m in ("accuracy", "loss")},
+        )
         tracking.log_metrics({**run_metrics(metrics), **eval_metrics})
     return seed_entry(index, seed, result.rows, metrics, run.info.run_id, scores)
 
@@ -459,6 +469,9 @@ def score_subset(model: Any, data: PreparedDataset) -> dict[str, dict[str, Any]]
         for split in ("train", "val")
     }
     tracking.log_metrics(
-        {f"subset_{split}_{m}": float(v[m]) for split, v in scores.items() for m in v}
+        tracking.sectioned(
+            tracking.SECTION_SUBSET,
+            {f"{split}_{m}": v[m] for split, v in scores.items() for m in v},
+        )
     )
     return scores

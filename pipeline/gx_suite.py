@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline import progress
 from pipeline.config import Severity
 
 
@@ -88,7 +89,9 @@ def run_suite(
     for position, s in enumerate(specs):
         s.expectation.meta = {**(s.expectation.meta or {}), "spec": position}
     outcome: dict[int, Any] = {}
-    for table, table_specs in by_table.items():
+    for table, table_specs in progress.steps(
+        list(by_table.items()), "validate: checking", "table", label=lambda item: item[0]
+    ):
         batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
         suite = context.suites.add(gx.ExpectationSuite(name=table))
         for s in table_specs:

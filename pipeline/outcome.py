@@ -108,4 +108,6 @@ def _log_run(paths: Paths, cfg: Config, outcome: Outcome) -> None:
         for role, facts in (("challenger", outcome.challenger), ("champion", outcome.champion)):
             if facts is not None and facts.test_accuracy is not None:
                 metrics[f"{role}_test_accuracy"] = facts.test_accuracy
-        tracking.log_metrics_and_record(metrics, record, "retrain.json")
+        tracking.log_metrics_and_record(
+            tracking.sectioned(tracking.SECTION_RETRAIN, metrics), record, "retrain.json"
+        )

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import progress
 from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, DataConfig, load_config
 from pipeline.datasets import (
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     paths = Paths.here()
     config = load_config(paths.params)
-    summary = prepare_dataset(config, paths, progress=sys.stderr.isatty())
+    summary = prepare_dataset(config, paths, progress=progress.on_terminal())
     counts = summary["counts"]
     bad = sum(summary["unusable"].values())
     print(

@@ -63,21 +63,21 @@ def require_variant_runs(paths: Paths, run_ids: Mapping[str, str | None]) -> Non
 
 
 def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
-    """The eval_* metrics of one variant's evaluation entry (train logs the same names)."""
-    metrics = {
-        f"eval_{split}_{m}": float(v[split][m])
-        for split in SPLITS
-        for m in ("accuracy", "loss", "precision", "recall", "f1")
-    }
-    metrics["eval_gap_accuracy"] = float(v["gap"]["accuracy"])
-    metrics["eval_gap_relative"] = float(v["gap"]["relative"])
-    metrics["eval_gap_loss"] = float(v["gap"]["loss"])
-    metrics["eval_max_generalization_loss"] = float(v["max_generalization_loss"])
-    metrics["eval_diverged"] = float(bool(v["training"]["diverged"]))
-    metrics["eval_val_loss_rise_share"] = finite(v["training"]["rise_share"])
+    """One variant's evaluation as `eval/` metrics of its train run (extra seeds log the
+    same names): accuracy and loss per split, the test set's precision, recall and F1,
+    the gaps and the diagnosis's numbers. Per-split precision/recall/F1 of train and val
+    stay in evaluation.json, so the chart view holds what a comparison needs."""
+    metrics = {f"{split}_{m}": v[split][m] for split in SPLITS for m in ("accuracy", "loss")}
+    metrics.update({f"test_{m}": v["test"][m] for m in ("precision", "recall", "f1")})
+    metrics["gap_accuracy"] = v["gap"]["accuracy"]
+    metrics["gap_relative"] = v["gap"]["relative"]
+    metrics["gap_loss"] = v["gap"]["loss"]
+    metrics["max_generalization_loss"] = v["max_generalization_loss"]
+    metrics["diverged"] = float(bool(v["training"]["diverged"]))
+    metrics["val_loss_rise_share"] = finite(v["training"]["rise_share"])
     if v["onset_epoch"] is not None:
-        metrics["eval_onset_epoch"] = float(v["onset_epoch"])
-    return metrics
+        metrics["onset_epoch"] = v["onset_epoch"]
+    return tracking.sectioned(tracking.SECTION_EVAL, metrics)
 
 
 def finite(value: float, cap: float = 1e6) -> float:
@@ -122,13 +122,15 @@ def log_seeds_to_variant_runs(evaluation: Mapping[str, Any]) -> None:
         if not s or s["n_seeds"] < 2:
             continue
         metrics = {
-            f"seeds_{metric}_{stat}": s[metric][stat]
+            f"{metric}_{stat}": s[metric][stat]
             for metric in ("val_accuracy", "gap")
             for stat in ("mean", "ci95", "sd")
         }
-        metrics["seeds_n"] = s["n_seeds"]
+        metrics["n"] = s["n_seeds"]
         tracking.log_to_run(
-            v["mlflow_run_id"], metrics=metrics, tags={"verdict_agreement": s["agreement"]}
+            v["mlflow_run_id"],
+            metrics=tracking.sectioned(tracking.SECTION_SEEDS, metrics),
+            tags={"verdict_agreement": s["agreement"]},
         )
         for seed in s["per_seed"]:
             if seed["index"] > 0 and seed["mlflow_run_id"]:
@@ -172,14 +174,17 @@ def pipeline_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
     variants = evaluation["variants"]
     best = variants[evaluation["best_variant"]]
     verdicts = [v["verdict"] for v in variants.values()]
-    return {
-        "best_test_accuracy": float(best["test"]["accuracy"]),
-        "best_val_accuracy": float(best["val"]["accuracy"]),
-        "best_gap_accuracy": float(best["gap"]["accuracy"]),
-        "variants": float(len(variants)),
-        "variants_overfitting": float(verdicts.count("overfitting")),
-        "variants_underfitting": float(verdicts.count("underfitting")),
-    }
+    return tracking.sectioned(
+        tracking.SECTION_PIPELINE,
+        {
+            "best_test_accuracy": best["test"]["accuracy"],
+            "best_val_accuracy": best["val"]["accuracy"],
+            "best_gap_accuracy": best["gap"]["accuracy"],
+            "variants": len(variants),
+            "variants_overfitting": verdicts.count("overfitting"),
+            "variants_underfitting": verdicts.count("underfitting"),
+        },
+    )
 
 
 def log_evaluate_run(

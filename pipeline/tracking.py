@@ -235,6 +235,7 @@ def stage_run(
     extra_tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Any]:
     """An MLflow run for one stage (and variant), ended FAILED on an exception.
 
@@ -244,6 +245,8 @@ def stage_run(
         parent_run_id: the active run to nest this one under (a variant's
             extra training seeds are children of its train run).
         run_name: instead of `<stage> · <variant>`.
+        system_metrics: sample CPU and memory into the run (`system/` metrics) while
+            it is open; `mlflow.system_metrics` in params.yaml switches it off.
     """
     import mlflow
 
@@ -259,12 +262,17 @@ def stage_run(
     nested = parent_run_id is not None
     if grouping:
         _mark_pipeline_run(grouping, "RUNNING")
+    system = system_metrics and cfg.mlflow.system_metrics
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id, nested=nested)
+        run = mlflow.start_run(run_id=resume_run_id, nested=nested, log_system_metrics=system)
         mlflow.set_tags(tags)
     else:
         run = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=tags,
+            nested=nested,
+            log_system_metrics=system,
         )
     status = "FAILED"
     try:
@@ -310,6 +318,36 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     mlflow.log_metrics(metrics, step=step)
+
+
+# MLflow's chart view files a metric named "<section>/<name>" under a collapsible
+# section of its own; unprefixed names go to "Model metrics". MLflow 3.17 lists the named sections alphabetically, then "Model
+# metrics" and "System metrics" last, so the per-epoch curves a user came to compare
+# (val_loss, val_accuracy, gap_accuracy, ...) are `curves/...`, which sorts first,
+# and every summary number goes into a section of its own below them.
+SECTION_CURVES = "curves"  # per epoch, step = the 1-based epoch (history.EPOCH_METRICS)
+SECTION_TRAINING = "training"  # a train run's summary: best epoch, stopping, speed, size
+SECTION_EVAL = "eval"  # evaluate's scores and diagnosis of the saved model
+SECTION_SEEDS = "seeds"  # across-seed spread of a variant
+SECTION_SUBSET = "subset"  # a learning-curve point's scores on its subset
+SECTION_VALIDATE = "validate"  # the data checks' numbers
+SECTION_PIPELINE = "pipeline"  # evaluate's answer for the whole pipeline
+SECTION_RETRAIN = "retrain"  # the retrain gate
+
+
+def sectioned(section: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """`metrics` named `<section>/<name>`, so the MLflow UI groups them under `section`."""
+    return {f"{section}/{key}": float(value) for key, value in metrics.items()}
+
+
+def log_epoch(metrics: Mapping[str, float], epoch: int) -> None:
+    """One epoch's curves (`curves/<name>`, step = the 1-based epoch) into the active run."""
+    log_metrics(sectioned(SECTION_CURVES, metrics), step=epoch)
+
+
+def logged_epochs(run_id: str) -> set[int]:
+    """The epochs whose curves run `run_id` holds."""
+    return metric_steps(run_id, f"{SECTION_CURVES}/val_loss")
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -51,7 +51,8 @@ def validate_dataset(
 def log_report(paths: Paths, report: dict[str, Any]) -> None:
     """The written report, its numbers and the Data Docs pages into the active run."""
     tracking.set_tags({"validation_success": str(report["success"]).lower()})
-    tracking.log_metrics(numeric_observations(report))
+    numbers = numeric_observations(report)
+    tracking.log_metrics(tracking.sectioned(tracking.SECTION_VALIDATE, numbers))
     tracking.log_artifact(paths.validation_json)
     for file, folder in data_docs_artifacts(paths.data_docs_dir):
         tracking.log_artifact(file, folder)

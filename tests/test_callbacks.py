@@ -138,6 +138,6 @@ def test_mlflow_epochs_logs_the_last_row_at_its_epoch(tmp_path, monkeypatch):
     assert len(logged) == 1
     step, metrics = logged[0]
     assert step == 1
-    assert metrics["gap_accuracy"] == pytest.approx(0.1)
-    assert metrics["gap_loss"] == pytest.approx(0.2)
-    assert metrics["learning_rate"] == 0.01
+    assert metrics["curves/gap_accuracy"] == pytest.approx(0.1)
+    assert metrics["curves/gap_loss"] == pytest.approx(0.2)
+    assert metrics["curves/learning_rate"] == 0.01

@@ -179,13 +179,13 @@ def test_numeric_observations_walks_numbers_and_skips_text_and_nan() -> None:
         ]
     }
     assert checks.numeric_observations(report) == {
-        "validate.class_balance.success": 0.0,
-        "validate.class_balance.train_ratio": 2.5,
-        "validate.class_balance.odd key_.x": 1.0,
+        "class_balance.success": 0.0,
+        "class_balance.train_ratio": 2.5,
+        "class_balance.odd key_.x": 1.0,
         # only the counts: by_status and reasons are keyed by data, not names
-        "validate.corrupt_images.success": 1.0,
-        "validate.corrupt_images.unusable": 0.0,
-        "validate.corrupt_images.fraction": 0.0,
+        "corrupt_images.success": 1.0,
+        "corrupt_images.unusable": 0.0,
+        "corrupt_images.fraction": 0.0,
     }
 
 

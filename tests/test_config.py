@@ -249,7 +249,7 @@ def _with_duplicate(tmp_path: Path, after: str, duplicate: str) -> tuple[Path, i
     ("after", "duplicate", "first"),
     [
         ("  batch_size:", "  batch_size: 32", "  batch_size:"),  # nested: train.batch_size
-        ("  experiment:", "data: {}", "data:"),  # top level, at the end; DVC rejects both
+        ("  system_metrics:", "data: {}", "data:"),  # top level, at the end; DVC rejects both
     ],
 )
 def test_a_duplicate_key_is_rejected_naming_it_and_its_line(

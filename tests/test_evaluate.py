@@ -344,7 +344,7 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
         v = evaluation["variants"][variant]
         assert run.data.tags["mlflow.note.content"].startswith(f"**{v['summary']}**")
         assert run.data.tags["stage"] == "train"  # not overwritten by evaluate
-        assert "eval_val_accuracy" in run.data.metrics and "eval_diverged" in run.data.metrics
+        assert "eval/val_accuracy" in run.data.metrics and "eval/diverged" in run.data.metrics
         arts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/diagnosis.json" in arts
     eval_run = client.get_run(evaluation["evaluate_run_id"])

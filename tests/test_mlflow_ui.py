@@ -40,6 +40,19 @@ CHART_CARD = """metric => {
 }"""
 
 
+# The chart view's section headers in page order: [name, number of charts], read from
+# headers such as "curves(7)Add chart".
+SECTIONS = """() => {
+  const found = [];
+  for (const el of document.querySelectorAll('*')) {
+    const m = el.textContent.trim().match(/^(.+?)\\((\\d+)\\)Add chart$/);
+    if (!m || [...el.children].some(c => c.textContent.trim() === el.textContent.trim())) continue;
+    if (!found.some(([name]) => name === m[1])) found.push([m[1], Number(m[2])]);
+  }
+  return found;
+}"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,13 +124,25 @@ def test_the_mlflow_ui_lists_each_variant_and_charts_val_loss(mlflow_ui):
             assert {"validate", "train · baseline", "train · dropout", "evaluate"} <= listed
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui_training_runs.png"))
 
-            # The chart view, narrowed to val_loss: one chart with both variants' curves.
+            # The chart view opens on the per-epoch curves: MLflow lists named sections
+            # alphabetically, and `curves` (7 charts) comes before every summary section.
             page.locator("label:has(input[name=runs-view-mode][value=CHART])").click()
+            page.wait_for_function(f"() => ({SECTIONS})().length > 0", timeout=60_000)
+            sections = page.evaluate(SECTIONS)
+            assert sections[0] == ["curves", 7], sections
+            names = [name for name, _ in sections]
+            assert {"eval", "training", "validate", "pipeline"} <= set(names), sections
+            assert dict(sections).get("Model metrics", 0) == 0  # every metric is in a section
+            page.screenshot(path=str(ARTIFACTS / "mlflow_ui_chart_sections.png"))
+
+            # Narrowed to val_loss: one chart with both variants' curves.
             page.get_by_placeholder("Search metric charts").fill("val_loss")
-            found = page.wait_for_function(CHART_CARD, arg="val_loss", timeout=60_000).json_value()
+            found = page.wait_for_function(
+                CHART_CARD, arg="curves/val_loss", timeout=60_000
+            ).json_value()
             legend, lines = found["text"], found["lines"]
-            assert "train · baseline (val_loss)" in legend, legend
-            assert "train · dropout (val_loss)" in legend, legend
+            assert "train · baseline (curves/val_loss)" in legend, legend
+            assert "train · dropout (curves/val_loss)" in legend, legend
             assert lines >= 2  # drawn: one line per run
             page.screenshot(path=str(ARTIFACTS / "mlflow_ui_val_loss_chart.png"))
         finally:

@@ -127,7 +127,7 @@ def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     assert {r.info.run_name for r in runs} == {"train · baseline", "train · dropout"}
     first_two = sorted(runs, key=lambda r: r.info.start_time)[:2]
     assert first_two[0].data.tags["repro_id"] == first_two[1].data.tags["repro_id"]
-    history = client.get_metric_history(first_two[0].info.run_id, "val_loss")
+    history = client.get_metric_history(first_two[0].info.run_id, "curves/val_loss")
     assert [m.step for m in history] == list(range(1, len(history) + 1))
 
     # One parent run per repro; every stage's run nests under it.
@@ -145,9 +145,9 @@ def test_mlflow_groups_the_runs_of_one_repro(pipeline_repo):
     # The evaluate run holds the pipeline's answer; each variant's numbers are on its run.
     (evaluate,) = [r for r in children if r.data.tags["stage"] == "evaluate"]
     assert not [k for k in evaluate.data.metrics if k.startswith(("baseline.", "dropout."))]
-    assert 0 < evaluate.data.metrics["best_test_accuracy"] <= 1
+    assert 0 < evaluate.data.metrics["pipeline/best_test_accuracy"] <= 1
     for run in runs:
-        assert {"eval_test_accuracy", "eval_gap_accuracy"} <= set(run.data.metrics)
+        assert {"eval/test_accuracy", "eval/gap_accuracy"} <= set(run.data.metrics)
         assert run.data.tags["verdict"] in {"overfitting", "underfitting", "good_fit"}
 
 
@@ -278,6 +278,7 @@ def test_dvc_experiments_rerun_one_variant_compare_and_restore(own_repo):
     ]
     params = exp["params"]["params.yaml"]["data"]
     assert params["variants"]["dropout"]["model"]["dropout"] == 0.3
+    assert set(exp["metrics"]) == {"reports/metrics.json"}  # the summary alone, per variant
     columns = exp["metrics"]["reports/metrics.json"]["data"]
     for variant in ("baseline", "dropout"):
         assert columns[variant]["verdict"] in {"overfitting", "underfitting", "good_fit"}

@@ -71,6 +71,63 @@ def test_multi_line_figures_tell_series_apart_by_style_and_direct_labels(make):
         plt.close(fig)
 
 
+def overlapping_end_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of line-end labels of one axes whose drawn boxes overlap."""
+    renderer = fig.canvas.get_renderer()
+    pairs = []
+    for ax in fig.axes:
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts
+                 if t.get_gid() == plots.END_LABEL]  # fmt: skip
+        for i, (a, box_a) in enumerate(boxes):
+            pairs += [(a, b) for b, box_b in boxes[i + 1 :] if box_a.overlaps(box_b)]
+    return pairs
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda h: plots.all_val_curves(h, {n: (10, 14) for n in h}),
+        plots.gap_curves,
+    ],
+    ids=["all_variants", "gap"],
+)
+def test_end_labels_of_nearly_identical_curves_do_not_overlap(make):
+    # Seven variants ending within 0.1 accuracy points of each other (digits: all ~0.98).
+    fig = make({n: history(30, 0.0001 * i) for i, n in enumerate(SEVEN)})
+    try:
+        fig.canvas.draw()
+        assert overlapping_end_labels(fig) == []
+        for ax in fig.axes:  # each label still sits beside its own line's end
+            for t in (t for t in ax.texts if t.get_gid() == plots.END_LABEL):
+                assert abs(t.xyann[1]) < 4 * plots.END_LABEL_GAP
+    finally:
+        plt.close(fig)
+
+
+def test_end_labels_overlap_without_the_spreading(monkeypatch):
+    """The check above can fail: unspread, the same seven labels collide."""
+    monkeypatch.setattr(plots, "_spread_end_labels", lambda fig: None)
+    fig = plots.gap_curves({n: history(30, 0.0001 * i) for i, n in enumerate(SEVEN)})
+    try:
+        fig.canvas.draw()
+        assert len(overlapping_end_labels(fig)) >= 6
+    finally:
+        plt.close(fig)
+
+
+def test_spread_positions_keep_order_and_gap_and_move_no_more_than_needed():
+    gap = 8.0
+    assert plots.spread_positions([0.0, 50.0, 100.0], gap).tolist() == [0.0, 50.0, 100.0]
+    # two at one spot part symmetrically; input order is kept in the output
+    assert plots.spread_positions([10.0, 10.0], gap).tolist() == [6.0, 14.0]
+    placed = plots.spread_positions([5.0, 0.0, 1.0, 2.0, 40.0], gap)
+    assert placed[4] == 40.0  # far enough away: untouched
+    by_height = np.sort(placed[:4])
+    assert np.all(np.diff(by_height) >= gap - 1e-9)
+    assert placed[1] < placed[2] < placed[3] < placed[0]  # the order of the wanted heights
+    assert np.mean(placed[:4]) == pytest.approx(np.mean([5.0, 0.0, 1.0, 2.0]))  # centred
+
+
 def test_learning_curve_figure_uses_the_colour_blind_palette():
     points = [
         {"n_train": n, "fraction": f, "val_accuracy": v, "val_ci95": [v - 0.02, v + 0.02],

@@ -41,10 +41,13 @@ def test_mlflow_metrics_are_finite():
     assert publishing.finite(math.inf) == 1e6
     assert publishing.finite(-math.inf) == 0.0 and publishing.finite(math.nan) == 0.0
     metrics = publishing.variant_run_metrics(entry("r", rise_share=math.inf))
-    assert metrics["eval_val_loss_rise_share"] == 1e6
-    assert "eval_onset_epoch" not in metrics
-    assert publishing.variant_run_metrics(entry("r", onset_epoch=4))["eval_onset_epoch"] == 4.0
-    assert {"eval_test_f1", "eval_gap_relative", "eval_diverged"} <= set(metrics)
+    assert metrics["eval/val_loss_rise_share"] == 1e6
+    assert "eval/onset_epoch" not in metrics
+    assert publishing.variant_run_metrics(entry("r", onset_epoch=4))["eval/onset_epoch"] == 4.0
+    assert {"eval/test_f1", "eval/gap_relative", "eval/diverged"} <= set(metrics)
+    # train and val precision/recall/F1 stay in evaluation.json, out of the chart view
+    assert "eval/train_f1" not in metrics and "eval/val_precision" not in metrics
+    assert all(key.startswith("eval/") for key in metrics)
 
 
 def test_variant_runs_get_the_verdict_evidence_figures_and_seed_aggregate(project, tmp_path):
@@ -82,8 +85,8 @@ def test_variant_runs_get_the_verdict_evidence_figures_and_seed_aggregate(projec
         == "**No, it generalizes.**\n\n- gap 5.0 points\n- no rise"
     )
     assert logged.tags["verdict_agreement"] == "good_fit in 2 of 2 seeds"
-    assert logged.metrics["eval_val_accuracy"] == 0.9 and logged.metrics["seeds_n"] == 2
-    assert logged.metrics["seeds_gap_sd"] == 0.005
+    assert logged.metrics["eval/val_accuracy"] == 0.9 and logged.metrics["seeds/n"] == 2
+    assert logged.metrics["seeds/gap_sd"] == 0.005
     arts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert arts == {"evaluation/diagnosis.json", "evaluation/curves_baseline.png"}
     diag = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/diagnosis.json"))

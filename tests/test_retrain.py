@@ -148,7 +148,8 @@ def test_first_run_without_champion_promotes_and_champion_loads(rproject, keras_
     run = mlflow.get_run(record["mlflow_run_id"])
     assert run.data.tags["stage"] == "retrain" and run.data.tags["decision"] == "promoted"
     assert run.data.tags["repro_id"] == record["repro_id"]
-    assert run.data.metrics["challenger_test_accuracy"] == record["challenger"]["test_accuracy"]
+    challenger_accuracy = run.data.metrics["retrain/challenger_test_accuracy"]
+    assert challenger_accuracy == record["challenger"]["test_accuracy"]
 
     # What a serving job does (the README snippet): load the champion by alias.
     name = load_config(rproject.paths.params).registry.model_name

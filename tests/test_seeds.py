@@ -176,9 +176,9 @@ def test_train_and_evaluate_with_three_seeds(digits_prepared):
         for tag in ("stage", "variant", "git_commit", "data_version", "params_hash", "repro_id"):
             assert child.data.tags[tag] == parent.data.tags[tag], tag
         assert child.data.params["train.seed"] == child.data.tags["seed"]
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "curves/val_loss")]
         assert steps == [1, 2, 3]
-        assert "eval_val_accuracy" in child.data.metrics
+        assert "eval/val_accuracy" in child.data.metrics
 
     # evaluate: every seed diagnosed, aggregated with intervals and agreement.
     evaluation = evaluate.run_evaluate(paths, cfg)
@@ -204,8 +204,8 @@ def test_train_and_evaluate_with_three_seeds(digits_prepared):
     assert comparison.loc[0, "verdict_agreement"] == agg["agreement"]
     assert "## Across training seeds" in paths.comparison_md.read_text()
     run = client.get_run(parent_id)
-    assert run.data.metrics["seeds_val_accuracy_mean"] == pytest.approx(agg["val_accuracy"]["mean"])
-    assert run.data.metrics["seeds_gap_mean"] == pytest.approx(agg["gap"]["mean"])
+    assert run.data.metrics["seeds/val_accuracy_mean"] == pytest.approx(agg["val_accuracy"]["mean"])
+    assert run.data.metrics["seeds/gap_mean"] == pytest.approx(agg["gap"]["mean"])
     assert run.data.tags["verdict_agreement"] == agg["agreement"]
     for s in agg["per_seed"][1:]:
         assert client.get_run(s["mlflow_run_id"]).data.tags["verdict"] == s["verdict"]
@@ -271,7 +271,7 @@ def test_a_kill_during_an_extra_seed_resumes_that_seed_only(digits_prepared, tmp
     resumed = json.loads(paths.seeds_json("baseline").read_text())["seeds"]
     assert resumed[1]["mlflow_run_id"] == seed1_state["run_id"]
     client = MlflowClient(project.tracking_uri)
-    steps = [m.step for m in client.get_metric_history(seed1_state["run_id"], "val_loss")]
+    steps = [m.step for m in client.get_metric_history(seed1_state["run_id"], "curves/val_loss")]
     assert steps == [1, 2, 3]  # epoch 2 backfilled, nothing twice
 
     # The same training uninterrupted, in a fresh project with the same data.

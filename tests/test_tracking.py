@@ -59,6 +59,35 @@ def test_a_failing_stage_marks_its_run_failed(project: Project):
     assert MlflowClient(project.tracking_uri).get_run(run.info.run_id).info.status == "FAILED"
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_training_runs_sample_cpu_and_memory_unless_switched_off(
+    project: Project, monkeypatch, enabled: bool
+):
+    import mlflow
+    from mlflow import MlflowClient
+
+    params = small_params()
+    params["mlflow"]["system_metrics"] = enabled
+    cfg = project.write_params(params)
+    mlflow.set_system_metrics_sampling_interval(0.2)
+    try:
+        with tracking.stage_run(project.paths, cfg, "train", "baseline", system_metrics=True) as r:
+            time.sleep(1.5)  # several samples
+        with tracking.stage_run(project.paths, cfg, "validate") as other:
+            time.sleep(1.0)  # a stage that does not ask for them gets none
+    finally:
+        mlflow.set_system_metrics_sampling_interval(None)
+    client = MlflowClient(project.tracking_uri)
+    sampled = {k for k in client.get_run(r.info.run_id).data.metrics if k.startswith("system/")}
+    if enabled:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= (
+            sampled
+        )
+    else:
+        assert not sampled
+    assert not [k for k in client.get_run(other.info.run_id).data.metrics if "system/" in k]
+
+
 def test_dvc_lock_and_outputs_do_not_make_the_commit_dirty(tmp_path: Path):
     root = tmp_path / "repo"
     root.mkdir()
@@ -147,7 +176,7 @@ def test_train_logs_to_a_tracking_server(digits_prepared: Project, tracking_serv
     client = MlflowClient(tracking_server)
     run = client.get_run(run_info["run_id"])
     assert run.data.tags["variant"] == "baseline" and run.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "curves/val_loss")]
     assert steps == [1, 2, 3]
     assert not (digits_prepared.root / "mlflow.db").exists()  # nothing went to the local default
     mlflow.set_tracking_uri(tracking_server)

@@ -104,14 +104,21 @@ def test_train_writes_the_contract_outputs_and_mlflow_run(digits_prepared):
     assert params["train.class_weight_applied"] == "True"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "gap_accuracy", "gap_loss",
                 "learning_rate"):  # fmt: skip
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, f"curves/{key}")]
         assert steps == [1, 2], key
-    gap = client.get_metric_history(run.info.run_id, "gap_accuracy")[-1].value
+    gap = client.get_metric_history(run.info.run_id, "curves/gap_accuracy")[-1].value
     row = history.iloc[-1]
     assert gap == pytest.approx(row["accuracy"] - row["val_accuracy"])
     for key in ("best_epoch", "stopped_epoch", "epochs_run", "train_seconds", "images_per_second"):
-        assert run.data.metrics[key] == pytest.approx(metrics[key]), key
-    assert run.data.metrics["param_count"] == metrics["params"]
+        assert run.data.metrics[f"training/{key}"] == pytest.approx(metrics[key]), key
+    assert run.data.metrics["training/param_count"] == metrics["params"]
+    # The chart view's first section, "curves", holds the per-epoch curves; every
+    # metric is in a section.
+    assert all("/" in k for k in run.data.metrics)
+    assert {k.split("/", 1)[1] for k in run.data.metrics if k.startswith("curves/")} == {
+        "loss", "accuracy", "val_loss", "val_accuracy", "gap_accuracy", "gap_loss",
+        "learning_rate",
+    }  # fmt: skip
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "model_summary.txt" in artifacts
 
@@ -308,7 +315,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_prepared, tmp_
     run_info = json.loads(project.paths.run_info("noisy").read_text())
     assert run_info["run_id"] == state["run_id"]  # the same MLflow run continued
     client = MlflowClient(project.tracking_uri)
-    steps = [m.step for m in client.get_metric_history(run_info["run_id"], "val_loss")]
+    steps = [m.step for m in client.get_metric_history(run_info["run_id"], "curves/val_loss")]
     assert steps == resumed["epoch"].tolist()  # every epoch once, none lost
     assert client.get_run(run_info["run_id"]).info.status == "FINISHED"
 
@@ -380,7 +387,9 @@ def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
     assert train.main(["--variant", "noisy"]) == 0
     resumed = _history(project, "noisy")
     run_id = json.loads(project.paths.run_info("noisy").read_text())["run_id"]
-    steps = [m.step for m in MlflowClient(project.tracking_uri).get_metric_history(run_id, "loss")]
+    steps = [
+        m.step for m in MlflowClient(project.tracking_uri).get_metric_history(run_id, "curves/loss")
+    ]
     assert steps == [1, 2, 3, 4, 5]  # epoch 4 backfilled, nothing twice
 
     other = _fresh_copy(project, tmp_path / "straight", monkeypatch)
@@ -458,8 +467,8 @@ def test_fraction_stage_scores_its_subset_and_logs_a_tagged_run(digits_prepared)
     assert run.data.params["train_fraction"] == "0.25"
     assert run.data.params["n_train"] == str(results["0.25"]["n_train"])
     assert run.data.params["data.n_train"] == str(results["0.25"]["n_train"])
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "curves/val_accuracy")]
     assert steps == [1, 2]
-    assert run.data.metrics["subset_val_accuracy"] == pytest.approx(
+    assert run.data.metrics["subset/val_accuracy"] == pytest.approx(
         results["0.25"]["val"]["accuracy"]
     )

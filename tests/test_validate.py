@@ -369,8 +369,8 @@ def test_main_clean_digits_exit_0_json_docs_and_mlflow(digits_prepared, capsys) 
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["validation_success"] == "true"
-    assert run.data.metrics["validate.split_leakage.success"] == 1.0
-    assert run.data.metrics["validate.class_balance.train_imbalance_ratio"] > 1.0
+    assert run.data.metrics["validate/split_leakage.success"] == 1.0
+    assert run.data.metrics["validate/class_balance.train_imbalance_ratio"] > 1.0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"validation.json", "data_docs"} <= artifacts
 
@@ -418,7 +418,7 @@ def test_main_broken_dataset_exit_1_names_problems(project, capsys) -> None:
         "tags.stage = 'validate'",
     )
     assert runs[0].data.tags["validation_success"] == "false"
-    assert runs[0].data.metrics["validate.split_leakage.success"] == 0.0
+    assert runs[0].data.metrics["validate/split_leakage.success"] == 0.0
 
 
 def test_main_warnings_only_exit_0(project, capsys) -> None:
