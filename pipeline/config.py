@@ -151,6 +151,8 @@ class TrainConfig(_Frozen):
     # How many seeds each variant trains (seed, seed + 1, ...). The bound keeps
     # a typo (100 for 10) from silently multiplying the training time.
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
+    # tf.distribute strategy of the fit (pipeline.distribute).
+    strategy: Literal["none", "mirrored", "multi_worker_mirrored"]
 
 
 class VariantOverrides(_Frozen):

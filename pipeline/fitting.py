@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import history, scoring, tracking, train_input
+from pipeline import distribute, history, scoring, tracking, train_input
 from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
 from pipeline.config import Config, VariantConfig
@@ -40,6 +40,7 @@ from pipeline.resume import (
     BackupState,
     fingerprint_of,
     load_layer_weights,
+    open_backup,
     open_run_backup,
     replay_callbacks,
 )
@@ -110,10 +111,24 @@ def fit_variant(
             f"{data.root}: train has {n_train} and val {n_val} images; both must be "
             "non-empty (check data.val_fraction and data.train_fraction in params.yaml)"
         )
-    model = build_model(vcfg.model, data.image_shape, len(data.classes), seed=tcfg.seed)
-    compile_model(model, tcfg.learning_rate)
+    strategy = distribute.active_name()
+    with distribute.scope():
+        model = build_model(vcfg.model, data.image_shape, len(data.classes), seed=tcfg.seed)
+        compile_model(model, tcfg.learning_rate)
+        if strategy != "none":
+            from pipeline.keras_private import average_logs_across_workers, build_compiled_state
+
+            example = data.x("train")[:1].astype(np.float32), data.y("train")[:1]
+            build_compiled_state(model, *example)
+            average_logs_across_workers()
 
     first_epoch = state.completed_epochs
+    if strategy != "none" and first_epoch and not state.fit_done:
+        raise StageError(
+            f"variant {vcfg.name!r}: its training was interrupted after epoch {first_epoch}, "
+            f"and a run under train.strategy {strategy!r} does not resume (its checkpoint "
+            f"is per device). Remove {state.root} to train it again from epoch 1"
+        )
     already_stopped = stopped_early(state.rows, vcfg)
     if state.fit_done or first_epoch >= tcfg.epochs or already_stopped:
         # A kill after the last epoch but before the outputs were written.
@@ -306,6 +321,27 @@ class TrackedFit:
     class_weight: dict[int, float] | None
 
 
+def class_weights_for(
+    paths: Paths, vcfg: VariantConfig, data: PreparedDataset
+) -> dict[int, float] | None:
+    """The variant's class weights (train.class_weight; `auto` reads validate's flags)."""
+    mode = vcfg.train.class_weight
+    flags = read_validation_flags(paths) if mode == "auto" else None
+    return train_input.resolve_class_weights(mode, data.y("train"), len(data.classes), flags)
+
+
+def fit_as_worker(paths: Paths, vcfg: VariantConfig, data: PreparedDataset) -> int:
+    """A non-chief multi-worker task: the same fit in lockstep with the chief, writing
+    nothing that lasts (its state goes to a temporary folder). Returns epochs run."""
+    import tempfile
+
+    class_weight = class_weights_for(paths, vcfg, data)
+    with tempfile.TemporaryDirectory(prefix=f"worker-{vcfg.name}-") as scratch:
+        state = open_backup(Path(scratch), fingerprint_of(vcfg, data, class_weight))
+        result = fit_variant(vcfg, data, state, class_weight, log_to_mlflow=False)
+    return len(result.rows)
+
+
 @contextlib.contextmanager
 def tracked_fit(
     paths: Paths,
@@ -328,11 +364,7 @@ def tracked_fit(
     is dropped only when the block completes. `on_new_run()` runs when no
     earlier run is being resumed.
     """
-    mode = vcfg.train.class_weight
-    flags = read_validation_flags(paths) if mode == "auto" else None
-    class_weight = train_input.resolve_class_weights(
-        mode, data.y("train"), len(data.classes), flags
-    )
+    class_weight = class_weights_for(paths, vcfg, data)
     fingerprint = {**fingerprint_of(vcfg, data, class_weight), **(fingerprint_extra or {})}
     state = open_run_backup(backup_root, fingerprint)
     if state.run_id is None and on_new_run is not None:

@@ -14,6 +14,19 @@ Exact resume needs three things Keras does not offer publicly:
 3. The weights EarlyStopping(restore_best_weights=True) restores, set on
    resume through its undocumented `best_weights` attribute.
 
+And one thing tf.distribute needs: under a strategy, Keras 3.15's `fit` first
+averages the distributed dataset's first batch across replicas
+(`Trainer._maybe_symbolic_build`) only to learn its shapes, and under
+MultiWorkerMirroredStrategy on CPU that eager reduce fails (`ValueError:
+Attempt to convert a value (PerReplica...)`). `build_compiled_state` builds
+the model's compiled state from one plain example batch through the private
+`Trainer._symbolic_build` and turns that step off for the model. Keras then
+averages each step's per-replica logs (loss, accuracy) across workers with
+`strategy.reduce("MEAN", v, axis=0)`, which fails on a scalar;
+`average_logs_across_workers` replaces the private
+`backend.tensorflow.trainer.reduce_per_replica` for that case with the
+across-replica mean (`axis=None`), as one device would compute it.
+
 `PRIVATE_API` lists them; tests/test_resume.py fails naming the attribute when
 a Keras upgrade removes or renames one, and at run time `require` raises
 KerasInternalsError instead of letting a resumed run silently diverge.
@@ -45,6 +58,8 @@ PRIVATE_API = (
     ("Layer", "_flatten_layers"),
     ("Layer", "_seed_generators"),
     ("EarlyStopping", "best_weights"),
+    ("Model", "_symbolic_build"),
+    ("Model", "_maybe_symbolic_build"),
 )
 
 
@@ -72,6 +87,7 @@ def probe_objects() -> dict[str, Any]:
         "BackupAndRestore": BackupAndRestore(backup_dir="unused-probe"),
         "Layer": layer,
         "EarlyStopping": EarlyStopping(restore_best_weights=True),
+        "Model": keras.Sequential(),
     }
 
 
@@ -135,3 +151,38 @@ def set_restored_weights(early_stopping: EarlyStopping, weights: list) -> None:
     """The weights early_stopping restores if it stops training (restore_best_weights)."""
     require(early_stopping, "best_weights")
     early_stopping.best_weights = weights
+
+
+def build_compiled_state(model: keras.Model, x: Any, y: Any) -> None:
+    """Build the compiled loss, metrics and optimizer from one batch (x, y), inside the
+    strategy's scope; then a distributed `fit` has nothing left to build, and skips
+    the first-batch reduce that fails across workers."""
+    require(model, "_symbolic_build")(data_batch=(x, y))
+    require(model, "_maybe_symbolic_build")
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def average_logs_across_workers() -> None:
+    """Make a multi-worker fit average its scalar logs across replicas (see the module
+    docstring); idempotent, and a no-op for every other strategy."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    original = require(trainer, "reduce_per_replica")
+    if getattr(original, "patched_by_pipeline", False):
+        return
+    multi_worker = require(trainer, "_collective_all_reduce_multi_worker")
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and multi_worker(strategy):
+
+            def mean(v):
+                if isinstance(v, tf.distribute.DistributedValues):
+                    return strategy.reduce("MEAN", v, axis=None)
+                return v
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.patched_by_pipeline = True
+    trainer.reduce_per_replica = reduce_per_replica

@@ -6,7 +6,8 @@ a `repro_id` shared by every run of one pipeline execution, so the MLflow UI
 can put one `dvc repro`'s variants side by side.
 
 Backend: `MLFLOW_TRACKING_URI` when set, else `sqlite:///<root>/mlflow.db`
-(MLflow 3's own default), artifacts in `<root>/mlartifacts`. An unreachable
+(MLflow 3's own default), artifacts in `<root>/mlartifacts`, where <root> is the
+DVC repository's (also for a queued experiment running in DVC's temp copy). An unreachable
 tracking server fails fast with `TrackingError` instead of hanging.
 
 `mlflow run` injects `MLFLOW_RUN_ID` into the entry point's environment. We
@@ -47,12 +48,26 @@ class TrackingError(UserError, RuntimeError):
     """MLflow is misconfigured or unreachable."""
 
 
+def store_root(paths: Paths) -> Path:
+    """Where the project's own MLflow store lives: the DVC repository's root.
+
+    A queued experiment (`dvc exp run --queue`, `dvc queue start`) runs its stages
+    in a temporary copy of the repo under .dvc/tmp/exps/, which DVC deletes
+    afterwards; DVC then sets DVC_ROOT to the parent repository, so its runs land
+    in the same mlflow.db as every other run instead of vanishing with the copy.
+    """
+    parent = os.environ.get("DVC_ROOT", "").strip()
+    if parent and (Path(parent) / "dvc.yaml").is_file():
+        return Path(parent)
+    return paths.root
+
+
 def tracking_uri(paths: Paths) -> str:
     """The tracking URI in force: the environment's, else the project's sqlite file."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{(paths.root / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(store_root(paths) / 'mlflow.db').resolve()}"
 
 
 def check_reachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -104,7 +119,7 @@ def ensure_experiment(paths: Paths, name: str) -> str:
     if experiment is None:
         artifact_location = None
         if tracking_uri(paths).startswith("sqlite:"):
-            artifact_location = (paths.root / "mlartifacts").resolve().as_uri()
+            artifact_location = (store_root(paths) / "mlartifacts").resolve().as_uri()
         return mlflow.create_experiment(
             name,
             artifact_location=artifact_location,
@@ -321,10 +336,11 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 # MLflow's chart view files a metric named "<section>/<name>" under a collapsible
-# section of its own; unprefixed names go to "Model metrics". MLflow 3.17 lists the named sections alphabetically, then "Model
-# metrics" and "System metrics" last, so the per-epoch curves a user came to compare
-# (val_loss, val_accuracy, gap_accuracy, ...) are `curves/...`, which sorts first,
-# and every summary number goes into a section of its own below them.
+# section of its own; unprefixed names go to "Model metrics". MLflow 3.17 lists the
+# named sections alphabetically, then "Model metrics" and "System metrics" last, so
+# the per-epoch curves a user came to compare (val_loss, val_accuracy, gap_accuracy,
+# ...) are `curves/...`, which sorts first, and every summary number goes into a
+# section of its own below them.
 SECTION_CURVES = "curves"  # per epoch, step = the 1-based epoch (history.EPOCH_METRICS)
 SECTION_TRAINING = "training"  # a train run's summary: best epoch, stopping, speed, size
 SECTION_EVAL = "eval"  # evaluate's scores and diagnosis of the saved model

@@ -20,7 +20,9 @@ epoch: pipeline.resume):
     run.json      run_id, experiment_id, model_uri, variant
     seeds.json    one entry per training seed of `train.seeds` (fitting.train_seeds)
 plus an MLflow run with per-epoch metrics (step = epoch) and the logged model,
-and one child run per extra seed (tags variant, seed).
+and one child run per extra seed (tags variant, seed). Under
+`train.strategy: multi_worker_mirrored` only the chief writes them; the other
+workers train with it and write nothing (pipeline.distribute).
 
 With --fraction F, the same fit on a stratified, nested subset of the train
 split (train_input.train_subset), validated on all of val, writes
@@ -37,7 +39,7 @@ import argparse
 import sys
 from typing import Any
 
-from pipeline import fitting, tracking, train_input
+from pipeline import distribute, fitting, tracking, train_input
 from pipeline.catalog.training import write_fraction_outputs, write_train_outputs
 from pipeline.cli import run_stage
 from pipeline.config import Config, ConfigError, load_config
@@ -151,10 +153,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def start_strategy(cfg: Config, name: str, fraction: float | None) -> None:
+    """The variant's tf.distribute strategy, before TensorFlow runs anything."""
+    strategy = cfg.variant(name).train.strategy
+    if strategy == "multi_worker_mirrored" and (
+        fraction is not None or cfg.variant(name).train.seeds > 1
+    ):
+        raise ConfigError(
+            f"variants.{name}.train.strategy multi_worker_mirrored trains the variant itself "
+            "with train.seeds: 1; the learning curve (--fraction) and extra seeds run on one "
+            "worker: set their strategy to none or mirrored"
+        )
+    distribute.start(strategy)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     paths = Paths.here()
     cfg = load_config(paths.params)
+    start_strategy(cfg, args.variant, args.fraction)
+    if not distribute.is_chief():
+        epochs = fitting.fit_as_worker(
+            paths, cfg.variant(args.variant), load_prepared(paths.prepared_dir)
+        )
+        print(f"worker: trained {args.variant} with the chief for {epochs} epochs; the chief "
+              "writes the outputs and the MLflow run")  # fmt: skip
+        return 0
     if args.fraction is not None:
         result = train_fraction(paths, cfg, args.variant, args.fraction)
         print(

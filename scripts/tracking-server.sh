@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# A team MLflow tracking server: PostgreSQL as the backend store (runs, metrics,
+# registry), proxied artifact storage (clients upload and download through the
+# server, so they need no shared filesystem). Everything lives under one folder.
+#
+#   scripts/tracking-server.sh start     # creates the cluster and database when missing
+#   scripts/tracking-server.sh stop
+#   scripts/tracking-server.sh status
+#   scripts/tracking-server.sh purge     # stop, then delete the database and the artifacts
+#   export MLFLOW_TRACKING_URI=http://127.0.0.1:5000   # then `dvc repro` as usual
+#
+# Settings (environment):
+#   TRACKING_SERVER_DIR   where the PostgreSQL cluster, artifacts and logs live
+#                         (default: .tracking-server in the project)
+#   MLFLOW_SERVER_HOST    address to listen on (default 127.0.0.1; use 0.0.0.0 for a team
+#                         only behind a firewall or a reverse proxy with authentication)
+#   MLFLOW_SERVER_PORT    (default 5000)
+#   MLFLOW_SERVER_WORKERS uvicorn workers (default 2)
+#   PG_PORT               PostgreSQL's port, loopback only (default 5433)
+#   PG_OPTIONS            extra server settings, e.g. "-c shared_buffers=256MB"
+#   PG_BIN                PostgreSQL's programs (default: Debian's /usr/lib/postgresql/<v>/bin)
+#
+# PostgreSQL refuses to run as root: as root the cluster belongs to the `postgres`
+# user (Debian's package creates it) and is run through runuser; as anyone else, the
+# cluster is that user's. In production, swap in a managed PostgreSQL (pass its URL
+# as MLFLOW_BACKEND_STORE_URI) and an object store for artifacts
+# (MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/path or gs://...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+dir=$(realpath -m "${TRACKING_SERVER_DIR:-$root/.tracking-server}")
+host=${MLFLOW_SERVER_HOST:-127.0.0.1}
+port=${MLFLOW_SERVER_PORT:-5000}
+workers=${MLFLOW_SERVER_WORKERS:-2}
+pg_port=${PG_PORT:-5433}
+artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$dir/artifacts}
+pidfile=$dir/mlflow-server.pid
+log=$dir/mlflow-server.log
+
+# The cluster's folder must be reachable by its owner. As root that is the postgres
+# user, who cannot enter a folder under /root or a private temp dir: then the
+# cluster goes to postgres's home, in a folder named after this one.
+pg_home=$dir
+if [ "$(id -u)" = 0 ]; then
+  probe=$dir
+  while [ ! -e "$probe" ]; do probe=$(dirname "$probe"); done
+  if ! runuser -u postgres -- test -x "$probe" 2>/dev/null; then
+    pg_home=/var/lib/postgresql/tracking-server-$(printf %s "$dir" | sha1sum | cut -c1-12)
+  fi
+fi
+pgdata=$pg_home/pgdata
+socket_dir=$pg_home/socket
+pglog=$pg_home/postgresql.log
+mlflow=${MLFLOW_BIN:-$root/.venv/bin/mlflow}
+python=$(dirname "$mlflow")/python
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+pg_bin() {
+  if [ -n "${PG_BIN:-}" ]; then
+    echo "$PG_BIN"
+    return
+  fi
+  local found
+  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$found" ] || die "PostgreSQL is not installed (Debian: apt-get install postgresql; or set PG_BIN)"
+  echo "$found"
+}
+
+# Run a PostgreSQL program as the cluster's owner.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+backend_uri() {
+  if [ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]; then
+    echo "$MLFLOW_BACKEND_STORE_URI"
+  else
+    # psycopg 3 over TCP on loopback; trust authentication is limited to 127.0.0.1.
+    local user
+    user=$([ "$(id -u)" = 0 ] && echo postgres || id -un)
+    echo "postgresql+psycopg://$user@127.0.0.1:$pg_port/mlflow"
+  fi
+}
+
+server_pid() {
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+}
+
+healthy() {
+  "$python" - "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/health", timeout=2).read()
+PY
+}
+
+start_postgres() {
+  local bin
+  bin=$(pg_bin)
+  mkdir -p "$dir" "$socket_dir"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs the 'postgres' user (Debian's postgresql package creates it)"
+    chown postgres "$socket_dir"
+    touch "$pglog" && chown postgres "$pglog"
+  fi
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    echo "==> creating a PostgreSQL cluster in $pgdata"
+    mkdir -p "$pgdata"
+    [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
+    as_pg "$bin/initdb" -D "$pgdata" --auth=trust --encoding=UTF8 --no-instructions >/dev/null
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
+    as_pg "$bin/pg_ctl" -D "$pgdata" -l "$pglog" -w -t 60 \
+      -o "-p $pg_port -k $socket_dir -c listen_addresses=127.0.0.1 ${PG_OPTIONS:-}" start >/dev/null ||
+      die "PostgreSQL did not start; see $pglog"
+  fi
+  if ! as_pg "$bin/psql" -h "$socket_dir" -p "$pg_port" -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1; then
+    echo "==> creating database mlflow"
+    as_pg "$bin/createdb" -h "$socket_dir" -p "$pg_port" mlflow
+  fi
+}
+
+stop_postgres() {
+  local bin
+  bin=$(pg_bin)
+  if [ -f "$pgdata/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null
+    echo "PostgreSQL stopped"
+  fi
+}
+
+start() {
+  [ -x "$mlflow" ] || die "$mlflow not found: run scripts/bootstrap.sh first (or set MLFLOW_BIN)"
+  "$python" -c "import psycopg" 2>/dev/null ||
+    die "the PostgreSQL driver is missing: $python -m pip install 'psycopg[binary]==3.3.9'"
+  local url="http://$host:$port"
+  [ "$host" = 0.0.0.0 ] && url="http://127.0.0.1:$port"
+  if pid=$(server_pid); then
+    echo "already running (pid $pid): export MLFLOW_TRACKING_URI=$url"
+    return 0
+  fi
+  [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && start_postgres
+  mkdir -p "$artifacts" 2>/dev/null || true
+  echo "==> starting mlflow server on $host:$port"
+  # setsid: the server outlives this script and the shell that ran it.
+  setsid "$mlflow" server \
+    --backend-store-uri "$(backend_uri)" \
+    --artifacts-destination "$artifacts" \
+    --serve-artifacts \
+    --host "$host" --port "$port" --workers "$workers" \
+    >>"$log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 240); do
+    if healthy "$url"; then
+      echo "running: export MLFLOW_TRACKING_URI=$url"
+      echo "  backend $(backend_uri), artifacts $artifacts, log $log"
+      return 0
+    fi
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || die "mlflow server exited; see $log"
+    sleep 0.5
+  done
+  die "mlflow server did not answer $url/health within 120 s; see $log"
+}
+
+stop() {
+  if pid=$(server_pid); then
+    # The server's process group: uvicorn's workers go with it.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    echo "mlflow server stopped"
+  fi
+  rm -f "$pidfile"
+  [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && stop_postgres
+  return 0
+}
+
+purge() {
+  stop
+  [ "$pg_home" != "$dir" ] && rm -rf "$pg_home"
+  rm -rf "$dir"
+  echo "removed $dir and the PostgreSQL cluster $pgdata"
+}
+
+status() {
+  if pid=$(server_pid); then
+    echo "mlflow server: running (pid $pid) on $host:$port"
+  else
+    echo "mlflow server: stopped"
+  fi
+  if [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && [ -f "$pgdata/PG_VERSION" ]; then
+    as_pg "$(pg_bin)/pg_ctl" -D "$pgdata" status >/dev/null 2>&1 &&
+      echo "PostgreSQL: running on 127.0.0.1:$pg_port" || echo "PostgreSQL: stopped"
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  purge) purge ;;
+  *)
+    echo "usage: $0 start|stop|status|purge   (settings: see the comments at the top of this script)" >&2
+    exit 2
+    ;;
+esac

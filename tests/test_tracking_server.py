@@ -1,0 +1,160 @@
+"""The team tracking server (scripts/tracking-server.sh) on a real PostgreSQL, for real.
+
+The script creates a PostgreSQL cluster and database in a temp folder and
+starts `mlflow server` on loopback with proxied artifacts; the pipeline's
+stages then run unchanged with MLFLOW_TRACKING_URI pointing at it. Checked:
+runs, per-epoch metrics, artifacts and registry aliases all land; two training
+processes logging at once lose nothing; after a restart of server and
+database, the champion still loads by alias through the server.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import BIN, REPO, Project, write_validation
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        reason="PostgreSQL is not installed (Debian: apt-get install postgresql)",
+    ),
+]
+
+SCRIPT = REPO / "scripts" / "tracking-server.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(folder, port: int, pg_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        TRACKING_SERVER_DIR=str(folder),
+        MLFLOW_SERVER_PORT=str(port),
+        PG_PORT=str(pg_port),
+        MLFLOW_BIN=str(BIN / "mlflow"),
+    )
+    return env
+
+
+def script(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture
+def team_server(tmp_path):
+    """The script's server and PostgreSQL in tmp_path/server; stopped afterwards."""
+    env = server_env(tmp_path / "server", free_port(), free_port())
+    started = script("start", env)
+    try:
+        yield f"http://127.0.0.1:{env['MLFLOW_SERVER_PORT']}", env, started.stdout
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "purge"], env=env, capture_output=True, timeout=120)
+        assert not (tmp_path / "server").exists()
+
+
+def stage(project: Project, uri: str, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_the_pipeline_runs_unchanged_against_the_team_server(digits_prepared, team_server):
+    import mlflow
+    from mlflow import MlflowClient
+
+    project = digits_prepared
+    uri, env, started = team_server
+    assert "postgresql+psycopg://" in started and f"MLFLOW_TRACKING_URI={uri}" in started
+    write_validation(project)
+
+    # Two training processes log to the server at once.
+    both = [stage(project, uri, "pipeline.train", "--variant", v) for v in ("baseline", "dropout")]
+    for proc in both:
+        finish(proc)
+    finish(stage(project, uri, "pipeline.evaluate"))
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cnn-overfitting")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    for variant in ("baseline", "dropout"):
+        info = json.loads(project.paths.run_info(variant).read_text())
+        run = client.get_run(info["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["variant"] == variant
+        epochs = len(project.paths.history_csv(variant).read_text().splitlines()) - 1
+        for key in ("curves/val_loss", "curves/accuracy", "curves/gap_accuracy"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (variant, key)  # none lost
+        assert run.data.params["train.epochs"] == "3"
+        assert "eval/test_accuracy" in run.data.metrics and run.data.tags["verdict"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "model_summary.txt" in artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
+            "evaluation/diagnosis.json"
+        }
+    # Nothing of the runs landed on the client's disk: artifacts went through the server.
+    assert not (project.root / "mlartifacts").exists()
+    assert not (project.root / "mlflow.db").exists()
+
+    evaluation = json.loads(project.paths.evaluation_json.read_text())
+    name = evaluation["registered"]["model_name"]
+    version = str(evaluation["registered"]["version"])
+    assert client.get_model_version_by_alias(name, "challenger").version == version
+    client.set_registered_model_alias(name, "champion", version)  # as the retrain gate does
+
+    # Restart server and database: the champion still loads by alias, through the server.
+    script("stop", env)
+    assert "stopped" in script("status", env).stdout
+    script("start", env)
+    mlflow.set_tracking_uri(uri)
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    finally:
+        mlflow.set_tracking_uri(project.tracking_uri)
+    x = np.zeros((2, 8, 8, 1), dtype=np.float32)
+    assert np.asarray(champion.predict(x)).shape == (2, 10)
+    assert MlflowClient(uri).get_model_version_by_alias(name, "champion").version == version
+
+
+def test_the_script_refuses_an_unknown_command_and_a_missing_mlflow(tmp_path):
+    env = server_env(tmp_path / "server", free_port(), free_port())
+    unknown = subprocess.run(
+        ["bash", str(SCRIPT), "launch"], env=env, capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "usage:" in unknown.stderr
+    env["MLFLOW_BIN"] = str(tmp_path / "no-such-mlflow")
+    missing = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "bootstrap.sh" in missing.stderr
+    assert not (tmp_path / "server" / "pgdata").exists()  # refused before creating anything
