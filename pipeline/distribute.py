@@ -104,6 +104,10 @@ def start(name: str) -> Any:
         raise DistributeError(f"train.strategy {name!r}: allowed are {', '.join(STRATEGIES)}")
     if name in _started:
         return _started[name]
+    if _started:
+        raise DistributeError(
+            f"train.strategy {name!r}: this process already runs under {active_name()!r}"
+        )
     check_cluster(name)
     import tensorflow as tf
 

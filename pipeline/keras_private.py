@@ -37,8 +37,10 @@ Inputs: Keras objects. Outputs: the checkpoint files under a BackupState's
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import types
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ PRIVATE_API = (
     ("EarlyStopping", "best_weights"),
     ("Model", "_symbolic_build"),
     ("Model", "_maybe_symbolic_build"),
+    ("tensorflow_trainer", "reduce_per_replica"),
+    ("tensorflow_trainer", "_collective_all_reduce_multi_worker"),
 )
 
 
@@ -72,11 +76,14 @@ def require(obj: Any, attribute: str) -> Any:
     try:
         return getattr(obj, attribute)
     except AttributeError:
-        owner = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        if isinstance(obj, types.ModuleType):
+            owner = obj.__name__
+        else:
+            owner = obj.__name__ if isinstance(obj, type) else type(obj).__name__
         raise KerasInternalsError(
-            f"Keras {keras.__version__} has no {owner}.{attribute}, which exact resume relies "
-            "on (pipeline/keras_private.py, written for Keras 3.15); adapt that module to "
-            "this Keras or pin keras==3.15.1"
+            f"Keras {keras.__version__} has no {owner}.{attribute}, which "
+            "pipeline/keras_private.py relies on (exact resume, multi-worker training; "
+            "written for Keras 3.15); adapt that module to this Keras or pin keras==3.15.1"
         ) from None
 
 
@@ -88,6 +95,7 @@ def probe_objects() -> dict[str, Any]:
         "Layer": layer,
         "EarlyStopping": EarlyStopping(restore_best_weights=True),
         "Model": keras.Sequential(),
+        "tensorflow_trainer": importlib.import_module("keras.src.backend.tensorflow.trainer"),
     }
 
 

@@ -154,15 +154,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_strategy(cfg: Config, name: str, fraction: float | None) -> None:
-    """The variant's tf.distribute strategy, before TensorFlow runs anything."""
-    strategy = cfg.variant(name).train.strategy
-    if strategy == "multi_worker_mirrored" and (
-        fraction is not None or cfg.variant(name).train.seeds > 1
-    ):
+    """The variant's tf.distribute strategy, before TensorFlow runs anything.
+
+    A learning-curve point (--fraction) of a multi-worker variant trains on one
+    device: it is a DVC stage of its own, with no workers started for it.
+    """
+    tcfg = cfg.variant(name).train
+    strategy = tcfg.strategy
+    if strategy == "multi_worker_mirrored" and fraction is not None:
+        strategy = "none"
+    elif strategy == "multi_worker_mirrored" and tcfg.seeds > 1:
         raise ConfigError(
-            f"variants.{name}.train.strategy multi_worker_mirrored trains the variant itself "
-            "with train.seeds: 1; the learning curve (--fraction) and extra seeds run on one "
-            "worker: set their strategy to none or mirrored"
+            f"variants.{name}: train.strategy multi_worker_mirrored trains one seed; set "
+            f"train.seeds: 1 for it (now {tcfg.seeds}), or train.strategy: none to train "
+            "several seeds on one machine"
         )
     distribute.start(strategy)
 

@@ -18,6 +18,13 @@
 #   MLFLOW_SERVER_WORKERS uvicorn workers (default 2)
 #   PG_PORT               PostgreSQL's port, loopback only (default 5433)
 #   PG_OPTIONS            extra server settings, e.g. "-c shared_buffers=256MB"
+#   MLFLOW_SERVER_ALLOWED_HOSTS  host names teammates use in the URL (MLflow's own
+#                         setting: it accepts only localhost and private addresses
+#                         otherwise), e.g. "mlflow.team:5000"
+#
+# The database user's password is generated at the first start and kept in
+# $TRACKING_SERVER_DIR/pgpass (mode 600, libpq's format): PostgreSQL asks for it
+# on TCP (scram-sha-256), and only the cluster's owner gets in over its socket.
 #   PG_BIN                PostgreSQL's programs (default: Debian's /usr/lib/postgresql/<v>/bin)
 #
 # PostgreSQL refuses to run as root: as root the cluster belongs to the `postgres`
@@ -26,10 +33,10 @@
 # as MLFLOW_BACKEND_STORE_URI) and an object store for artifacts
 # (MLFLOW_ARTIFACTS_DESTINATION=s3://bucket/path or gs://...).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
-
+root=$(cd "$(dirname "$0")/.." && pwd)
+# A relative TRACKING_SERVER_DIR is the caller's, resolved before moving to the project.
 dir=$(realpath -m "${TRACKING_SERVER_DIR:-$root/.tracking-server}")
+cd "$root"
 host=${MLFLOW_SERVER_HOST:-127.0.0.1}
 port=${MLFLOW_SERVER_PORT:-5000}
 workers=${MLFLOW_SERVER_WORKERS:-2}
@@ -37,6 +44,7 @@ pg_port=${PG_PORT:-5433}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$dir/artifacts}
 pidfile=$dir/mlflow-server.pid
 log=$dir/mlflow-server.log
+pgpass=$dir/pgpass
 
 # The cluster's folder must be reachable by its owner. As root that is the postgres
 # user, who cannot enter a folder under /root or a private temp dir: then the
@@ -84,15 +92,32 @@ backend_uri() {
   if [ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]; then
     echo "$MLFLOW_BACKEND_STORE_URI"
   else
-    # psycopg 3 over TCP on loopback; trust authentication is limited to 127.0.0.1.
-    local user
-    user=$([ "$(id -u)" = 0 ] && echo postgres || id -un)
-    echo "postgresql+psycopg://$user@127.0.0.1:$pg_port/mlflow"
+    # psycopg 3 over TCP on loopback; the password comes from PGPASSFILE, so it is in
+    # no command line (ps) and no log.
+    echo "postgresql+psycopg://$(pg_user)@127.0.0.1:$pg_port/mlflow"
   fi
 }
 
+pg_user() {
+  if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi
+}
+
+# The pid in the pidfile, if it is alive and still an mlflow server (not a reused pid).
 server_pid() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "mlflow server" &&
+    echo "$pid"
+}
+
+port_in_use() {
+  "$python" - "$1" "$2" <<'PY'
+import socket, sys
+with socket.socket() as s:
+    s.settimeout(1)
+    sys.exit(0 if s.connect_ex((sys.argv[1], int(sys.argv[2]))) == 0 else 1)
+PY
 }
 
 healthy() {
@@ -115,8 +140,17 @@ start_postgres() {
     echo "==> creating a PostgreSQL cluster in $pgdata"
     mkdir -p "$pgdata"
     [ "$(id -u)" = 0 ] && chown postgres "$pgdata"
-    as_pg "$bin/initdb" -D "$pgdata" --auth=trust --encoding=UTF8 --no-instructions >/dev/null
+    local password pwfile
+    password=$("$python" -c 'import secrets; print(secrets.token_urlsafe(24))')
+    (umask 077 && echo "*:*:*:$(pg_user):$password" >"$pgpass")
+    pwfile=$(mktemp)
+    echo "$password" >"$pwfile"
+    [ "$(id -u)" = 0 ] && chown postgres "$pwfile"
+    as_pg "$bin/initdb" -D "$pgdata" -U "$(pg_user)" --pwfile="$pwfile" --auth-local=peer \
+      --auth-host=scram-sha-256 --encoding=UTF8 --no-instructions >/dev/null
+    rm -f "$pwfile"
   fi
+  [ -f "$pgpass" ] || die "$pgpass is missing: the cluster's password is lost; run '$0 purge' and start again"
   if ! as_pg "$bin/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
     echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
     as_pg "$bin/pg_ctl" -D "$pgdata" -l "$pglog" -w -t 60 \
@@ -149,24 +183,29 @@ start() {
     echo "already running (pid $pid): export MLFLOW_TRACKING_URI=$url"
     return 0
   fi
+  if port_in_use 127.0.0.1 "$port"; then
+    die "port $port is already in use (another mlflow server or 'mlflow ui'?); stop it or set MLFLOW_SERVER_PORT"
+  fi
   [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && start_postgres
-  mkdir -p "$artifacts" 2>/dev/null || true
+  # A local folder; an object store (s3://, gs://) needs none.
+  [[ $artifacts == *://* ]] || mkdir -p "$artifacts"
   echo "==> starting mlflow server on $host:$port"
   # setsid: the server outlives this script and the shell that ran it.
-  setsid "$mlflow" server \
+  PGPASSFILE=$pgpass setsid "$mlflow" server \
     --backend-store-uri "$(backend_uri)" \
     --artifacts-destination "$artifacts" \
     --serve-artifacts \
     --host "$host" --port "$port" --workers "$workers" \
     >>"$log" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  for _ in $(seq 1 240); do
+  local deadline=$((SECONDS + 120))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || die "mlflow server exited; see $log"
     if healthy "$url"; then
       echo "running: export MLFLOW_TRACKING_URI=$url"
       echo "  backend $(backend_uri), artifacts $artifacts, log $log"
       return 0
     fi
-    kill -0 "$(cat "$pidfile")" 2>/dev/null || die "mlflow server exited; see $log"
     sleep 0.5
   done
   die "mlflow server did not answer $url/health within 120 s; see $log"
@@ -174,7 +213,7 @@ start() {
 
 stop() {
   if pid=$(server_pid); then
-    # The server's process group: uvicorn's workers go with it.
+    # The server's process group (setsid made it its own): uvicorn's workers go with it.
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
     for _ in $(seq 1 60); do
       kill -0 "$pid" 2>/dev/null || break
@@ -190,21 +229,32 @@ stop() {
 
 purge() {
   stop
-  [ "$pg_home" != "$dir" ] && rm -rf "$pg_home"
+  if [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ]; then
+    [ "$pg_home" != "$dir" ] && rm -rf "$pg_home"
+    echo "removed the PostgreSQL cluster $pgdata"
+  fi
+  [[ $artifacts == *://* ]] || [[ $artifacts == "$dir"/* ]] || echo "kept the artifacts in $artifacts"
   rm -rf "$dir"
-  echo "removed $dir and the PostgreSQL cluster $pgdata"
+  echo "removed $dir"
 }
 
+# Exit 0 when the server runs, 3 when it does not (as an init script's status).
 status() {
+  local code=3
   if pid=$(server_pid); then
     echo "mlflow server: running (pid $pid) on $host:$port"
+    code=0
   else
     echo "mlflow server: stopped"
   fi
   if [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && [ -f "$pgdata/PG_VERSION" ]; then
-    as_pg "$(pg_bin)/pg_ctl" -D "$pgdata" status >/dev/null 2>&1 &&
-      echo "PostgreSQL: running on 127.0.0.1:$pg_port" || echo "PostgreSQL: stopped"
+    if as_pg "$(pg_bin)/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+      echo "PostgreSQL: running on 127.0.0.1:$pg_port"
+    else
+      echo "PostgreSQL: stopped"
+    fi
   fi
+  return "$code"
 }
 
 case "${1:-}" in

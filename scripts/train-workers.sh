@@ -24,7 +24,7 @@ fi
 n=$1
 variant=$2
 python=${PYTHON:-$(dirname "$0")/../.venv/bin/python}
-[ -x "$python" ] || python=python3
+[ -x "$python" ] || { echo "error: $python not found: run scripts/bootstrap.sh, or set PYTHON" >&2; exit 2; }
 
 logs=.pipeline_state/workers/$variant
 mkdir -p "$logs"
@@ -45,12 +45,12 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
-trap cleanup INT TERM
+trap 'cleanup; echo "interrupted: every worker stopped" >&2; exit 130' INT TERM
 
 for ((i = n - 1; i >= 0; i--)); do
   tf_config="{\"cluster\": {\"worker\": $cluster}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
   if [ "$i" -eq 0 ]; then
-    echo "==> chief (worker 0 of $n) in the foreground; other workers log to $logs/"
+    echo "==> chief (worker 0 of $n) prints here; the other workers log to $logs/"
     TF_CONFIG=$tf_config "$python" -m pipeline.train --variant "$variant" &
   else
     TF_CONFIG=$tf_config "$python" -m pipeline.train --variant "$variant" >"$logs/worker-$i.log" 2>&1 &

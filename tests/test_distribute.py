@@ -95,6 +95,7 @@ def test_two_workers_train_one_variant_and_only_the_chief_writes(digits_prepared
 
     project = digits_prepared
     set_strategy(project, "multi_worker_mirrored")
+    before = {p for p in project.root.rglob("*") if p.is_file()}
     done = subprocess.run(
         ["bash", str(REPO / "scripts" / "train-workers.sh"), "2", "baseline"],
         cwd=project.root, env=train_env(project, PYTHON=sys.executable), capture_output=True,
@@ -114,7 +115,13 @@ def test_two_workers_train_one_variant_and_only_the_chief_writes(digits_prepared
     assert len(runs) == 2, [r.data.params.get("train.strategy") for r in runs]
     chief = json.loads(project.paths.run_info("baseline").read_text())["run_id"]
     assert client.get_run(chief).data.params["train.strategy"] == "multi_worker_mirrored"
-    assert not list(project.paths.backup_dir("baseline").parent.glob("*worker*"))
+    # Worker 1 wrote nothing in the project but its log: every new file is the chief's.
+    new = {p.relative_to(project.root) for p in project.root.rglob("*") if p.is_file()} - {
+        p.relative_to(project.root) for p in before
+    }
+    chiefs = {Path("models/baseline"), Path("mlartifacts"), Path("mlflow.db")}
+    others = {p for p in new if not any(p == c or c in p.parents for c in chiefs)}
+    assert others == {Path(".pipeline_state/workers/baseline/worker-1.log")}, sorted(others)
 
 
 def test_a_killed_run_under_a_strategy_is_refused_not_resumed(digits_prepared, monkeypatch):
@@ -175,3 +182,29 @@ def test_the_chief_is_worker_0_or_the_chief_task(monkeypatch):
     assert distribute.is_chief() is False
     monkeypatch.setattr(distribute, "_started", {"none": object()})
     assert distribute.is_chief() is True  # without multi-worker every process writes
+
+
+def test_a_process_runs_under_one_strategy(monkeypatch):
+    monkeypatch.setattr(distribute, "_started", {"none": object()})
+    with pytest.raises(distribute.DistributeError, match="already runs under 'none'"):
+        distribute.start("mirrored")
+
+
+def test_a_multi_worker_variant_trains_its_learning_curve_on_one_device(monkeypatch):
+    from pipeline import train
+    from pipeline.config import ConfigError, parse_config
+
+    from .conftest import small_params
+
+    started = []
+    monkeypatch.setattr(distribute, "start", started.append)
+    multi = {"train": {"strategy": "multi_worker_mirrored"}}
+    cfg = parse_config(small_params(variants={"baseline": multi}))
+    train.start_strategy(cfg, "baseline", fraction=0.25)
+    train.start_strategy(cfg, "baseline", fraction=None)
+    assert started == ["none", "multi_worker_mirrored"]
+    seeds = parse_config(
+        small_params(variants={"baseline": {"train": {**multi["train"], "seeds": 2}}})
+    )
+    with pytest.raises(ConfigError, match=r"variants.baseline: .*train.seeds: 1 for it \(now 2\)"):
+        train.start_strategy(seeds, "baseline", fraction=None)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,8 +67,11 @@ def team_server(tmp_path):
     try:
         yield f"http://127.0.0.1:{env['MLFLOW_SERVER_PORT']}", env, started.stdout
     finally:
-        subprocess.run(["bash", str(SCRIPT), "purge"], env=env, capture_output=True, timeout=120)
-        assert not (tmp_path / "server").exists()
+        purged = subprocess.run(
+            ["bash", str(SCRIPT), "purge"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert not (tmp_path / "server").exists()
 
 
 def stage(project: Project, uri: str, *args: str) -> subprocess.Popen:
@@ -104,7 +108,8 @@ def test_the_pipeline_runs_unchanged_against_the_team_server(digits_prepared, te
         finish(proc)
     finish(stage(project, uri, "pipeline.evaluate"))
 
-    client = MlflowClient(uri)
+    # registry_uri too: an earlier test in this process may have set another one
+    client = MlflowClient(uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("cnn-overfitting")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
     for variant in ("baseline", "dropout"):
@@ -134,16 +139,48 @@ def test_the_pipeline_runs_unchanged_against_the_team_server(digits_prepared, te
 
     # Restart server and database: the champion still loads by alias, through the server.
     script("stop", env)
-    assert "stopped" in script("status", env).stdout
+    stopped = subprocess.run(
+        ["bash", str(SCRIPT), "status"], env=env, capture_output=True, text=True
+    )
+    assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+    assert "mlflow server: stopped" in stopped.stdout and "PostgreSQL: stopped" in stopped.stdout
     script("start", env)
+    assert "PostgreSQL: running" in script("status", env).stdout
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     finally:
-        mlflow.set_tracking_uri(project.tracking_uri)
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     x = np.zeros((2, 8, 8, 1), dtype=np.float32)
     assert np.asarray(champion.predict(x)).shape == (2, 10)
-    assert MlflowClient(uri).get_model_version_by_alias(name, "champion").version == version
+    after = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(name, "champion")
+    assert after.version == version
+
+
+def test_the_database_wants_its_password_and_a_taken_port_is_refused(team_server, tmp_path):
+    uri, env, _ = team_server
+    pgpass = Path(env["TRACKING_SERVER_DIR"]) / "pgpass"
+    assert oct(pgpass.stat().st_mode & 0o777) == "0o600"
+    psql = glob.glob("/usr/lib/postgresql/*/bin/psql")[0]
+    no_password = subprocess.run(
+        [psql, "-h", "127.0.0.1", "-p", env["PG_PORT"], "-U", "postgres", "-d", "mlflow", "-w",
+         "-c", "select 1"],
+        env={**env, "PGPASSFILE": "/dev/null"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert no_password.returncode != 0 and "password" in no_password.stderr
+    # A second server on the same port: refused, naming the port; the first keeps running.
+    other = {**env, "TRACKING_SERVER_DIR": str(tmp_path / "other"), "PG_PORT": str(free_port())}
+    taken = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=other, capture_output=True, text=True
+    )
+    assert taken.returncode == 2 and f"port {env['MLFLOW_SERVER_PORT']} is already in use" in (
+        taken.stderr
+    )
+    assert not (tmp_path / "other" / "pgdata").exists()
+    assert script("status", env).stdout.startswith("mlflow server: running")
 
 
 def test_the_script_refuses_an_unknown_command_and_a_missing_mlflow(tmp_path):
