@@ -115,6 +115,26 @@ def test_end_labels_overlap_without_the_spreading(monkeypatch):
         plt.close(fig)
 
 
+def test_end_labels_with_room_of_their_own_stay_at_their_lines_end():
+    # Variants stopped early at different epochs: their labels are far apart sideways.
+    ends = dict(zip(SEVEN, (10, 100, 91, 55, 99, 76, 30), strict=True))
+    fig = plots.all_val_curves({n: history(e, 0.0001 * i) for i, (n, e) in enumerate(ends.items())})
+    try:
+        fig.canvas.draw()
+        assert overlapping_end_labels(fig) == []
+        for ax in fig.axes:
+            moved = {t.get_text(): t.xyann[1] for t in ax.texts if t.get_gid() == plots.END_LABEL}
+            for name in ("baseline", "l2", "augmentation", "large", "small"):
+                assert moved[name] == 0, (name, moved)  # nothing ends near them
+    finally:
+        plt.close(fig)
+
+
+def test_side_by_side_groups_only_labels_that_share_room():
+    assert plots.side_by_side([0, 100, 5, 300], [20, 20, 20, 20]) == [[0, 2], [1], [3]]
+    assert plots.side_by_side([0, 15, 30], [20, 20, 20]) == [[0, 1, 2]]  # a chain
+
+
 def test_spread_positions_keep_order_and_gap_and_move_no_more_than_needed():
     gap = 8.0
     assert plots.spread_positions([0.0, 50.0, 100.0], gap).tolist() == [0.0, 50.0, 100.0]
