@@ -112,19 +112,31 @@ PIPELINE_RUN_TAG = "pipeline_run"
 
 
 def ensure_experiment(paths: Paths, name: str) -> str:
-    """The experiment id of `name`, created on first use, tagged to open on training runs."""
+    """The experiment id of `name`, created on first use, tagged to open on training runs.
+
+    Two stages starting together on a new store (two trainers on a fresh team
+    server) both find no experiment and both create it; the store's unique name
+    refuses the second, which then reads back the one the first made.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         artifact_location = None
         if tracking_uri(paths).startswith("sqlite:"):
             artifact_location = (store_root(paths) / "mlartifacts").resolve().as_uri()
-        return mlflow.create_experiment(
-            name,
-            artifact_location=artifact_location,
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-        )
+        try:
+            return mlflow.create_experiment(
+                name,
+                artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except MlflowException as exc:
+            experiment = mlflow.get_experiment_by_name(name)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+                raise
+            log.info("experiment %r was created by another process; using it", name)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         mlflow.MlflowClient().set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
@@ -135,16 +147,19 @@ def ensure_experiment(paths: Paths, name: str) -> str:
 def pipeline_run(paths: Paths, cfg: Config, experiment_id: str) -> str:
     """The parent run of one pipeline execution (one `repro_id`): found, or made by the
     first stage that logs. Each stage's run nests under it, so the UI shows one
-    `dvc repro` as one expandable row."""
+    `dvc repro` as one expandable row.
+
+    Runs have no unique key, so two stages starting together (the variants of
+    `dvc queue start -j 2`, trainers on a team server) may both create one. Each
+    creator then reads all of them back and keeps the oldest; the others are
+    deleted by their own creators, so every stage nests under the same parent.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     rid = repro_id(paths, cfg)
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.repro_id = '{rid}' and tags.{PIPELINE_RUN_TAG} = 'true'",
-        max_results=1,
-    )
+    query = f"tags.repro_id = '{rid}' and tags.{PIPELINE_RUN_TAG} = 'true'"
+    found = client.search_runs([experiment_id], query, max_results=1, order_by=_OLDEST_FIRST)
     if found:
         return found[0].info.run_id
     tags = {
@@ -154,8 +169,17 @@ def pipeline_run(paths: Paths, cfg: Config, experiment_id: str) -> str:
         "data_source": cfg.data.source,
         "params_hash": cfg.params_hash(),
     }
-    run = client.create_run(experiment_id, tags=tags, run_name=f"pipeline · {rid}")
-    return run.info.run_id
+    mine = client.create_run(experiment_id, tags=tags, run_name=f"pipeline · {rid}").info.run_id
+    winner = client.search_runs([experiment_id], query, max_results=1, order_by=_OLDEST_FIRST)
+    keep = winner[0].info.run_id if winner else mine
+    if keep != mine:
+        log.info("pipeline run of %s was created by another stage too; nesting under %s", rid, keep)
+        client.delete_run(mine)
+    return keep
+
+
+# Oldest first, the run id breaking a tie of equal start times: every racer picks the same.
+_OLDEST_FIRST = ["attributes.start_time ASC", "attributes.run_id ASC"]
 
 
 def _mark_pipeline_run(run_id: str, status: str) -> None:

@@ -246,3 +246,119 @@ def test_model_input_shape_without_a_signature_is_unknown():
 
     assert tracking.model_input_shape(Unsigned()) is None
     assert tracking.model_input_shape(object()) is None
+
+
+# --------------------------------------------------------------------------- get-or-create races
+
+RACER = """
+import sys, time
+from pathlib import Path
+from pipeline import tracking
+from pipeline.paths import Paths
+paths = Paths(Path(sys.argv[1]))
+tracking.configure(paths)
+while time.time() < float(sys.argv[2]):  # start together
+    time.sleep(0.001)
+print(tracking.ensure_experiment(paths, "raced"))
+"""
+
+
+def test_two_processes_creating_the_experiment_at_once_get_the_same_one(project: Project):
+    """The race of two trainers on a fresh store, for real: several processes ask for a
+    new experiment at the same instant; every one gets the same id, none crashes."""
+    import mlflow
+
+    tracking.configure(project.paths)
+    mlflow.search_experiments()  # the store's schema exists first: only the experiment races
+    start = time.time() + 4.0  # after every racer has imported mlflow
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(project.root), str(start)],
+            env={**os.environ, "MLFLOW_TRACKING_URI": project.tracking_uri},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [r.communicate(timeout=120) for r in racers]
+    assert [r.returncode for r in racers] == [0] * 4, [err[-2000:] for _, err in outputs]
+    ids = {out.strip().splitlines()[-1] for out, _ in outputs}
+    assert ids == {mlflow.get_experiment_by_name("raced").experiment_id}
+
+
+def test_losing_the_experiment_race_reads_back_the_winners(project: Project, monkeypatch):
+    """Deterministic form of the race: between our lookup and our create, another process
+    creates the experiment (simulated by making the first lookup miss)."""
+    import mlflow
+
+    tracking.configure(project.paths)
+    winner = mlflow.create_experiment("contended")
+    real_lookup = mlflow.get_experiment_by_name
+    calls = []
+
+    def lookup_missing_once(name):
+        calls.append(name)
+        return None if len(calls) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup_missing_once)
+    assert tracking.ensure_experiment(project.paths, "contended") == winner
+    assert len(calls) == 2  # looked up, create refused, looked up again
+    assert real_lookup("contended").tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_another_create_failure_is_not_mistaken_for_the_race(project: Project, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tracking.configure(project.paths)
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("permission denied", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr(mlflow, "create_experiment", refuse)
+    with pytest.raises(MlflowException, match="permission denied"):
+        tracking.ensure_experiment(project.paths, "never-made")
+
+
+@pytest.mark.parametrize("rival_first", [True, False])
+def test_two_stages_creating_one_repros_parent_run_keep_one(
+    project: Project, monkeypatch, rival_first: bool
+):
+    """Runs have no unique key: when another stage creates the same repro's parent run
+    between our lookup and our create, both keep the older one and the newer is deleted."""
+    from mlflow import MlflowClient
+
+    cfg = project.write_params(small_params())
+    tracking.configure(project.paths)
+    experiment = tracking.ensure_experiment(project.paths, cfg.mlflow.experiment)
+    rid = tracking.repro_id(project.paths, cfg)
+    real_create = MlflowClient.create_run
+    made = {}
+
+    def create_with_rival(self, experiment_id, *args, **kwargs):
+        if rival_first:  # the other stage's run is older than ours
+            made["rival"] = real_create(self, experiment_id, *args, **kwargs).info.run_id
+            time.sleep(0.01)
+        run = real_create(self, experiment_id, *args, **kwargs)
+        made["mine"] = run.info.run_id
+        if not rival_first:
+            time.sleep(0.01)
+            made["rival"] = real_create(self, experiment_id, *args, **kwargs).info.run_id
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_with_rival)
+    kept = tracking.pipeline_run(project.paths, cfg, experiment)
+    monkeypatch.setattr(MlflowClient, "create_run", real_create)
+    client = MlflowClient(project.tracking_uri)
+    assert kept == (made["rival"] if rival_first else made["mine"])
+    query = f"tags.repro_id = '{rid}' and tags.pipeline_run = 'true'"
+    live = [r.info.run_id for r in client.search_runs([experiment], query)]
+    if rival_first:
+        assert live == [made["rival"]]  # ours was deleted by us
+        assert client.get_run(made["mine"]).info.lifecycle_stage == "deleted"
+    else:
+        # The rival (newer) deletes its own when it reads back; ours is the one all keep.
+        assert set(live) == {made["mine"], made["rival"]}
+    # A later stage of the same repro finds the kept parent.
+    assert tracking.pipeline_run(project.paths, cfg, experiment) == kept
