@@ -1,17 +1,23 @@
 """pipeline.evaluate: scoring, outputs, MLflow, registry, and known-truth verdicts.
 
-The known-truth tests train real Keras models on real images (scikit-learn's
-digits) through the real train stage (`pipeline.train`, so a break between
-what train writes and what evaluate reads fails them), with the thresholds
-params.yaml ships, over two seeds each, and let the whole evaluate stage
-diagnose them:
+The known-truth cases (tests/known_truth.py) are real Keras models trained on
+real images through the real train stage, with the thresholds params.yaml
+ships, diagnosed by evaluate's own computation:
 
 - shuffled labels (Zhang et al. 2017) -> overfitting by memorization, labels first;
-- a plain CNN on a few images per class -> overfitting; a regularized variant
-  narrows the gap and is recommended; an over-regularized one underfits;
+- a plain CNN on a few images per class -> overfitting; an over-regularized
+  variant underfits;
+- a plain CNN on 300 Fashion-MNIST images per class, left running -> diverges,
+  and dropout steadies it;
 - a plain CNN and its dropout variant on the full digits -> good_fit, with
   early stopping's stop reported under `training`;
 - a tiny model stopped after two epochs -> underfitting.
+
+Each was recorded once per seed (benchmarks/record_known_truth.py) and every
+recording is replayed here in milliseconds; one run of each family (memorization,
+little data) still trains end to end and checks that its recording replays the
+same. The evaluate stage itself (files, MLflow, registry) runs end to end on a
+good fit and an underfit.
 """
 
 from __future__ import annotations
@@ -29,87 +35,27 @@ from pipeline import assessment, figures, publishing, scoring, tables, tracking
 from pipeline import evaluate as ev
 from pipeline.catalog.training import write_train_outputs
 from pipeline.cli import StageError
-from pipeline.config import load_config, merge
+from pipeline.config import load_config
 from pipeline.diagnosis import GOOD_FIT, OVERFITTING, UNDERFITTING
 from pipeline.io import write_json_atomic
 
+from . import known_truth as kt
 from .conftest import (
     REPO,
-    digits_arrays,
-    fashion_arrays,
-    make_prepared,
-    needs_fashion,
-    real_params,
     shipped,
     small_params,
     write_validation,
 )
 
 # --------------------------------------------------------------------------- known truth
+#
+# Each check reads one evaluation of a known-truth case (tests/known_truth.py). The
+# suite replays every recorded run of the case through it (milliseconds each), and
+# one run per family (memorization, little data) still trains end to end.
 
 
-def train_for_real(
-    project,
-    variants: dict,
-    *,
-    seed: int = 42,
-    train_size: float = 0.7,
-    shuffle_labels: bool = False,
-    train: dict | None = None,
-    images: tuple[np.ndarray, np.ndarray] | None = None,
-    val_size: float | None = None,
-):
-    """Prepared real digits (8x8) and the shipped params with `variants`, each trained by
-    the real train stage (`python -m pipeline.train --variant V`); returns the Config.
-
-    Everything but the variants, the seed and (when given) `train` keys is what
-    params.yaml ships, thresholds included.
-    """
-    from pipeline import train as train_stage
-
-    x, y = digits_arrays() if images is None else images
-    if shuffle_labels:
-        # Zhang et al. 2017: labels that carry no signal can only be memorized.
-        y = np.random.default_rng(seed).permutation(y)
-    fractions = (train_size, 0.15) if train_size >= 0.7 else (train_size, 0.3)
-    if val_size is not None:
-        fractions = (train_size, val_size)
-    make_prepared(
-        project.paths.prepared_dir,
-        x,
-        y,
-        [str(c) for c in range(10)],
-        seed=seed,
-        fractions=fractions,
-    )
-    params = real_params()
-    params["data"]["image_size"] = list(x.shape[1:3])
-    params["train"]["seed"] = seed
-    params["train"] = merge(params["train"], train or {})
-    params["variants"] = variants
-    cfg = project.write_params(params)
-    write_validation(project)
-    for name in variants:
-        assert train_stage.main(["--variant", name]) == 0
-    return cfg
-
-
-DROPOUT = {"model": {"dropout": 0.5, "conv_dropout": 0.25}}
-TINY = {"model": {"conv_filters": [1], "dense_units": 2}, "train": {"epochs": 2}}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_known_truth_shuffled_labels_are_memorization(project, seed):
+def check_shuffled_labels(evaluation, cfg):
     """Labels that carry no signal: the network can only memorize, whatever early stopping keeps."""
-    train_for_real(
-        project,
-        {"baseline": {}, "large": {"model": {"conv_filters": [64, 128], "dense_units": 512}}},
-        seed=seed,
-        shuffle_labels=True,
-    )
-    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
-    cfg = load_config(project.paths.params).evaluate
     for name in ("baseline", "large"):
         v = evaluation["variants"][name]
         assert v["verdict"] == v["model_verdict"] == OVERFITTING, v["evidence"]
@@ -126,14 +72,7 @@ def test_known_truth_shuffled_labels_are_memorization(project, seed):
     assert not any("capacity" in a or "more epochs" in a for a in actions)
 
 
-OVER_REGULARIZED = {"model": {"l2": 0.05, "dropout": 0.5}}
-
-
-@pytest.mark.slow
-@pytest.mark.fashion
-@needs_fashion
-@pytest.mark.parametrize("seed", [1, 2])
-def test_known_truth_plain_cnn_on_few_images_per_class_and_dropout_steadies_it(project, seed):
+def check_fashion_300_per_class(evaluation, cfg):
     """A plain CNN on 300 real Fashion-MNIST images per class, trained 30 epochs with no
     regularization (no early stopping either), overfits: its val loss turns up and the
     gap widens. Dropout on the same images and budget does not diverge; that is
@@ -141,19 +80,7 @@ def test_known_truth_plain_cnn_on_few_images_per_class_and_dropout_steadies_it(p
 
     The saved model of each run is its best epoch, so the saved gaps barely differ;
     what the regularizer changes is the run left running (the textbook curves).
-    Digits have under 200 images per class, so this needs Fashion-MNIST (skipped without).
     """
-    train_for_real(
-        project,
-        {"baseline": {}, "dropout": {"model": {"dropout": 0.5, "conv_dropout": 0.25}}},
-        seed=seed,
-        images=fashion_arrays(5_500, seed),
-        train_size=3_000 / 5_500,  # 300 per class; val 2,000, test 500
-        val_size=2_000 / 5_500,
-        train={"epochs": 30, "early_stopping": {"enabled": False}},
-    )
-    cfg = load_config(project.paths.params).evaluate
-    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     base, drop = evaluation["variants"]["baseline"], evaluation["variants"]["dropout"]
     assert base["verdict"] == OVERFITTING and base["training"]["diverged"], base["evidence"]
     # Measured (seeds 1, 2): after its best epoch (11, 8) the gap widened 8.8 and 5.1
@@ -175,9 +102,7 @@ def test_known_truth_plain_cnn_on_few_images_per_class_and_dropout_steadies_it(p
     assert actions[0].startswith("Adopt the `dropout` mitigation"), actions
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_known_truth_little_data_overfits_and_over_regularization_underfits(project, seed):
+def check_little_data(evaluation, cfg):
     """A plain CNN on 3-4 real images per class overfits; a heavily regularized one underfits.
 
     Digits at 8x8 are easy: with more images per class the gap falls under
@@ -186,17 +111,6 @@ def test_known_truth_little_data_overfits_and_over_regularization_underfits(proj
     Whether a mitigation helps is only claimed beyond noise: every "Adopt" or
     "Consider" in the advice must be a variant whose effect stood beyond it.
     """
-    train_for_real(
-        project,
-        {"baseline": {}, "overreg": OVER_REGULARIZED},
-        seed=seed,
-        # 35 training images (3-4 per class), val 539, test the rest. Fewer images make
-        # the gap larger still, but the train side of "far below the best" too noisy to call.
-        train_size=0.02,
-        train={"batch_size": 16},
-    )
-    cfg = load_config(project.paths.params).evaluate
-    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     base = evaluation["variants"]["baseline"]
     assert base["verdict"] == base["model_verdict"] == OVERFITTING, base["evidence"]
     # Measured: 22.4 and 12.2 points for seeds 1 and 2, against overfit_gap 8.
@@ -217,15 +131,10 @@ def test_known_truth_little_data_overfits_and_over_regularization_underfits(proj
             assert evaluation["effects"][name]["helped"], r
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, seed):
+def check_enough_data(evaluation, cfg):
     """Full digits: a plain CNN and its dropout variant generalize; early stopping's stop is
     reported under `training`, not as overfitting; a tiny model stopped after 2 epochs underfits.
     """
-    train_for_real(project, {"baseline": {}, "dropout": DROPOUT, "tiny": TINY}, seed=seed)
-    cfg = load_config(project.paths.params).evaluate
-    evaluation = ev.run_evaluate(project.paths, load_config(project.paths.params))
     variants = evaluation["variants"]
     # The digits `dropout` case of issue 9: a real val-loss rise after the restored epoch,
     # reported under `training`, immaterial against what training gained.
@@ -250,12 +159,66 @@ def test_known_truth_enough_data_generalizes_and_the_rise_is_reported(project, s
     assert evaluation["best_variant"] in ("baseline", "dropout")
 
 
+CHECKS = {
+    "shuffled_labels": check_shuffled_labels,
+    "little_data": check_little_data,
+    "enough_data": check_enough_data,
+    "fashion_300_per_class": check_fashion_300_per_class,
+}
+
+
+def test_every_case_has_a_check_and_every_seed_a_recording():
+    assert set(CHECKS) == set(kt.CASES)
+    for case in kt.CASES.values():
+        for seed in case.seeds:
+            assert (case.recording(seed) / "case.json").is_file(), (
+                f"{case.recording(seed)} missing: python benchmarks/record_known_truth.py "
+                f"{case.name} --seed {seed}"
+            )
+
+
+@pytest.mark.parametrize("path", kt.recordings(), ids=lambda p: p.name)
+def test_known_truth_recorded_run_replays_to_its_truth(path):
+    """Every recorded real run, diagnosed by today's rules and shipped thresholds."""
+    recording = kt.read_recording(path)
+    CHECKS[recording.case](kt.replay(recording), recording.cfg.evaluate)
+
+
+def assert_replay_matches(project, cfg, evaluation, case, seed, tmp_path):
+    """What the live run measured, recorded and replayed, reads exactly as the live
+    evaluation: the recording carries everything the diagnosis reads."""
+    dest = kt.record(case, seed, cfg, kt.measure(project, cfg), tmp_path / "recording")
+    replayed = kt.replay(kt.read_recording(dest))
+    for key in ("answer", "best_variant", "effects", "recommendations"):
+        assert replayed[key] == evaluation[key], key
+    for name, live in evaluation["variants"].items():
+        again = replayed["variants"][name]
+        for key in ("verdict", "model_verdict", "gap", "evidence", "training", "per_class"):
+            assert again[key] == live[key], (name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_name", ["shuffled_labels", "little_data"])
+def test_known_truth_trains_end_to_end_and_its_recording_replays_the_same(
+    project, case_name, tmp_path
+):
+    """One real training per family (memorization, little data), on the digits so it runs
+    on every machine: the whole evaluate computation reaches the case's truth, and its
+    own recording replays to the same evaluation."""
+    case = kt.CASES[case_name]
+    seed = case.seeds[0]
+    cfg = kt.train_case(project, case, seed)
+    evaluation = ev.run_evaluate(project.paths, cfg)
+    CHECKS[case_name](evaluation, cfg.evaluate)
+    assert_replay_matches(project, cfg, evaluation, case, seed, tmp_path)
+
+
 @pytest.mark.slow
 def test_known_truth_good_fit_and_underfit_end_to_end(project):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    cfg = train_for_real(project, {"baseline": {}, "tiny": TINY})
+    cfg = kt.train_for_real(project, {"baseline": {}, "tiny": kt.TINY})
 
     # A champion from an earlier run that evaluate must leave alone.
     tracking.configure(project.paths)

@@ -185,14 +185,16 @@ def test_dvc_metrics_and_plots_read_the_declared_outputs(pipeline_repo):
     "entry,extra",
     [("validate", []), ("train", ["-P", "variant=baseline"]), ("evaluate", [])],
 )
-def test_mlproject_entry_points_run_in_the_project_experiment(pipeline_repo, entry, extra):
-    """`mlflow run . -e <entry> --env-manager local`: the stage's run is a child of mlflow's."""
+def test_mlproject_entry_points_run_in_the_project_experiment(own_repo, entry, extra):
+    """`mlflow run . -e <entry> --env-manager local`: the stage's run is a child of mlflow's.
+
+    In a copy: a stage run outside DVC leaves outputs `dvc repro` would redo."""
 
     from mlflow import MlflowClient
 
     from .conftest import REPO
 
-    root, _ = pipeline_repo
+    root = own_repo
     for name in ("MLproject", "conda.yaml"):
         shutil.copy2(REPO / name, root / name)
     experiment = yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]

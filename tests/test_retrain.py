@@ -26,13 +26,13 @@ import yaml
 
 from pipeline import dvc_runner, judgement, lock, outcome, retrain, scoring, tracking
 from pipeline.config import load_config
+from pipeline.paths import Paths
 
 from .conftest import (
     REPO,
     STAMP_STAGE,
     dead_pid,
     digits_arrays,
-    init_repo,
     register,
     registry,
     save_mlflow_model,
@@ -478,34 +478,40 @@ def test_stale_lock_from_dead_process_does_not_block(rproject, keras_models):
 
 
 @pytest.mark.slow
-def test_real_pipeline_promote_then_up_to_date_then_gate(tmp_path, monkeypatch):
-    """The real stages under retrain: first promotion, a no-op, then a real change."""
+def test_real_pipeline_promote_then_up_to_date_then_gate(own_repo, monkeypatch):
+    """The real stages under retrain, in a copy of the suite's repro'd repo (whose
+    evaluate registered a challenger and no champion): changed validate and evaluate knobs
+    rerun those stages and report, and promote the challenger; then a no-op; then a
+    changed variant retrains only it and is judged against the champion."""
     import mlflow
 
-    from .conftest import small_params
-
-    root = tmp_path / "repo"
-    params = small_params(
-        data={"image_size": [8, 8]},
-        retrain={"reject_overfitting": False, "max_gap": 1.0, "accuracy_tolerance": 1.0},
-    )
-    params["train"]["epochs"] = 2
-    init_repo(root, params)
+    root = own_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["retrain"].update(reject_overfitting=False, max_gap=1.0, accuracy_tolerance=1.0)
+    # Rerun validate and evaluate, not train (it reads only validate's flags file).
+    params["validate"]["max_examples"] = 10
+    params["evaluate"]["feature_map_images"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
         monkeypatch.delenv(name, raising=False)
     name = params["registry"]["model_name"]
 
+    def stages_of(repro_id: str) -> set[str]:
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        return {r.data.tags.get("stage") for r in runs if r.data.tags.get("repro_id") == repro_id}
+
+    tracking.configure(Paths(root))
+    before = int(tracking.registered_aliases(name)[tracking.CHALLENGER])
     assert retrain.main([]) == outcome.EXIT_PROMOTED
     first = json.loads((root / "reports/retrain.json").read_text())
-    assert first["champion"] is None and first["champion_version_after"] == "1"
-    # Every run of that retrain's dvc repro carries its repro id.
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    stages = {
-        r.data.tags.get("stage") for r in runs if r.data.tags.get("repro_id") == first["repro_id"]
-    }
-    assert {"validate", "train", "evaluate", "retrain"} <= stages
+    assert first["reproduced"] and first["champion"] is None
+    # The repro's evaluate registered the next version as challenger; it was promoted.
+    assert first["champion_version_after"] == str(before + 1)
+    # Every run of that retrain's dvc repro carries its repro id; train did not rerun.
+    assert {"validate", "evaluate", "retrain"} <= stages_of(first["repro_id"])
+    assert "train" not in stages_of(first["repro_id"])
 
     assert retrain.main([]) == outcome.EXIT_UP_TO_DATE
 
@@ -513,7 +519,9 @@ def test_real_pipeline_promote_then_up_to_date_then_gate(tmp_path, monkeypatch):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert retrain.main([]) == outcome.EXIT_PROMOTED  # tolerance 1.0: accuracy cannot block
     third = json.loads((root / "reports/retrain.json").read_text())
-    assert third["champion"]["version"] == "1" and third["challenger"]["version"] == "2"
+    assert third["champion"]["version"] == str(before + 1)
+    assert third["challenger"]["version"] == str(before + 2)
     assert third["champion"]["test_accuracy"] is not None
+    assert {"train", "evaluate", "retrain"} <= stages_of(third["repro_id"])
     champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
-    assert str(champion.version) == "2"
+    assert champion.version == int(third["challenger"]["version"])
