@@ -117,6 +117,50 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     yield proj
 
 
+# --------------------------------------------------------------------------- tiers
+
+# The quick tier (`bash scripts/test.sh --quick`, i.e. `-m "not slow"`): no training, no
+# dvc repro or stage subprocess, no server, no browser. A test that does any of these is
+# marked `slow`; one that trains without the mark fails in the quick tier, naming it.
+QUICK_TIER = "not slow"
+
+
+# Fixtures that run dvc repro, train, or start a server or a browser: a test using one is
+# slow whatever its own body does.
+SLOW_FIXTURES = frozenset(
+    {"pipeline_repo", "own_repo", "keras_models", "team_server", "tracking_server", "mlflow_ui"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def in_quick_tier(config: pytest.Config) -> bool:
+    return (config.getoption("markexpr", "") or "").strip() == QUICK_TIER
+
+
+@pytest.fixture(autouse=True)
+def _quick_tier_trains_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    if not in_quick_tier(request.config):
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(
+            f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow "
+            "(the quick tier trains nothing)",
+            pytrace=False,
+        )
+
+    from pipeline import fitting
+
+    monkeypatch.setattr(fitting, "_fit", refuse)
+    if "keras" in sys.modules:  # tests that fit a Keras model of their own
+        monkeypatch.setattr(sys.modules["keras"].Model, "fit", refuse)
+
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 needs_fashion = pytest.mark.skipif(
     not FASHION.is_dir(), reason="dataset-fashion-mnist is not installed"
@@ -442,11 +486,28 @@ def register(project, model_uri: Path | str, alias: str | None = None, **tags) -
 
 
 @pytest.fixture(scope="session")
-def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[Path, str]:
     """A temp git repo where the real `dvc repro` ran the whole pipeline once, on a small
     slice of the configuration (digits at 8x8, two variants, two epochs); with its output.
-    Shared by the end-to-end and fault tests: a test that changes it uses `own_repo`."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
+
+    Built once per suite run: under pytest-xdist the first worker that needs it builds
+    it while the other waits on a file lock, then both read the same repo. It is never
+    written after that: a test that runs anything in it, dvc included, uses `own_repo`.
+    """
+    if worker_id == "master":  # no xdist
+        return build_pipeline_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "e2e-shared"
+    done = shared / "repro-output.txt"
+    with FileLock(f"{shared}.lock"):
+        if not done.exists():
+            root, output = build_pipeline_repo(shared / "repo")
+            done.write_text(output)
+    return shared / "repo", done.read_text()
+
+
+def build_pipeline_repo(root: Path) -> tuple[Path, str]:
     params = small_params(
         data={"image_size": [8, 8]},
         variants={"baseline": {}, "dropout": {"model": {"dropout": 0.5}}},

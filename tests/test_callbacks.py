@@ -53,6 +53,7 @@ def test_factories_follow_the_config():
     assert (rl.monitor, rl.patience, rl.factor) == ("val_loss", 2, 0.5)
 
 
+@pytest.mark.slow
 def test_history_rows_writes_one_row_per_epoch(tmp_path):
     x, y = _data()
     state = _state(tmp_path)

@@ -45,7 +45,6 @@ def test_two_queued_experiments_run_in_parallel_into_one_store(own_repo):
 
     root = own_repo
     (root / ".gitignore").write_text("/mlflow.db\n/mlartifacts/\n/.pipeline_state/\n")
-    dvc(root, "repro")  # up to date first: other tests run stages outside DVC in this repo
     git(root, "add", "-A")
     git(root, "commit", "-qm", "results")
     for name, rate in (("drop03", "0.3"), ("drop07", "0.7")):

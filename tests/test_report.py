@@ -360,6 +360,7 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium not installed")
 def test_report_renders_in_headless_chromium(project, built, tmp_path):
     from PIL import Image, ImageStat
@@ -386,6 +387,7 @@ def test_report_renders_in_headless_chromium(project, built, tmp_path):
     assert stat.var[0] > 100, f"screenshot looks blank (variance {stat.var[0]:.1f})"
 
 
+@pytest.mark.slow
 def test_blank_page_fails_the_screenshot_check(tmp_path):
     """The variance threshold does catch an empty page (negative control)."""
     if not CHROMIUM.exists():

@@ -192,6 +192,7 @@ def _tiny_data() -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(16, 3)).astype("float32"), rng.integers(0, 2, 16)
 
 
+@pytest.mark.slow
 def test_atomic_checkpoint_is_written_through_keras_save_hook(tmp_path):
     """Keras must still call BackupAndRestore._save_model at each epoch end."""
     x, y = _tiny_data()
@@ -226,6 +227,7 @@ def test_seed_generators_finds_every_random_stream():
     assert isinstance(generators[0], keras.random.SeedGenerator)
 
 
+@pytest.mark.slow
 def test_restored_weights_are_what_early_stopping_restores():
     """EarlyStopping.best_weights, set on resume, is what it restores when it stops."""
     x, y = _tiny_data()

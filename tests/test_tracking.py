@@ -257,8 +257,13 @@ from pipeline import tracking
 from pipeline.paths import Paths
 paths = Paths(Path(sys.argv[1]))
 tracking.configure(paths)
-while time.time() < float(sys.argv[2]):  # start together
+Path(sys.argv[2]).touch()  # ready: mlflow imported and configured
+go = Path(sys.argv[3])
+while not go.exists() or not go.read_text():
     time.sleep(0.001)
+start = float(go.read_text())
+while time.time() < start:  # start together, to the millisecond
+    time.sleep(0.0005)
 print(tracking.ensure_experiment(paths, "raced"))
 """
 
@@ -270,17 +275,25 @@ def test_two_processes_creating_the_experiment_at_once_get_the_same_one(project:
 
     tracking.configure(project.paths)
     mlflow.search_experiments()  # the store's schema exists first: only the experiment races
-    start = time.time() + 4.0  # after every racer has imported mlflow
+    go = project.root / "go"
+    ready = [project.root / f"ready{i}" for i in range(4)]
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACER, str(project.root), str(start)],
+            [sys.executable, "-c", RACER, str(project.root), str(flag), str(go)],
             env={**os.environ, "MLFLOW_TRACKING_URI": project.tracking_uri},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for flag in ready
     ]
+    deadline = time.time() + 120
+    while not all(flag.exists() for flag in ready) and time.time() < deadline:
+        assert all(r.poll() is None for r in racers), [r.communicate() for r in racers]
+        time.sleep(0.01)
+    staged = go.with_suffix(".tmp")
+    staged.write_text(str(time.time() + 0.3))
+    staged.rename(go)
     outputs = [r.communicate(timeout=120) for r in racers]
     assert [r.returncode for r in racers] == [0] * 4, [err[-2000:] for _, err in outputs]
     ids = {out.strip().splitlines()[-1] for out, _ in outputs}

@@ -57,6 +57,7 @@ def _history(project: Project, variant: str) -> pd.DataFrame:
     return pd.read_csv(project.paths.history_csv(variant))
 
 
+@pytest.mark.slow
 def test_train_writes_the_contract_outputs_and_mlflow_run(digits_prepared):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -134,6 +135,7 @@ def project_images(project: Project) -> np.ndarray:
     return np.load(project.paths.prepared_dir / "test_x.npy")
 
 
+@pytest.mark.slow
 def test_same_params_and_data_give_the_same_history(digits_prepared):
     project = digits_prepared
     _write(project)
@@ -147,6 +149,7 @@ def test_same_params_and_data_give_the_same_history(digits_prepared):
     np.testing.assert_allclose(first[cols].to_numpy(), second[cols].to_numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_no_outputs(digits_prepared, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -180,6 +183,7 @@ def test_nan_loss_stops_with_a_clear_error_and_no_outputs(digits_prepared, monke
     ]
 
 
+@pytest.mark.slow
 def test_a_kill_after_training_reuses_the_finished_epochs(digits_prepared, monkeypatch):
     project = digits_prepared
     _write(project, train_over={"epochs": 1})
@@ -206,6 +210,7 @@ def test_a_kill_after_training_reuses_the_finished_epochs(digits_prepared, monke
     assert run_info["run_id"] == state["run_id"]
 
 
+@pytest.mark.slow
 def test_params_changed_after_a_hard_kill_end_the_abandoned_run(digits_prepared, monkeypatch):
     import mlflow
 
@@ -349,6 +354,7 @@ def _fresh_copy(project: Project, root: Path, monkeypatch) -> Project:
     return other
 
 
+@pytest.mark.slow
 def test_resume_restores_best_weights_lr_schedule_and_early_stopping(
     digits_prepared, tmp_path, monkeypatch
 ):
