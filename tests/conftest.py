@@ -32,6 +32,11 @@ from pipeline.prepared import SPLITS, manifest_frame, write_prepared
 REPO = Path(__file__).resolve().parent.parent
 # DVC's usage analytics spawn a daemon per command that tries the network (offline here).
 os.environ["DVC_NO_ANALYTICS"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: each worker's TensorFlow (and its stage subprocesses')
+    # runs one thread per pool instead of two pools of two oversubscribing the cores.
+    for _key in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_key, "1")
 
 
 def real_params() -> dict:
