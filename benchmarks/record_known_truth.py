@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,35 +30,14 @@ os.environ["DVC_NO_ANALYTICS"] = "1"
 
 def record_one(case_name: str, seed: int) -> None:
     from tests import known_truth as kt
-    from tests.conftest import Project
 
     case = kt.CASES[case_name]
-    dest = case.recording(seed)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"record-{case_name}-") as tmp:
-        root = Path(tmp) / "project"
-        root.mkdir()
-        project = Project(root)
-        cwd = os.getcwd()
-        os.chdir(root)
-        os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
-        for key in ("MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", "MLFLOW_REGISTRY_URI"):
-            os.environ.pop(key, None)
-        try:
-            cfg = kt.train_case(project, case, seed)
-            measured = kt.measure(project, cfg)
-        finally:
-            os.chdir(cwd)
-        staging = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        kt.record(case, seed, cfg, measured, staging)
-    evaluation = kt.replay(kt.read_recording(staging))
-    if dest.exists():
-        shutil.rmtree(dest)
-    staging.rename(dest)
+    evaluation = kt.record_case(case, seed)
     verdicts = ", ".join(f"{n}={v['verdict']}" for n, v in evaluation["variants"].items())
     print(
-        f"{dest.relative_to(REPO)}: {time.perf_counter() - started:.0f} s; {verdicts}",
+        f"{case.recording(seed).relative_to(REPO)}: {time.perf_counter() - started:.0f} s; "
+        f"{verdicts}",
         flush=True,
     )
 

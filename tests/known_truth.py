@@ -55,6 +55,12 @@ from .conftest import (
 )
 
 RECORDINGS = Path(__file__).resolve().parent / "data" / "known_truth"
+SWEEP = RECORDINGS.parent / "sweep"
+# The command that re-records a recording, by where it lives.
+RECORDERS = {
+    RECORDINGS: "python benchmarks/record_known_truth.py",
+    SWEEP: "python benchmarks/sweep_verdicts.py",
+}
 
 DROPOUT = {"model": {"dropout": 0.5, "conv_dropout": 0.25}}
 TINY = {"model": {"conv_filters": [1], "dense_units": 2}, "train": {"epochs": 2}}
@@ -72,16 +78,18 @@ class Case:
     train_size: float = 0.7
     val_size: float | None = None
     shuffle_labels: bool = False
+    flip_labels: float = 0.0  # this share of the labels replaced by another class, at random
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     fashion_images: int = 0  # > 0: that many real Fashion-MNIST images instead of the digits
     truth: str = ""  # what the construction makes true, in words
+    root: Path = RECORDINGS  # where its recordings live
 
     @property
     def needs_fashion(self) -> bool:
         return self.fashion_images > 0
 
     def recording(self, seed: int) -> Path:
-        return RECORDINGS / f"{self.name}-seed{seed}"
+        return self.root / f"{self.name}-seed{seed}"
 
 
 CASES = {
@@ -133,6 +141,7 @@ def train_for_real(
     train: Mapping[str, Any] | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
     val_size: float | None = None,
+    flip_labels: float = 0.0,
 ) -> Config:
     """Prepared real images (the digits at 8x8 unless `images`) and the shipped params with
     `variants`, each trained by the real train stage; returns the Config.
@@ -146,6 +155,8 @@ def train_for_real(
     if shuffle_labels:
         # Zhang et al. 2017: labels that carry no signal can only be memorized.
         y = np.random.default_rng(seed).permutation(y)
+    if flip_labels:
+        y = flip(y, flip_labels, seed)
     fractions = (train_size, 0.15) if train_size >= 0.7 else (train_size, 0.3)
     if val_size is not None:
         fractions = (train_size, val_size)
@@ -164,6 +175,15 @@ def train_for_real(
     return cfg
 
 
+def flip(y: np.ndarray, share: float, seed: int, n_classes: int = 10) -> np.ndarray:
+    """`share` of the labels, chosen at random, replaced by another class at random."""
+    rng = np.random.default_rng(seed + 1_000)
+    y = y.copy()
+    picked = rng.choice(len(y), size=round(share * len(y)), replace=False)
+    y[picked] = (y[picked] + rng.integers(1, n_classes, size=len(picked))) % n_classes
+    return y
+
+
 def case_params(
     variants: Mapping[str, Any], seed: int, image_size: list[int], train: Mapping[str, Any]
 ) -> dict:
@@ -173,6 +193,9 @@ def case_params(
     params["train"]["seed"] = seed
     params["train"] = merge(params["train"], dict(train))
     params["variants"] = dict(variants)
+    if params["learning_curve"]["variant"] not in params["variants"]:
+        # A case without `baseline` (a sweep cell of one network) draws its curve on its own.
+        params["learning_curve"]["variant"] = next(iter(params["variants"]))
     return params
 
 
@@ -188,6 +211,7 @@ def train_case(project: Project, case: Case, seed: int) -> Config:
         train=case.train,
         images=images,
         val_size=case.val_size,
+        flip_labels=case.flip_labels,
     )
 
 
@@ -244,7 +268,8 @@ def record(case: Case, seed: int, cfg: Config, measured: Mapping[str, Any], dest
             "chance": measured["chance"],
             "validation": {"success": True, "checks": [], "warnings": [], "errors": []},
             "recorded_with": {
-                "command": f"python benchmarks/record_known_truth.py {case.name} --seed {seed}",
+                "command": f"{RECORDERS.get(case.root, RECORDERS[RECORDINGS])} {case.name} "
+                f"--seed {seed}",
                 "date": time.strftime("%Y-%m-%d"),
                 "tensorflow": tf.__version__,
                 "keras": keras.__version__,
@@ -275,6 +300,51 @@ def extra_seeds(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {**record, "seeds": [e for e in record.get("seeds") or [] if int(e["index"]) != 0]}
+
+
+def record_case(case: Case, seed: int) -> dict[str, Any]:
+    """Train `case` for real in a temp project, measure it and swap its recording in whole
+    (an interrupted run leaves the previous one); returns the replayed evaluation.
+
+    For the recording scripts: it changes the working directory and MLflow's
+    environment while it trains, and puts them back.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    dest = case.recording(seed)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *_RUN_ENV)}
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=f"record-{case.name}-") as tmp:
+        root = Path(tmp) / "project"
+        root.mkdir()
+        project = Project(root)
+        os.chdir(root)
+        os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
+        for key in _RUN_ENV:
+            os.environ.pop(key, None)
+        try:
+            cfg = train_case(project, case, seed)
+            measured = measure(project, cfg)
+        finally:
+            os.chdir(cwd)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        staging = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        record(case, seed, cfg, measured, staging)
+    evaluation = replay(read_recording(staging))
+    if dest.exists():
+        shutil.rmtree(dest)
+    staging.rename(dest)
+    return evaluation
+
+
+_RUN_ENV = ("MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", "MLFLOW_REGISTRY_URI")
 
 
 def cpu_model() -> str:
@@ -358,10 +428,10 @@ def replay(recording: Recording) -> dict[str, Any]:
     return assessment.build_evaluation(recording.cfg, **recording.inputs)
 
 
-def recordings(case: str | None = None) -> list[Path]:
-    """Every recorded run (of `case`), in name order."""
+def recordings(case: str | None = None, root: Path = RECORDINGS) -> list[Path]:
+    """Every recorded run (of `case`) under `root`, in name order."""
     pattern = f"{case}-seed*" if case else "*-seed*"
-    return sorted(p for p in RECORDINGS.glob(pattern) if (p / "case.json").is_file())
+    return sorted(p for p in root.glob(pattern) if (p / "case.json").is_file())
 
 
 def fashion_available() -> bool:

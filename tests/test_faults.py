@@ -224,17 +224,21 @@ def test_a_full_disk_fails_each_stage_with_one_line_and_keeps_its_outputs(full_d
     write: MLflow's database, a report, a figure, a model. Each stage says so in one line
     and keeps its last outputs; with space back, `dvc repro` finishes."""
     root = full_disk_repo
-    edit_params(root, lambda p: p["variants"].update(baseline={"train": {"epochs": 3}}))
+    # dropout, not the learning curve's variant: its change reruns no learning-curve stage.
+    dropout = {"model": {"dropout": 0.5}, "train": {"epochs": 3}}
+    edit_params(root, lambda p: p["variants"].update(dropout=dropout))
     edit_params(root, lambda p: p["validate"].update(max_examples=7))
     filler = fill(root)
     env = {**dvc_env(root), "PYTHONPATH": str(root)}
+    outputs = {name: outs for name, (_, outs) in STAGES.items()}
+    outputs["train@dropout"] = ["models/dropout"]
     for stage, args in [
         ("validate", []),
-        ("train@baseline", ["--variant", "baseline"]),
+        ("train@dropout", ["--variant", "dropout"]),
         ("evaluate", []),
         ("report", []),
     ]:
-        outs = STAGES[stage][1]
+        outs = outputs[stage]
         before = snapshot(root, outs)
         module = stage.split("@")[0]
         done = subprocess.run(
@@ -251,7 +255,7 @@ def test_a_full_disk_fails_each_stage_with_one_line_and_keeps_its_outputs(full_d
         assert not [p for p in root.rglob(".*.tmp")], stage
     filler.unlink()
     ran = ran_stages(dvc(root, "repro").stdout)
-    assert {"validate", "train@baseline", "evaluate", "report"} <= ran
+    assert {"validate", "train@dropout", "evaluate", "report"} <= ran
 
 
 # --------------------------------------------------------------------------- odd source trees

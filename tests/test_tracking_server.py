@@ -59,9 +59,11 @@ def script(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture
-def team_server(tmp_path):
-    """The script's server and PostgreSQL in tmp_path/server; stopped afterwards."""
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    """The script's server and PostgreSQL in a temp folder, shared by the module's tests
+    (each leaves it running); stopped and purged afterwards."""
+    tmp_path = tmp_path_factory.mktemp("team")
     env = server_env(tmp_path / "server", free_port(), free_port())
     started = script("start", env)
     try:
