@@ -304,47 +304,30 @@ def extra_seeds(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def record_case(case: Case, seed: int) -> dict[str, Any]:
     """Train `case` for real in a temp project, measure it and swap its recording in whole
-    (an interrupted run leaves the previous one); returns the replayed evaluation.
+    (pipeline.prepared.staging_dir: an interrupted run leaves the previous one); returns
+    the replayed evaluation.
 
-    For the recording scripts: it changes the working directory and MLflow's
-    environment while it trains, and puts them back.
+    For the recording scripts: the working directory and MLflow's environment are
+    the temp project's while it trains, as the `project` fixture makes them.
     """
-    import os
-    import shutil
     import tempfile
 
-    dest = case.recording(seed)
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *_RUN_ENV)}
-    cwd = os.getcwd()
+    import pytest
+
+    from pipeline.prepared import staging_dir
+
     with tempfile.TemporaryDirectory(prefix=f"record-{case.name}-") as tmp:
-        root = Path(tmp) / "project"
-        root.mkdir()
-        project = Project(root)
-        os.chdir(root)
-        os.environ["MLFLOW_TRACKING_URI"] = project.tracking_uri
-        for key in _RUN_ENV:
-            os.environ.pop(key, None)
-        try:
+        project = Project(Path(tmp))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(project.root)
+            mp.setenv("MLFLOW_TRACKING_URI", project.tracking_uri)
+            for key in ("MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", "MLFLOW_REGISTRY_URI"):
+                mp.delenv(key, raising=False)
             cfg = train_case(project, case, seed)
             measured = measure(project, cfg)
-        finally:
-            os.chdir(cwd)
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-        staging = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        record(case, seed, cfg, measured, staging)
-    evaluation = replay(read_recording(staging))
-    if dest.exists():
-        shutil.rmtree(dest)
-    staging.rename(dest)
-    return evaluation
-
-
-_RUN_ENV = ("MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", "MLFLOW_REGISTRY_URI")
+        with staging_dir(case.recording(seed)) as staging:
+            record(case, seed, cfg, measured, staging)
+            return replay(read_recording(staging))  # a recording that cannot replay is not kept
 
 
 def cpu_model() -> str:
@@ -431,7 +414,9 @@ def replay(recording: Recording) -> dict[str, Any]:
 def recordings(case: str | None = None, root: Path = RECORDINGS) -> list[Path]:
     """Every recorded run (of `case`) under `root`, in name order."""
     pattern = f"{case}-seed*" if case else "*-seed*"
-    return sorted(p for p in root.glob(pattern) if (p / "case.json").is_file())
+    # Not a recording being written (staging_dir's hidden temp folders).
+    found = root.glob(pattern)
+    return sorted(p for p in found if not p.name.startswith(".") and (p / "case.json").is_file())
 
 
 def fashion_available() -> bool:
