@@ -133,8 +133,10 @@ def ensure_experiment(paths: Paths, name: str) -> str:
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
             experiment = mlflow.get_experiment_by_name(name)
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+            if experiment is None:
                 raise
             log.info("experiment %r was created by another process; using it", name)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:

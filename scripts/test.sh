@@ -28,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nu
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) ||
     echo "warning: could not install ${missing[*]}; the tests that need them will be skipped" >&2
 fi
-# Two workers (pytest-xdist): measured 1.6x faster than one on 2 cores (docs/testing.md).
+# Two workers (pytest-xdist): about 1.7x faster than one on 2 cores (docs/testing.md).
 # PYTEST_WORKERS=0 runs in one process.
 workers=${PYTEST_WORKERS:-2}
 echo "==> pytest ($workers workers)"
