@@ -142,6 +142,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        items[:] = worksteal_order(items, workers)
+
+
+def worksteal_order(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """The collection ordered for pytest-xdist's worksteal, which hands worker k the next
+    len(rest) // (workers - k) tests in order and later lets an idle worker take the tail
+    of the longest queue.
+
+    Worker 0's share starts with the tests that need the shared repro'd repo (it builds
+    it once; another worker needing it would wait on the lock doing nothing, 70 s
+    measured), the others' with the remaining slow tests; every share ends with quick
+    tests, so the last minutes balance in small steps instead of one worker finishing
+    alone on a long test. Each group keeps the collection's order, which every worker
+    computes the same (xdist requires identical collections)."""
+    repo = [i for i in items if "pipeline_repo" in getattr(i, "fixturenames", ())]
+    in_repo = {id(i) for i in repo}
+    slow = [i for i in items if i.get_closest_marker("slow") and id(i) not in in_repo]
+    quick = [i for i in items if not i.get_closest_marker("slow")]
+    shares: list[list[pytest.Item]] = [repo] + [[] for _ in range(workers - 1)]
+    for n, item in enumerate(slow):  # round-robin over the workers that build nothing
+        shares[1 + n % (workers - 1)].append(item)
+    left = len(items)
+    for k, share in enumerate(shares):
+        size = left // (workers - k)
+        left -= size
+        fill = max(0, size - len(share))
+        share.extend(quick[:fill])
+        del quick[:fill]
+    return [item for share in shares for item in share] + quick
 
 
 def in_quick_tier(config: pytest.Config) -> bool:
