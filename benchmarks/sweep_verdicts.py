@@ -35,26 +35,25 @@ BEGIN, END = "<!-- sweep table: begin -->", "<!-- sweep table: end -->"
 
 
 def table() -> str:
-    """One row per recorded cell: truth (from outcomes), verdict replayed today, margin."""
-    from tests import known_truth as kt
+    """One row per recorded cell: truth (from outcomes), the verdict replayed today with its
+    grade, and the overfitting scores behind it (1 = clear; mild from the params' share)."""
     from tests import sweep
 
     cells = sweep.grid()
     outcomes = sweep.recorded_outcomes(cells)
+    replayed = sweep.replay_all(cells)
     rows = [
-        "| cell | seed | train | test | truth | why | verdict | saved model | gap − overfit_gap |",
+        "| cell | seed | train | test | truth | why | verdict | saved model | score: gap, run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for cell in cells:
         if cell.key not in outcomes:
             continue
-        own, truth = outcomes[cell.key], sweep.truth(cell, outcomes)
-        recording = kt.read_recording(cell.path)
-        v = kt.replay(recording)["variants"][cell.variant]
-        margin = v["gap"]["accuracy"] - recording.cfg.evaluate.overfit_gap
+        own, truth, v = outcomes[cell.key], sweep.truth(cell, outcomes), replayed[cell.key]
         rows.append(
             f"| {cell.name} | {cell.seed} | {own.train:.3f} | {own.test:.3f} | {truth.label} "
-            f"| {truth.reason} | {v['verdict']} | {v['model_verdict']} | {margin:+.3f} |"
+            f"| {truth.reason} | {v['label']} | {v['model_verdict']} "
+            f"| {v['gap']['score']:.2f}, {v['training']['score']:.2f} |"
         )
     return "\n".join(rows) + f"\n\n{len(outcomes)} of {len(cells)} cells recorded.\n"
 

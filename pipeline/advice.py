@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pipeline.comparison import (
+    EARNED,
     ONLY_SOUND,
     SMALLEST_GAP,
     STEADY_RUN,
@@ -22,13 +23,14 @@ from pipeline.comparison import (
     reference_variant,
 )
 from pipeline.verdict_words import points, signed_points
-from pipeline.verdicts import GOOD_FIT, OVERFITTING, UNDERFITTING
+from pipeline.verdicts import OVERFITTING, UNDERFITTING
 
 # The words of `BestChoice.tie_break`.
 TIE_BREAK_WORDS = {
     ONLY_SOUND: "the only sound saved model among them",
     STEADY_RUN: "a run that does not diverge if left running",
     SMALLEST_GAP: "the smallest gap",
+    EARNED: "",  # worded by `best_reason`: it depends on whether best is the reference
 }
 
 
@@ -38,17 +40,19 @@ def best_reason(choice: BestChoice) -> str:
     if choice.nothing_generalizes:
         return (
             f"{best.name}: no variant learned something that generalizes, so this is simply the "
-            f"highest val accuracy ({best.val_accuracy:.1%}); it is {best.saved_verdict}"
+            f"highest val accuracy ({best.val_accuracy:.1%}); it is {best.saved_label}"
         )
     why = TIE_BREAK_WORDS[choice.tie_break]
-    tie = (
-        f"; {', '.join(others)} within noise of it on val, and {best.name} has {why}"
-        if others
-        else ""
-    )
+    if choice.tie_break == EARNED and best.name == choice.reference:
+        why = "none of them measurably helped, so the reference stays"
+    elif choice.tie_break == EARNED:
+        why = f"{best.name} measurably helped against the reference and they did not"
+    else:
+        why = f"{best.name} has {why}"
+    tie = f"; {', '.join(others)} within noise of it on val, and {why}" if others else ""
     caveat = (
-        f" (its saved model is {best.saved_verdict}: gap {best.gap:.1%})"
-        if best.saved_verdict != GOOD_FIT
+        f" (its saved model is {best.saved_label}: gap {points(best.gap)})"
+        if best.saved_label != "good fit"
         else ""
     )
     return (
@@ -82,14 +86,37 @@ def recommend(
     ref = by_name[reference_variant([s.name for s in summaries])]
     memorizing = [s for s in summaries if s.memorizing]
     recs = [*_split_advice(failed), *_label_advice(memorizing), *_data_advice(failed)]
-    # When labels carry no signal, mitigation, capacity or regularization advice is moot.
-    if not memorizing:
+    early = [s for s in summaries if s.too_early]
+    recs.extend(_train_longer_advice(early, ref))
+    # When labels carry no signal, mitigation, capacity or regularization advice is moot;
+    # when the reference run was cut while still improving, comparing mitigations is too.
+    if not memorizing and not ref.too_early:
         recs.extend(_mitigation_advice(summaries, effects, ref))
         recs.extend(_underfit_advice(summaries, ref))
     recs.append(_deployment_advice(summaries, by_name[best_variant]))
     for rank, rec in enumerate(recs, start=1):
         rec["rank"] = str(rank)
     return recs
+
+
+def _train_longer_advice(
+    early: Sequence[VariantSummary], ref: VariantSummary
+) -> list[dict[str, str]]:
+    """Train longer, when the epoch limit cut runs that were still improving: no verdict on
+    them, and no comparison against them, is settled yet."""
+    if not early:
+        return []
+    names = ", ".join(f"`{s.name}`" for s in early)
+    moot = "; until then no mitigation is compared against it" if ref in early else ""
+    return [
+        {
+            "action": "Train longer: raise train.epochs (or let early stopping end the runs)",
+            "reason": f"{names} {'was' if len(early) == 1 else 'were'} still improving when the "
+            f"epoch limit ended {'its run' if len(early) == 1 else 'their runs'}: too early to "
+            f"tell whether {'it overfits' if len(early) == 1 else 'they overfit'}{moot}",
+            "source": "diagnosis",
+        }
+    ]
 
 
 def _split_advice(failed: Collection[str]) -> list[dict[str, str]]:
@@ -192,8 +219,8 @@ def _deployment_advice(summaries: Sequence[VariantSummary], best: VariantSummary
             if nothing_generalizes
             else f"Use `{best.name}` (registered as challenger)"
         ),
-        "reason": f"{best.name}'s saved model is {best.saved_verdict} with val accuracy "
-        f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {best.gap:.1%}",
+        "reason": f"{best.name}'s saved model ({best.saved_label}): val accuracy "
+        f"{best.val_accuracy:.1%}, test accuracy {best.test_accuracy:.1%}, gap {points(best.gap)}",
         "source": "comparison",
     }
 
@@ -247,7 +274,7 @@ def _adopt_advice(s: VariantSummary, eff: Mapping[str, Any], ref: VariantSummary
         )
     return {
         "action": f"{verb} the `{s.name}` mitigation{still}",
-        "reason": f"vs {ref.name} ({ref.verdict}, gap {ref.gap:.1%}): {steadied}"
+        "reason": f"vs {ref.name} ({ref.shown}, gap {points(ref.gap)}): {steadied}"
         f"val accuracy "
         f"{signed_points(eff['delta_val_accuracy'])} (noise ±{points(eff['delta_val_ci95'])}), "
         f"gap {signed_points(eff['delta_gap'])} (noise ±{points(eff['delta_gap_ci95'])}), "
@@ -270,9 +297,9 @@ def _no_mitigation_advice(
     noise = f" (val noise up to ±{points(band)})" if math.isfinite(band) else ""
     overfitting = ref.verdict == OVERFITTING
     lead = (
-        f"{ref.name} is overfitting (gap {ref.gap:.1%})"
+        f"{ref.name} is {ref.shown} (gap {points(ref.gap)})"
         if overfitting
-        else f"{ref.name} is {ref.verdict} (gap {ref.gap:.1%})"
+        else f"{ref.name} is {ref.shown} (gap {points(ref.gap)})"
     )
     return {
         "action": "No mitigation measurably helped"

@@ -172,9 +172,10 @@ def per_class_table(
 ) -> list[dict]:
     """One row per class: precision/recall/F1 per split and the train-vs-val recall gap.
 
-    `gap_material` flags a class the model memorizes: its gap passes the rule a
-    saved model's gap is judged by (diagnosis.material_gap), with the noise of
-    that class's own image counts (`gap_noise`), so 2 val images flag nothing.
+    `gap_material` flags a class the model overfits: its gap passes the rule a
+    saved model's gap is judged by (diagnosis.material_gap: mild or clear as an
+    effect size, beyond the noise of that class's own image counts, `gap_noise`),
+    so 2 val images flag nothing.
     """
     rows = []
     for i, name in enumerate(classes):
@@ -189,7 +190,10 @@ def per_class_table(
             row["train_recall"], int(row["train_support"]),
             row["val_recall"], int(row["val_support"]), cfg,
         )  # fmt: skip
-        row["gap_material"] = diagnosis.material_gap(row["accuracy_gap"], row["gap_noise"], cfg)
+        row["gap_material"] = diagnosis.material_gap(
+            row["train_recall"], int(row["train_support"]),
+            row["val_recall"], int(row["val_support"]), cfg,
+        )  # fmt: skip
         rows.append(row)
     return rows
 
@@ -263,7 +267,7 @@ def build_evaluation(
         variants[name] = variant_entry(diag, art, ev, seed_summary, classes, cfg)
         summaries.append(variant_summary(name, cfg, diag, ev, seed_summary))
     effects = diagnosis.compare_to_baseline(summaries, cfg.evaluate.min_effect)
-    best, reason = diagnosis.choose_best(summaries)
+    best, reason = diagnosis.choose_best(summaries, effects)
     reference_name = diagnosis.reference_variant([s.name for s in summaries])
     return {
         "answer": variants[reference_name]["summary"],
@@ -298,6 +302,11 @@ def variant_entry(
         "max_generalization_loss": diag.max_generalization_loss,
         "verdict": diag.verdict,
         "model_verdict": diag.model_verdict,
+        "grade": diag.grade,
+        "label": diag.label,
+        "model_label": diag.model_label,
+        "score": diag.score,
+        "too_early": diag.too_early,
         "summary": diag.summary,
         "evidence": diag.evidence,
         "training": diag.training,
@@ -351,6 +360,9 @@ def variant_summary(
         diverged=bool(diag.training.get("diverged")),
         gap_widening=diag.training.get("gap_widening"),
         gap_widening_noise=diag.training.get("gap_widening_noise"),
+        too_early=diag.too_early,
+        label=diag.label,
+        model_label=diag.model_label,
         regularized=bool(
             model_cfg.dropout > 0
             or model_cfg.conv_dropout > 0
@@ -439,6 +451,8 @@ def seed_row(
         "seed": seed,
         "verdict": diag.verdict,
         "model_verdict": diag.model_verdict,
+        "grade": diag.grade,
+        "label": diag.label,
         "train_accuracy": train_accuracy,
         "val_accuracy": val_accuracy,
         "gap": float(diag.gap["accuracy"]),
@@ -462,7 +476,9 @@ def add_learning_curve(
     except ValueError as exc:
         raise StageError(f"learning curve of {variant!r}: {exc}") from None
     evaluation["learning_curve"] = curve
-    if curve["still_rising"]:
+    # Curves that have not settled say nothing yet about what more data would do.
+    settled = not evaluation.get("variants", {}).get(variant, {}).get("too_early", False)
+    if curve["still_rising"] and settled:
         recs = evaluation["recommendations"]
         # Before the closing "Use <best>" item: a measured reason to collect data.
         recs.insert(

@@ -20,7 +20,7 @@ the noise is no reason to adopt anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,8 @@ BASELINE = "baseline"
 ONLY_SOUND = "only_sound"  # the only sound saved model (model_verdict good_fit) among them
 STEADY_RUN = "steady_run"  # a run that does not diverge if left running
 SMALLEST_GAP = "smallest_gap"
+# Nothing within noise of it earned its place: the reference, or the mitigation that helped.
+EARNED = "earned"
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,24 @@ class VariantSummary:
     diverged: bool = False
     gap_widening: float | None = None
     gap_widening_noise: float | None = None
+    # The epoch limit cut a run still improving: too early to judge it, or compare it.
+    too_early: bool = False
+    label: str | None = None  # the verdict as the page shows it (None: the verdict's name)
+    model_label: str | None = None  # the saved model's, likewise
 
     @property
     def saved_verdict(self) -> str:
         return self.model_verdict or self.verdict
+
+    @property
+    def shown(self) -> str:
+        """The verdict as the page shows it ("overfitting (mild)", "cannot tell yet")."""
+        return self.label or self.verdict.replace("_", " ")
+
+    @property
+    def saved_label(self) -> str:
+        """The saved model's verdict as the page shows it."""
+        return self.model_label or self.saved_verdict.replace("_", " ")
 
 
 def difference_ci95(a: VariantSummary, b: VariantSummary) -> float:
@@ -212,10 +228,15 @@ class BestChoice:
     best: VariantSummary
     others: list[str]  # the other variants within noise of the top on val
     nothing_generalizes: bool  # every variant underfits or memorizes
-    tie_break: str  # ONLY_SOUND, STEADY_RUN or SMALLEST_GAP: why best beat `others`
+    tie_break: str  # EARNED, ONLY_SOUND, STEADY_RUN or SMALLEST_GAP: why best beat `others`
+    reference: str | None = None  # the reference variant, when the ranking knew it
 
 
-def pick_best(summaries: Sequence[VariantSummary]) -> BestChoice:
+def pick_best(
+    summaries: Sequence[VariantSummary],
+    reference: str | None = None,
+    helped: Collection[str] = (),
+) -> BestChoice:
     """Ranks the saved models by what they do on val.
 
     The highest val accuracy among variants that learned something that
@@ -224,6 +245,11 @@ def pick_best(summaries: Sequence[VariantSummary]) -> BestChoice:
     (model_verdict good_fit) first, then a run that did not diverge, then the
     smaller gap, then the name. A run that diverged after the epoch early
     stopping restored never excludes a variant; it only breaks a tie.
+
+    With the `reference` named, a variant must earn its place first: among those
+    within noise, the reference or a mitigation that measurably `helped` (the
+    comparison's verdict) comes before one that did not, so the page never says "no
+    mitigation measurably helped" and then "use" one.
     """
     if not summaries:
         raise ValueError("no variants to choose from")
@@ -237,14 +263,22 @@ def pick_best(summaries: Sequence[VariantSummary]) -> BestChoice:
         return s is top or (math.isfinite(noise) and top.val_accuracy - s.val_accuracy <= noise)
 
     contenders = [s for s in usable if tied(s)]
+
+    def unearned(s: VariantSummary) -> bool:
+        return reference is not None and s.name != reference and s.name not in helped
+
     best = min(
         contenders,
-        key=lambda s: (s.saved_verdict != GOOD_FIT, s.diverged, s.gap, -s.val_accuracy, s.name),
-    )
+        key=lambda s: (
+            unearned(s), s.saved_verdict != GOOD_FIT, s.diverged, s.gap, -s.val_accuracy, s.name
+        ),
+    )  # fmt: skip
     others = [s.name for s in contenders if s is not best]
     unsound = [s for s in contenders if s is not best and s.saved_verdict != GOOD_FIT]
     peers = [s for s in contenders if s is not best and s.saved_verdict == best.saved_verdict]
-    if best.saved_verdict == GOOD_FIT and len(unsound) == len(others):
+    if any(unearned(s) and not unearned(best) for s in contenders):
+        tie_break = EARNED
+    elif best.saved_verdict == GOOD_FIT and len(unsound) == len(others):
         tie_break = ONLY_SOUND
     elif not best.diverged and any(s.diverged for s in peers):
         tie_break = STEADY_RUN
@@ -255,4 +289,5 @@ def pick_best(summaries: Sequence[VariantSummary]) -> BestChoice:
         others=others,
         nothing_generalizes=all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries),
         tie_break=tie_break,
+        reference=reference,
     )

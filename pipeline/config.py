@@ -169,19 +169,36 @@ class EvaluateConfig(_Frozen):
     """Verdict thresholds (documented in params.yaml, which holds their values)."""
 
     noise_z: Annotated[float, Field(gt=0.0, le=10.0)]
-    overfit_gap: Annotated[float, Field(gt=0.0, le=1.0)]
-    divergence_share: Annotated[float, Field(gt=0.0)]
-    divergence_gap_widening: Annotated[float, Field(gt=0.0, le=1.0)]
+    # Effect sizes (Cohen's h) of a train - val gap: overfitting from mild_overfit_effect,
+    # clear from clear_overfit_effect; a val-loss rise is clear from clear_loss_rise (nats).
+    mild_overfit_effect: Annotated[float, Field(gt=0.0, le=2.0)]
+    clear_overfit_effect: Annotated[float, Field(gt=0.0, le=2.0)]
+    clear_overfit_gap: Annotated[float, Field(gt=0.0, le=1.0)]  # ...and in accuracy points
+    clear_loss_rise: Annotated[float, Field(gt=0.0, le=10.0)]
     onset_tolerance: Annotated[float, Field(ge=0.0)]
     smoothing_window: Annotated[int, Field(ge=1, le=50)]
     min_noise_z: Annotated[float, Field(ge=0.0)]
     memorization_min_rise: Annotated[float, Field(gt=0.0, le=1.0)]
     underfit_chance_margin: Annotated[float, Field(ge=0.0, le=1.0)]
     underfit_gap_to_best: Annotated[float, Field(gt=0.0, le=1.0)]
-    good_fit_max_gap: Annotated[float, Field(ge=0.0, le=1.0)]
     min_effect: Annotated[float, Field(ge=0.0, le=1.0)]
     feature_map_images: Annotated[int, Field(ge=1, le=16)]
     feature_map_layers: Annotated[int, Field(ge=1, le=8)]
+
+    @model_validator(mode="after")
+    def _mild_below_clear(self) -> EvaluateConfig:
+        if self.mild_overfit_effect >= self.clear_overfit_effect:
+            raise ValueError(
+                f"mild_overfit_effect ({self.mild_overfit_effect}) must be below "
+                f"clear_overfit_effect ({self.clear_overfit_effect}): a mild overfit is the "
+                "smaller one"
+            )
+        return self
+
+    @property
+    def mild_score(self) -> float:
+        """Where mild overfitting starts on the overfitting score (1 = clear)."""
+        return self.mild_overfit_effect / self.clear_overfit_effect
 
 
 class RegistryConfig(_Frozen):
@@ -334,13 +351,29 @@ def hash_dict(tree: dict[str, Any]) -> str:
     return hashlib.sha256(payload).hexdigest()[:12]
 
 
+# Keys an older params.yaml may still hold, and what replaced them.
+_EFFECT = (
+    "a gap is graded as an effect size and in points: set evaluate.mild_overfit_effect, "
+    "clear_overfit_effect and clear_overfit_gap (params.yaml documents them)"
+)
+RENAMED = {
+    "evaluate.overfit_gap": _EFFECT,
+    "evaluate.good_fit_max_gap": _EFFECT,
+    "evaluate.divergence_share": "a val-loss rise is judged in nats above its minimum: set "
+    "evaluate.clear_loss_rise",
+    "evaluate.divergence_gap_widening": _EFFECT,
+}
+
+
 def _describe(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         key = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".")
         key = key.replace("validate_", "validate")
         value = err.get("input")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in RENAMED:
+            lines.append(f"{key}: no longer a key; {RENAMED[key]}")
+        elif err["type"] == "extra_forbidden":
             lines.append(
                 f"{key}: unknown key (value {value!r}); "
                 "check the spelling against params.yaml's documented keys"

@@ -24,7 +24,7 @@ pipeline.check_sentences are split):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ from pipeline.curves import (
 )
 from pipeline.noise import accuracy_ci95, binomial_se, gap_noise, paired_variance
 from pipeline.trajectory import RunFacts, Trajectory, run_trajectory
-from pipeline.verdict_words import describe
+from pipeline.verdict_words import describe, verdict_label
 from pipeline.verdicts import (
     GOOD_FIT,
     OVERFITTING,
@@ -121,6 +121,11 @@ class Diagnosis:
     variant: str
     verdict: str  # overall: the saved model and the run together
     model_verdict: str  # the saved model alone (what the registry serves)
+    grade: str  # clear | mild | tentative (pipeline.verdicts.GRADES)
+    label: str  # the verdict as every surface shows it: "overfitting (mild)", "cannot tell yet"
+    model_label: str  # model_verdict the same way
+    score: float  # the overfitting score behind it (1 = clear; the larger of gap's and run's)
+    too_early: bool  # tentative because the epoch limit cut a run still improving
     summary: str  # one sentence answering "is it overfitting?"
     evidence: list[str]
     gap: dict[str, Any]
@@ -161,6 +166,11 @@ def diagnose(
         variant=variant,
         verdict=finding.verdict,
         model_verdict=finding.model_verdict,
+        grade=finding.grade,
+        label=verdict_label(finding.verdict, finding.grade, finding.too_early),
+        model_label=verdict_label(finding.model_verdict, finding.model_grade, finding.too_early),
+        score=finding.score,
+        too_early=finding.too_early,
         summary=words.summary,
         evidence=words.evidence,
         gap=_gap_record(facts),
@@ -183,6 +193,10 @@ def _gap_record(facts: VerdictFacts) -> dict[str, Any]:
         "relative": relative_gap(train.accuracy, val.accuracy),
         "loss": val.loss - train.loss,
         "material": bool(saved.material),
+        "effect": saved.effect,
+        "effect_noise": saved.effect_noise,
+        "score": saved.score,
+        "grade": saved.grade,
         "history_accuracy_best": gaps.accuracy_best,
         "history_loss_best": gaps.loss_best,
         "history_relative_best": gaps.relative_best,
@@ -194,7 +208,15 @@ def _gap_record(facts: VerdictFacts) -> dict[str, Any]:
     }
 
 
-def choose_best(summaries: Sequence[VariantSummary]) -> tuple[str, str]:
-    """(best variant, the reason in words): `comparison.pick_best`, said by `advice`."""
-    choice = pick_best(summaries)
+def choose_best(
+    summaries: Sequence[VariantSummary],
+    effects: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[str, str]:
+    """(best variant, the reason in words): `comparison.pick_best`, said by `advice`. With
+    the comparison's `effects`, the reference or a mitigation that helped comes first."""
+    if effects is None:
+        choice = pick_best(summaries)
+    else:
+        helped = {name for name, e in effects.items() if e.get("helped")}
+        choice = pick_best(summaries, reference_variant([s.name for s in summaries]), helped)
     return choice.best.name, best_reason(choice)

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 DIAGNOSIS_KEYS = (
     "verdict",
     "model_verdict",
+    "grade",
+    "label",
+    "model_label",
+    "score",
+    "too_early",
     "summary",
     "evidence",
     "gap",
@@ -74,7 +79,11 @@ def variant_run_metrics(v: Mapping[str, Any]) -> dict[str, float]:
     metrics["gap_loss"] = v["gap"]["loss"]
     metrics["max_generalization_loss"] = v["max_generalization_loss"]
     metrics["diverged"] = float(bool(v["training"]["diverged"]))
-    metrics["val_loss_rise_share"] = finite(v["training"]["rise_share"])
+    metrics["val_loss_rise"] = finite(v["training"]["val_loss_rise"])
+    # The graded verdict's scores (1 = clear overfitting, 0.5 = mild): chart them across runs.
+    metrics["overfit_score"] = finite(v["score"])
+    metrics["gap_score"] = finite(v["gap"]["score"])
+    metrics["run_score"] = finite(v["training"]["score"])
     if v["onset_epoch"] is not None:
         metrics["onset_epoch"] = v["onset_epoch"]
     return tracking.sectioned(tracking.SECTION_EVAL, metrics)
@@ -102,6 +111,9 @@ def log_to_variant_runs(evaluation: Mapping[str, Any], figures_dir: Path) -> Non
             tags={
                 "verdict": v["verdict"],
                 "model_verdict": v["model_verdict"],
+                # The verdict as the report shows it: "overfitting (mild)", "cannot tell yet".
+                "verdict_grade": v["grade"],
+                "verdict_label": v["label"],
                 # The run's description in the MLflow UI: the answer, then its evidence.
                 "mlflow.note.content": "\n".join(
                     [f"**{v['summary']}**", "", *(f"- {line}" for line in v["evidence"])]
@@ -159,6 +171,8 @@ def register_best(
         "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
         "verdict": v["verdict"],
         "model_verdict": v["model_verdict"],
+        "verdict_grade": v["grade"],
+        "verdict_label": v["label"],
         "validation_success": "true" if validation.success else "false",
         "data_version": tracking.data_version(paths),
         "repro_id": tracking.repro_id(paths, cfg),

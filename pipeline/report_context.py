@@ -98,6 +98,7 @@ def mitigations_context(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "verdict": evaluation["variants"][name]["verdict"],
+                **badge(evaluation["variants"][name]),
                 "delta_val_accuracy": effect.get("delta_val_accuracy"),
                 "delta_test_accuracy": effect.get("delta_test_accuracy"),
                 "delta_gap": effect.get("delta_gap"),
@@ -130,12 +131,28 @@ def seeds_line(v: Mapping[str, Any]) -> str | None:
     return summary.get("summary") if summary.get("n_seeds", 1) > 1 else None
 
 
+def badge(v: Mapping[str, Any]) -> dict[str, str]:
+    """How a variant's verdict shows: its label ("overfitting (mild)", "cannot tell yet")
+    and the badge's CSS classes (the verdict, and `tentative` for a good fit not established,
+    so it is never drawn as a green good fit); the saved model's label likewise."""
+    verdict = v["verdict"]
+    label = v.get("label") or verdict.replace("_", " ")
+    grade = v.get("grade") or "clear"
+    model = v.get("model_verdict", verdict)
+    return {
+        "label": label,
+        "badge": f"{verdict} {grade}",
+        "model_label": v.get("model_label") or model.replace("_", " "),
+    }
+
+
 def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[str, Any]:
     return {
         "seeds": seeds_line(v),
         "name": name,
         "verdict": v["verdict"],
         "model_verdict": v.get("model_verdict", v["verdict"]),
+        **badge(v),
         "summary": v.get("summary", ""),
         "training": v.get("training"),
         "evidence": list(v.get("evidence", [])),

@@ -41,6 +41,10 @@ COMPARISON_COLUMNS = [
     "delta_gap_widening_ci95",
     "steadied",
     "helped",
+    # The verdict as the page shows it (appended: readers of the older columns are unchanged).
+    "grade",
+    "label",
+    "model_label",
 ]
 
 
@@ -91,6 +95,9 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
                 "delta_gap_widening_ci95": eff["delta_gap_widening_ci95"],
                 "steadied": bool(eff["steadied"]),
                 "helped": bool(eff["helped"]),
+                "grade": v.get("grade"),
+                "label": v.get("label", v["verdict"]),
+                "model_label": v.get("model_label", v["model_verdict"]),
             }
         )
     frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
@@ -109,7 +116,7 @@ def comparison_markdown(frame: pd.DataFrame, best: str, reference: str) -> str:
         onset = "-" if pd.isna(r.onset_epoch) else str(int(r.onset_epoch))
         name = f"**{r.variant}** (best)" if r.variant == best else r.variant
         lines.append(
-            f"| {name} | {r.verdict} | {r.model_verdict} | {r.train_accuracy:.3f} | "
+            f"| {name} | {r.label} | {r.model_label} | {r.train_accuracy:.3f} | "
             f"{r.val_accuracy:.3f} | {r.test_accuracy:.3f} | {r.gap:+.3f} | {onset} | "
             f"{r.delta_val_accuracy:+.3f} (±{r.delta_val_ci95:.3f}) | "
             f"{r.delta_test_accuracy:+.3f} | {r.delta_gap:+.3f} (±{r.delta_gap_ci95:.3f}) | "
@@ -133,6 +140,9 @@ def flat_metrics(evaluation: Mapping[str, Any]) -> dict[str, Any]:
             "train_accuracy": v["train"]["accuracy"],
             "gap": v["gap"]["accuracy"],
             "verdict": v["verdict"],
+            # The verdict as the report shows it, and the score behind its grade.
+            "label": v.get("label", v["verdict"]),
+            "overfit_score": v.get("score"),
         }
         for name, v in evaluation["variants"].items()
     }

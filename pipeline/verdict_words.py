@@ -18,12 +18,18 @@ from pipeline.trajectory import (
     EPOCH_LIMIT,
     TRAIN_LOSS_ROSE,
     UNKNOWN,
+    WIDENING,
     WITHIN_NOISE,
     Trajectory,
     why_not_diverged,
 )
 from pipeline.verdicts import (
+    CLEAR,
+    GOOD_FIT,
     MEMORIZATION_RULE,
+    MILD,
+    OVERFITTING,
+    TENTATIVE,
     UNDERFITTING_RULE,
     Finding,
     SavedGap,
@@ -39,6 +45,17 @@ def points(value: float) -> str:
 def signed_points(value: float) -> str:
     """A change as accuracy points: 0.0523 -> '+5.2 points'."""
     return f"{value * 100:+.1f} points"
+
+
+def verdict_label(verdict: str, grade: str, too_early: bool = False) -> str:
+    """The verdict as every surface shows it (badge, table, MLflow tag): 'overfitting
+    (mild)', 'good fit', 'cannot tell yet', 'too early to tell', 'underfitting'. A
+    tentative good fit never reads 'good fit'."""
+    if verdict == OVERFITTING:
+        return f"overfitting ({grade})" if grade in (CLEAR, MILD) else "overfitting"
+    if verdict == GOOD_FIT and grade == TENTATIVE:
+        return "too early to tell" if too_early else "cannot tell yet"
+    return verdict.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,8 @@ def describe(
     elif finding.rule == UNDERFITTING_RULE:
         summary, evidence = _underfit(variant, facts, cfg)
     else:
-        summary = _fit_summary(variant, facts.saved_gap, facts.trajectory, facts.val.n, cfg)
-        evidence = _saved_gap_evidence(facts.saved_gap, cfg)
+        summary = _fit_summary(variant, facts, finding)
+        evidence = _saved_gap_evidence(facts.saved_gap, cfg, finding.too_early)
     training = trajectory_summary(facts.trajectory, cfg)
     return VerdictWords(summary, [*evidence, f"training: {training}"], training)
 
@@ -125,64 +142,97 @@ def _underfit(variant: str, facts: VerdictFacts, cfg: EvaluateConfig) -> tuple[s
             f"≥ {points(cfg.underfit_gap_to_best)}"
         )
     evidence.append(saved_gap_sentence(facts.saved_gap))
+    if facts.saved_gap.material:
+        evidence.append(
+            f"its own gap is material too ({facts.saved_gap.grade}): it is overfit as well, "
+            f"but what it lacks on train ({points(under.train_behind)}) is the larger problem"
+        )
     return summary, evidence
 
 
-def _saved_gap_evidence(saved: SavedGap, cfg: EvaluateConfig) -> list[str]:
-    """Whether the saved model is overfit, and a borderline gap flagged."""
-    if saved.material:
-        return [
-            f"{saved_gap_sentence(saved)}, ≥ overfit_gap {points(cfg.overfit_gap)} and beyond "
-            "noise: the saved model is overfit"
-        ]
-    why = f"below overfit_gap {points(cfg.overfit_gap)}" if saved.beyond_noise else "within noise"
-    evidence = [f"{saved_gap_sentence(saved)}, {why}: the saved model generalizes"]
-    if saved.borderline:
-        evidence.append(
-            f"borderline: the gap exceeds good_fit_max_gap {points(cfg.good_fit_max_gap)}; "
-            "watch it as data or epochs change"
-        )
-    return evidence
-
-
-def _fit_summary(
-    variant: str, saved: SavedGap, trajectory: Trajectory, n_val: int, cfg: EvaluateConfig
-) -> str:
-    """One sentence answering "is it overfitting?" when it neither memorizes nor underfits."""
-    gap = points(saved.accuracy)
-    if saved.material and trajectory.diverged:
-        return (
-            f"Yes, `{variant}` overfits: its saved model's gap is {gap} and its val "
-            f"loss turned up after epoch {trajectory.min_epoch}."
-        )
-    if saved.material:
-        return f"Yes, `{variant}` overfits: its saved model's gap is {gap}."
-    if trajectory.diverged:
-        return (
-            f"Its training overfits: `{variant}`'s val loss turned up materially after epoch "
-            f"{trajectory.min_epoch}; the saved model (epoch {trajectory.best_epoch}) has a gap of "
-            f"{gap}."
-        )
-    if saved.reaches_overfit_gap:
-        return (
-            f"Cannot tell yet: `{variant}`'s gap is {gap}, but that is within the "
-            f"noise of {n_val} validation images ({noise_words(saved)}); more validation images "
-            "would settle it."
-        )
-    if trajectory.unstable:
-        return (
-            f"`{variant}`'s training is unstable: after epoch {trajectory.min_epoch} the train "
-            "and val loss both rose (check the learning rate); the saved model (epoch "
-            f"{trajectory.best_epoch}) has a gap of {gap}."
-        )
+def score_words(score: float, effect: float, gap: float, cfg: EvaluateConfig) -> str:
+    """'overfitting score 0.86 (the smaller of effect 0.17 / 0.20 and 5.7 / 5.0 points; mild
+    from 0.50, clear from 1)'."""
     return (
-        f"No, `{variant}` generalizes: gap {gap} ({noise_words(saved)}), and its val "
-        "loss did not turn up materially."
+        f"overfitting score {score:.2f} (the smaller of effect {effect:.2f} / "
+        f"{cfg.clear_overfit_effect:.2f} and {gap * 100:.1f} / {cfg.clear_overfit_gap * 100:.1f} "
+        f"points; mild from {cfg.mild_score:.2f}, clear from 1)"
     )
 
 
-def _share(value: float) -> str:
-    return "all of it and more" if value > 1 else f"{value:.1%}"
+def _saved_gap_evidence(saved: SavedGap, cfg: EvaluateConfig, too_early: bool) -> list[str]:
+    """How far the saved model's gap is, and what that makes it (nothing final for a run
+    cut while still improving)."""
+    noise = "beyond noise" if saved.beyond_noise else "within noise"
+    head = (
+        f"{saved_gap_sentence(saved)}, {noise}; "
+        f"{score_words(saved.score, saved.effect, saved.accuracy, cfg)}"
+    )
+    if saved.grade in (CLEAR, MILD):
+        return [f"{head}: the saved model is overfit ({saved.grade})"]
+    if saved.grade == TENTATIVE:
+        return [f"{head}: cannot tell whether the saved model is overfit"]
+    if too_early:
+        return [f"{head}: not final, the run was still improving when it was cut"]
+    return [f"{head}: the saved model generalizes"]
+
+
+def _fit_summary(variant: str, facts: VerdictFacts, finding: Finding) -> str:
+    """One sentence answering "is it overfitting?" when it neither memorizes nor underfits:
+    the finding's verdict and grade, and the reading behind them."""
+    saved, t = facts.saved_gap, facts.trajectory
+    gap = points(saved.accuracy)
+    behind = _behind_words(facts)
+    if finding.verdict == OVERFITTING:
+        grade = f"overfits ({finding.grade})"
+        if saved.material and t.diverged:
+            return (
+                f"Yes, `{variant}` {grade}: its saved model's gap is {gap} and its curves part "
+                f"after epoch {t.min_epoch}{behind}."
+            )
+        if saved.material:
+            return f"Yes, `{variant}` {grade}: its saved model's gap is {gap}{behind}."
+        if t.reading == WIDENING:
+            parted = "its train accuracy kept climbing while val did not"
+        else:
+            parted = f"its val loss rose {t.val_loss_rise:.3f} while the train loss kept falling"
+        return (
+            f"Yes, `{variant}`'s training {grade}: after epoch {t.min_epoch} {parted}; the saved "
+            f"model (epoch {t.best_epoch}) has a gap of {gap}{behind}."
+        )
+    if finding.too_early:
+        return (
+            f"Too early to tell: `{variant}` was still improving when the epoch limit ended "
+            f"the run after {t.epochs_run} epochs; train longer, then judge."
+        )
+    if finding.grade == TENTATIVE:
+        return (
+            f"Cannot tell yet: `{variant}`'s gap is {gap}, but that is within the noise of "
+            f"{facts.val.n} validation images ({noise_words(saved)}); more validation images "
+            "would settle it."
+        )
+    if t.unstable:
+        return (
+            f"`{variant}`'s training is unstable: after epoch {t.min_epoch} the train "
+            "and val loss both rose (check the learning rate); the saved model (epoch "
+            f"{t.best_epoch}) has a gap of {gap}."
+        )
+    return (
+        f"No, `{variant}` generalizes: gap {gap} ({noise_words(saved)}), and its curves did "
+        "not part after the best epoch."
+    )
+
+
+def _behind_words(facts: VerdictFacts) -> str:
+    """', and it is also behind the best variant on both splits' when it is (an overfit
+    variant is never called underfit for that alone)."""
+    under = facts.underfitting
+    if not under.behind_best:
+        return ""
+    return (
+        f", and it is also {points(under.train_behind)} behind the best variant on train and "
+        f"{points(under.val_behind)} on val"
+    )
 
 
 def trajectory_summary(t: Trajectory, cfg: EvaluateConfig) -> str:
@@ -197,37 +247,36 @@ def trajectory_summary(t: Trajectory, cfg: EvaluateConfig) -> str:
     }[t.stopped_by]
     if t.still_improving:
         return (
-            f"The val loss was still at its minimum (epoch {t.min_epoch}) when the run ended "
-            f"after {t.epochs_run} epochs: more epochs may help. {stop}"
+            f"The val loss was still falling when the run ended after {t.epochs_run} epochs: "
+            f"more epochs may help. {stop}"
         )
-    if t.val_loss_rise <= 0 or t.peak_epoch == t.min_epoch:
-        if t.stopped_by == EARLY_STOPPING and t.min_epoch > t.best_epoch:
-            # The raw minimum came first; the smoothed curve only drifted within its noise.
-            return (
-                f"After epoch {t.best_epoch} the val loss stopped improving but did not turn "
-                f"up ({cfg.smoothing_window}-epoch mean). {stop}"
-            )
+    if t.min_epoch == t.epochs_run or (t.val_loss_rise <= 0 and t.gap_widening <= 0):
         return f"The val loss did not turn up after its minimum (epoch {t.min_epoch}). {stop}"
-    rise = (
-        f"After epoch {t.min_epoch} the val loss ({cfg.smoothing_window}-epoch mean) rose by "
-        f"{t.val_loss_rise:.3g} to epoch {t.peak_epoch}, {_share(t.rise_share)} of what training "
-        f"had gained, and the accuracy gap moved {t.gap_widening * 100:+.1f} points"
+    curves = (
+        f"From epoch {t.min_epoch} (the val-loss minimum, {cfg.smoothing_window}-epoch mean) "
+        f"to the end, the accuracy gap moved {signed_points(t.gap_widening)} (effect "
+        f"{t.widening_effect:+.2f}, noise ±{t.widening_noise:.2f}) and the val loss rose up to "
+        f"{t.val_loss_rise:.3f} above its minimum of {t.val_loss_min:.3f} ({t.noise_z:.1f}x its "
+        "epoch-to-epoch noise)"
     )
     if t.diverged:
+        grade = CLEAR if t.score >= 1.0 else MILD
         return (
-            f"{rise}: the run diverged (overfitting onset at epoch {t.onset_epoch}, "
-            f"{t.noise_z:.0f}x the val loss's epoch-to-epoch noise). {stop}"
+            f"{curves}: the run diverged ({grade}, score {t.score:.2f}; overfitting onset at "
+            f"epoch {t.onset_epoch}). {stop}"
         )
-    return f"{rise}: {_calm_words(why_not_diverged(t, cfg), t, cfg)}. {stop}"
+    return f"{curves}: {_calm_words(why_not_diverged(t, cfg), t, cfg)}. {stop}"
 
 
 def _calm_words(reason: str, t: Trajectory, cfg: EvaluateConfig) -> str:
-    """Why a rise after the minimum is no divergence (`why_not_diverged`), in words."""
+    """Why the curves after the minimum are no divergence (`why_not_diverged`), in words."""
     if reason == WITHIN_NOISE:
-        return f"within noise ({t.noise_z:.1f}x the epoch-to-epoch noise, < {cfg.min_noise_z:g})"
+        return f"within noise (a val-loss rise counts from {cfg.min_noise_z:g}x)"
     if reason == TRAIN_LOSS_ROSE:
         return "while the train loss rose too: unstable training, not memorization"
     return (
-        f"immaterial (< {cfg.divergence_share:.0%} of the gain and "
-        f"< {cfg.divergence_gap_widening * 100:.0f} points of gap)"
+        f"below mild (score {t.score:.2f}; mild from {cfg.mild_score:.2f}: a widening of "
+        f"effect {cfg.mild_overfit_effect:.2f} and "
+        f"{cfg.mild_score * cfg.clear_overfit_gap * 100:.1f} points, or a val-loss rise of "
+        f"{cfg.mild_score * cfg.clear_loss_rise:.2f})"
     )

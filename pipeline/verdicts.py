@@ -10,28 +10,38 @@ that gave it). pipeline.verdict_words says them in English.
 Two questions are kept apart (Zhang et al. 2017 and Prechelt 1998 behind them):
 
 1. Is the saved model overfit? The saved weights are what the registry
-   serves: their train-val accuracy gap, scored by evaluate in inference mode,
-   is material when it is at least `overfit_gap` accuracy points AND beyond
-   `noise_z` standard errors of the two split sizes (binomial).
+   serves: their train - val accuracy gap, scored by evaluate in inference
+   mode. Its overfitting score (`gap_score`, 1 = clear) is the smaller of its
+   effect size (Cohen's h, pipeline.noise.effect_size) over
+   `clear_overfit_effect`, which makes one threshold fit every accuracy
+   level, and its points over `clear_overfit_gap`; it counts when the gap is
+   beyond `noise_z` standard errors of the two split sizes (binomial).
 2. Does the training setup overfit if left running? The `training` block
-   (pipeline.trajectory): whether the run diverged after its val-loss minimum.
+   (pipeline.trajectory): the run's own overfitting score, from the curves
+   after the val-loss minimum.
 
 Verdict rules, in order of precedence (the first that matches wins):
 
-1. overfitting (memorization): the history's train accuracy climbs more than
-   max(`memorization_min_rise`, noise) above chance while val accuracy stays
-   within noise of chance (chance = the split's most common class). Labels
-   that carry no signal look like this; early stopping restoring an epoch-1
-   model still at chance does not hide it, since the whole history is read.
+1. overfitting (memorization), clear: the history's train accuracy climbs more
+   than max(`memorization_min_rise`, noise) above chance while val accuracy
+   stays within noise of chance (chance = the split's most common class).
+   Labels that carry no signal look like this; early stopping restoring an
+   epoch-1 model still at chance does not hide it, since the whole history is read.
 2. underfitting: the saved model's train accuracy is within
    `underfit_chance_margin` of chance, or it is at least
    `underfit_gap_to_best` points below the best variant on BOTH train and val
-   (each beyond noise): over-regularized, or too small, for what this model
-   family reaches on this data.
-3. overfitting: the saved model's gap is material (question 1), or the run
-   diverged materially (question 2).
-4. good_fit: everything else. A gap above `good_fit_max_gap` is flagged as
-   borderline in the evidence.
+   (each beyond noise), and its own gap, when material, is smaller than what
+   it lacks on train: a model less accurate than another AND overfit by more
+   than that is overfitting, and the words say it is also behind.
+3. overfitting, graded by the larger of the two scores that counts: clear
+   from 1, mild from `mild_overfit_effect / clear_overfit_effect`. Neighbouring
+   gaps get neighbouring grades, never opposite answers: a 7.7-point gap is
+   mild or clear overfitting exactly as 8.1 is, with no cliff at 8.
+4. good_fit, tentative: the saved gap reaches the clear level but is within
+   the noise of the split sizes ("cannot tell yet": more validation images
+   would settle it), or the epoch limit cut a run still improving ("too early
+   to tell": train longer).
+5. good_fit, clear: everything else.
 
 `model_verdict` answers question 1 alone (memorization and underfitting
 included); the best variant and the retrain gate read it.
@@ -40,20 +50,25 @@ included); the best variant and the retrain gate read it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import EvaluateConfig
-from pipeline.curves import Gaps, check_history, compute_gaps, smoothed
-from pipeline.noise import binomial_se, gap_noise
+from pipeline.curves import Gaps, check_history, compute_gaps
+from pipeline.memorization import Memorization, SplitScores, memorization
+from pipeline.noise import binomial_se, effect_noise, effect_size, gap_noise
 from pipeline.trajectory import RunFacts, Trajectory, run_trajectory
 
 OVERFITTING = "overfitting"
 UNDERFITTING = "underfitting"
 GOOD_FIT = "good_fit"
+
+# How sure and how strong (`Finding.grade`).
+CLEAR = "clear"  # overfitting from score 1; any other verdict with nothing in doubt
+MILD = "mild"  # overfitting between the mild and the clear score
+TENTATIVE = "tentative"  # good_fit not established: a large gap within noise, or too early
+GRADES = (CLEAR, MILD, TENTATIVE)
 
 # Which rule gave the verdict (`Finding.rule`), in their order of precedence.
 MEMORIZATION_RULE = "memorization"  # rule 1
@@ -65,101 +80,11 @@ GAP_AND_RUN_RULE = "gap_and_run"  # rules 3 and 4: the saved model's gap and the
 
 
 @dataclass(frozen=True)
-class SplitScores:
-    """What evaluate measured on one split with the saved model.
-
-    `n` is the number of images scored (0 = unknown: no noise estimate) and
-    `chance` the accuracy of always answering the split's most common class
-    (None = 1 / n_classes).
-    """
-
-    accuracy: float
-    loss: float
-    n: int = 0
-    chance: float | None = None
-
-
-@dataclass(frozen=True)
 class Reference:
     """The best saved-model scores among the variants compared (for 'underfitting')."""
 
     train_accuracy: float
     val_accuracy: float
-
-
-# --------------------------------------------------------------------------- memorization
-
-
-@dataclass(frozen=True)
-class Memorization:
-    """Train accuracy climbing far above chance while val accuracy stays at chance."""
-
-    detected: bool
-    train_start: float  # history train accuracy at epoch 1
-    train_peak: float  # highest (smoothed) history train accuracy
-    train_peak_epoch: int
-    val_peak: float  # highest (smoothed) history val accuracy
-    chance_train: float
-    chance_val: float
-    train_margin: float  # how far above chance train must climb: max(material, noise)
-    val_margin: float  # how close to chance val must stay: noise of the val split
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def memorization(
-    history: pd.DataFrame,
-    val: SplitScores,
-    n_train: int,
-    chance_train: float,
-    chance_val: float,
-    cfg: EvaluateConfig,
-) -> Memorization:
-    """Did the network learn its training set while learning nothing that generalizes?
-
-    "Above chance" and "at chance" are judged against the binomial noise of
-    each split's size at chance level (noise_z standard errors), so 24% on
-    1,400 training images is far above a 10% chance while 11% on 300 val
-    images is not. The train climb must also be material
-    (`memorization_min_rise` points). The whole history is read, so early
-    stopping restoring an epoch-1 model still at chance does not hide it.
-    """
-    frame = check_history(history)
-    window = cfg.smoothing_window
-    train_acc = smoothed(frame["accuracy"].to_numpy(dtype=float), window)
-    val_acc = smoothed(frame["val_accuracy"].to_numpy(dtype=float), window)
-    peak = int(np.argmax(train_acc))
-    train_margin = max(cfg.memorization_min_rise, cfg.noise_z * binomial_se(chance_train, n_train))
-    val_margin = cfg.noise_z * binomial_se(chance_val, val.n) if val.n > 0 else 0.0
-    val_peak = float(val_acc.max())
-    climbed = train_acc[peak] - chance_train >= train_margin
-    # The climb must also open a gap to val at that epoch: a model just starting
-    # to learn real signal (train 15%, val 14%) is not memorizing.
-    gap_margin = max(
-        cfg.memorization_min_rise,
-        cfg.noise_z
-        * math.hypot(
-            binomial_se(float(train_acc[peak]), n_train), binomial_se(float(val_acc[peak]), val.n)
-        ),
-    )
-    opened = train_acc[peak] - val_acc[peak] >= gap_margin
-    at_chance = (
-        val.n > 0
-        and val_peak - chance_val <= val_margin
-        and val.accuracy - chance_val <= val_margin
-    )
-    return Memorization(
-        detected=bool(climbed and opened and at_chance),
-        train_start=float(frame["accuracy"].iloc[0]),
-        train_peak=float(train_acc[peak]),
-        train_peak_epoch=int(frame["epoch"].iloc[peak]),
-        val_peak=val_peak,
-        chance_train=chance_train,
-        chance_val=chance_val,
-        train_margin=train_margin,
-        val_margin=val_margin,
-    )
 
 
 # --------------------------------------------------------------------------- saved gap
@@ -175,25 +100,57 @@ class SavedGap:
     accuracy: float  # train - val accuracy
     noise: float  # noise_z standard errors of the two split sizes
     beyond_noise: bool  # accuracy > noise
-    reaches_overfit_gap: bool  # accuracy >= overfit_gap (material only when beyond noise too)
-    material: bool  # >= overfit_gap and beyond noise
-    borderline: bool  # above good_fit_max_gap: flagged in the evidence, whatever the verdict
+    effect: float  # Cohen's h of train over val
+    effect_noise: float  # noise_z standard errors of that h: the score's interval is ± it / clear
+    score: float  # `gap_score`: 1 = clear, mild_score = mild
+    grade: str | None  # CLEAR, MILD (beyond noise), TENTATIVE (clear but within noise), None
+    material: bool  # grade CLEAR or MILD: the saved model is overfit
 
 
-def material_gap(gap: float, noise: float, cfg: EvaluateConfig) -> bool:
-    """A train - val accuracy gap that counts: at least `overfit_gap` and beyond its noise.
+def gap_score(
+    train_accuracy: float, n_train: int, val_accuracy: float, n_val: int, cfg: EvaluateConfig
+) -> tuple[float, float]:
+    """(effect size, overfitting score) of a train - val gap. The score is the smaller of
+    the effect over `clear_overfit_effect` and the gap over `clear_overfit_gap`: clear (1)
+    only when the gap is large for its accuracy level AND in accuracy points. The effect
+    alone would call 100% vs 97.4% on 10,000 images clear (h 0.30: 130 times the errors);
+    points alone would miss that 8 points from 99% are worse than 8 from 60%."""
+    effect = effect_size(train_accuracy, n_train, val_accuracy, n_val)
+    gap = train_accuracy - val_accuracy
+    return effect, min(effect / cfg.clear_overfit_effect, gap / cfg.clear_overfit_gap)
+
+
+def gap_grade(score: float, beyond_noise: bool, cfg: EvaluateConfig) -> str | None:
+    """The grade of a gap's overfitting score: CLEAR from 1 and MILD from `mild_score`
+    when beyond noise; TENTATIVE when it reaches 1 within noise; None below."""
+    if score >= 1.0:
+        return CLEAR if beyond_noise else TENTATIVE
+    if score >= cfg.mild_score and beyond_noise:
+        return MILD
+    return None
+
+
+def material_gap(
+    train_accuracy: float, n_train: int, val_accuracy: float, n_val: int, cfg: EvaluateConfig
+) -> bool:
+    """A train - val accuracy gap that counts as overfitting: mild or clear and beyond noise.
 
     The same rule judges a saved model and, in the per-class table, each class.
     """
-    return gap >= cfg.overfit_gap and gap > noise
+    gap = train_accuracy - val_accuracy
+    noise = gap_noise(train_accuracy, n_train, val_accuracy, n_val, cfg)
+    _, score = gap_score(train_accuracy, n_train, val_accuracy, n_val, cfg)
+    return gap_grade(score, gap > noise, cfg) in (CLEAR, MILD)
 
 
 def saved_gap(
     train: SplitScores, val: SplitScores, best_epoch: int, cfg: EvaluateConfig
 ) -> SavedGap:
-    """Is the saved model's gap material: at least `overfit_gap` and beyond noise?"""
+    """How far the saved model's gap is: its effect size, score and grade."""
     acc_gap = train.accuracy - val.accuracy
     noise = gap_noise(train.accuracy, train.n, val.accuracy, val.n, cfg)
+    effect, score = gap_score(train.accuracy, train.n, val.accuracy, val.n, cfg)
+    grade = gap_grade(score, acc_gap > noise, cfg)
     return SavedGap(
         best_epoch=best_epoch,
         train_accuracy=train.accuracy,
@@ -201,9 +158,11 @@ def saved_gap(
         accuracy=acc_gap,
         noise=noise,
         beyond_noise=acc_gap > noise,
-        reaches_overfit_gap=acc_gap >= cfg.overfit_gap,
-        material=material_gap(acc_gap, noise, cfg),
-        borderline=cfg.good_fit_max_gap < acc_gap,
+        effect=effect,
+        effect_noise=effect_noise(train.n, val.n, cfg),
+        score=score,
+        grade=grade,
+        material=grade in (CLEAR, MILD),
     )
 
 
@@ -283,6 +242,7 @@ class VerdictFacts:
             "near_chance": bool(self.underfitting.near_chance),
             "behind_best": bool(self.underfitting.behind_best),
             "gap_material": bool(self.saved_gap.material),
+            "gap_tentative": self.saved_gap.grade == TENTATIVE,
             "diverged": self.trajectory.diverged,
         }
 
@@ -294,6 +254,10 @@ class Finding:
     verdict: str  # overall: the saved model and the run together
     model_verdict: str  # the saved model alone (what the registry serves)
     rule: str  # the rule that decided: MEMORIZATION_RULE, UNDERFITTING_RULE, GAP_AND_RUN_RULE
+    grade: str = CLEAR  # GRADES: how strong (overfitting) or how settled (good_fit)
+    score: float = 0.0  # the overfitting score behind it: max of the saved gap's and the run's
+    too_early: bool = False  # tentative because the epoch limit cut a run still improving
+    model_grade: str = CLEAR  # the grade of model_verdict (the saved model alone)
 
 
 def assess(
@@ -334,17 +298,41 @@ def assess(
 def decide(facts: VerdictFacts) -> Finding:
     """The verdict rules in their order of precedence (module docstring): the first that
     matches wins."""
+    saved, run = facts.saved_gap, facts.trajectory
+    score = max(saved.score if saved.beyond_noise else 0.0, run.score)
     if facts.memorization.detected:
         # Overfitting, whatever the saved model's gap: nothing learned generalizes.
-        return Finding(OVERFITTING, OVERFITTING, MEMORIZATION_RULE)
-    if facts.underfitting.near_chance or facts.underfitting.behind_best:
-        return Finding(UNDERFITTING, UNDERFITTING, UNDERFITTING_RULE)
-    material, diverged = facts.saved_gap.material, facts.trajectory.diverged
-    return Finding(
-        verdict=OVERFITTING if material or diverged else GOOD_FIT,
-        model_verdict=OVERFITTING if material else GOOD_FIT,
-        rule=GAP_AND_RUN_RULE,
-    )
+        return Finding(OVERFITTING, OVERFITTING, MEMORIZATION_RULE, CLEAR, score)
+    under = facts.underfitting
+    # Behind the best on both splits is underfitting only when what it lacks on train is
+    # more than its own gap (a variant both less accurate and overfit is overfitting, and
+    # its words say it is also behind), and never for a run the epoch limit cut while it
+    # still improved: converging more slowly is not underfitting.
+    if not run.still_improving and (
+        under.near_chance
+        or (under.behind_best and (not saved.material or under.train_behind > saved.accuracy))
+    ):
+        return Finding(UNDERFITTING, UNDERFITTING, UNDERFITTING_RULE, CLEAR, score)
+    run_grade = CLEAR if run.score >= 1.0 else MILD if run.diverged else None
+    too_early = run.still_improving and saved.grade != TENTATIVE
+    if saved.material:
+        model_verdict, model_grade = OVERFITTING, str(saved.grade)
+    else:
+        unsettled = saved.grade == TENTATIVE or too_early
+        model_verdict, model_grade = GOOD_FIT, TENTATIVE if unsettled else CLEAR
+    grades = {saved.grade, run_grade}
+    for grade in (CLEAR, MILD):
+        if grade in grades:
+            return Finding(
+                OVERFITTING, model_verdict, GAP_AND_RUN_RULE, grade, score,
+                model_grade=model_grade,
+            )  # fmt: skip
+    if saved.grade == TENTATIVE or run.still_improving:
+        return Finding(
+            GOOD_FIT, GOOD_FIT, GAP_AND_RUN_RULE, TENTATIVE, score,
+            too_early=too_early, model_grade=model_grade,
+        )  # fmt: skip
+    return Finding(GOOD_FIT, GOOD_FIT, GAP_AND_RUN_RULE, CLEAR, score)
 
 
 def _check_scores(train: SplitScores, val: SplitScores, n_classes: int) -> None:

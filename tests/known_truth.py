@@ -35,7 +35,7 @@ import dataclasses
 import json
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +402,29 @@ def read_recording(path: Path) -> Recording:
         "seed_records": seed_records,
     }
     return Recording(path, meta["case"], int(meta["seed"]), cfg, inputs)
+
+
+def join_recordings(recordings: Sequence[Recording]) -> Recording:
+    """Recordings of the same data, split and training params (the sweep's cells of one size
+    and seed) as one evaluation of all their variants, the way evaluate compares variants."""
+    first = recordings[0]
+    inputs = {k: v for k, v in first.inputs.items()}
+    for key in ("artifacts", "evaluations", "seed_records"):
+        inputs[key] = {}
+    variants: dict[str, Any] = {}
+    for rec in recordings:
+        for key in ("classes", "n_train", "chance"):
+            if rec.inputs[key] != first.inputs[key]:
+                raise ValueError(f"{rec.path} and {first.path} differ in {key}")
+        if rec.cfg.train != first.cfg.train or rec.seed != first.seed:
+            raise ValueError(f"{rec.path} and {first.path} trained differently")
+        for key in ("artifacts", "evaluations", "seed_records"):
+            inputs[key].update(rec.inputs[key])
+        meta = json.loads((rec.path / "case.json").read_text())
+        variants.update(meta["params"]["variants"])
+    p = json.loads((first.path / "case.json").read_text())["params"]
+    cfg = parse_config(case_params(variants, first.seed, p["data"]["image_size"], p["train"]))
+    return Recording(first.path, first.case, first.seed, cfg, inputs)
 
 
 def replay(recording: Recording) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from . import known_truth as kt
@@ -28,6 +28,10 @@ VAL, TEST = 2_000, 2_000  # the same for every size: the noise of a score stays 
 N_CLASSES = 10
 # The family's networks: the plain CNN params.yaml ships and its dropout variant.
 NETWORKS = {"baseline": {}, "dropout": kt.DROPOUT}
+# The middle rung of the regularization ladder (dropout 0 -> 0.25 -> 0.5: baseline,
+# this, dropout), recorded at EXTRAS_SIZE for the "stronger regularization never reads
+# as more overfit" invariant.
+DROPOUT25 = {"model": {"dropout": 0.25, "conv_dropout": 0.125}}
 EXTRAS_SIZE = 200  # the construction cases, at the size the issue found the cliff
 Z = 2.0  # noise: this many binomial standard errors (about 95 %)
 MATERIAL = 0.02  # a test-accuracy shortfall counts from 2 points, beyond its noise
@@ -89,6 +93,7 @@ def grid() -> list[Cell]:
     n = EXTRAS_SIZE
     for seed in SEEDS:
         cells += [
+            Cell("plain", "dropout25", n, seed, model=DROPOUT25["model"]),
             Cell("shuffled", "baseline", n, seed, shuffle_labels=True),
             Cell("flipped30", "baseline", n, seed, flip_labels=0.3),
             Cell("tiny", "tiny", n, seed, model=kt.TINY["model"]),
@@ -181,10 +186,10 @@ def reference_cells(cell: Cell) -> list[Cell]:
     network without dropout) dropout on the same data."""
     network = "baseline" if cell.family == "no_es40" else cell.variant
     refs = []
-    if cell.per_class * 4 in SIZES:
-        model = NETWORKS.get(network, {}).get("model", {})
+    if cell.per_class * 4 in SIZES and network in NETWORKS:
+        model = NETWORKS[network].get("model", {})
         refs.append(Cell("plain", network, cell.per_class * 4, cell.seed, model=model))
-    if network == "baseline":
+    if network in ("baseline", "dropout25"):
         refs.append(Cell("plain", "dropout", cell.per_class, cell.seed, model=kt.DROPOUT["model"]))
     return refs
 
@@ -194,3 +199,42 @@ def recorded_outcomes(cells: list[Cell]) -> dict[str, Outcome]:
     return {
         c.key: read_outcome(c.path, c.variant) for c in cells if (c.path / "case.json").is_file()
     }
+
+
+# --------------------------------------------------------------------------- replay
+
+# The families replayed together: the plain networks and the tiny model of one size and
+# seed share their images, split and training params, so they are one evaluation of several
+# variants, as a user's would be (the tiny model is only "behind the best" next to them).
+TOGETHER = ("plain", "tiny")
+
+
+def group(cell: Cell, recorded: Collection[str]) -> tuple[Cell, ...]:
+    """The recorded cells replayed as one evaluation with `cell` (itself included)."""
+    if cell.family not in TOGETHER:
+        return (cell,)
+    return tuple(
+        c
+        for c in grid()
+        if c.family in TOGETHER
+        and (c.per_class, c.seed) == (cell.per_class, cell.seed)
+        and c.key in recorded
+    )
+
+
+def replay_all(cells: list[Cell]) -> dict[str, dict]:
+    """cell key -> its variant's block of evaluation.json, every recorded cell replayed with
+    its group (one replay per group)."""
+    recorded = {c.key for c in cells if (c.path / "case.json").is_file()}
+    verdicts: dict[str, dict] = {}
+    for cell in cells:
+        if cell.key not in recorded or cell.key in verdicts:
+            continue
+        members = group(cell, recorded)
+        evaluation = kt.replay(kt.join_recordings([kt.read_recording(c.path) for c in members]))
+        for member in members:
+            verdicts[member.key] = {
+                **evaluation["variants"][member.variant],
+                "_evaluation": evaluation,
+            }
+    return verdicts

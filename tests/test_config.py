@@ -55,6 +55,16 @@ BAD = [
     # (id, edit, fragments the message must contain: the key and the value)
     ("unknown_top_key", _set("bogus", 1), ["bogus", "unknown key", "1"]),
     ("unknown_nested_key", _set("model.dropuot", 0.5), ["model.dropuot", "unknown key", "0.5"]),
+    (
+        "replaced_key",  # an older params.yaml: the key that replaced it is named
+        _set("evaluate.overfit_gap", 0.08),
+        ["evaluate.overfit_gap", "no longer a key", "clear_overfit_gap"],
+    ),
+    (
+        "mild_not_below_clear",
+        _set("evaluate.mild_overfit_effect", 0.3),
+        ["mild_overfit_effect", "must be below", "clear_overfit_effect"],
+    ),
     ("unknown_deep_key", _set("validate.severity.speling", "error"), ["validate.severity.speling"]),
     ("wrong_type", _set("train.epochs", "many"), ["train.epochs", "'many'", "integer"]),
     (

@@ -79,19 +79,21 @@ def check_fashion_300_per_class(evaluation, cfg):
     gap widens. Dropout on the same images and budget does not diverge; that is
     measured beyond the noise of both runs, so `dropout` is the first advice.
 
-    The saved model of each run is its best epoch, so the saved gaps barely differ;
-    what the regularizer changes is the run left running (the textbook curves).
+    The saved model of each run is its best epoch, and both are overfit (5 to 8 points
+    at 86-88% val: 300 images per class are few); what the regularizer changes is the
+    run left running (the textbook curves).
     """
     base, drop = evaluation["variants"]["baseline"], evaluation["variants"]["dropout"]
     assert base["verdict"] == OVERFITTING and base["training"]["diverged"], base["evidence"]
-    # Measured (seeds 1, 2): after its best epoch (11, 8) the gap widened 8.8 and 5.1
-    # points (noise 1.6), against divergence_gap_widening 3; the val-loss rise stood
-    # 15 and 21 times its epoch-to-epoch noise, against min_noise_z 4.
-    assert base["training"]["gap_widening"] > 1.5 * cfg.divergence_gap_widening
+    # Measured (seeds 1, 2): after its val-loss minimum the gap widened 8.8 and 5.1
+    # points, effects 0.43 and 0.28 against a noise of 0.06 (run scores 2.1 and 1.3,
+    # clear); the val-loss rise stood 15 and 21 times its epoch-to-epoch noise.
+    assert base["training"]["score"] >= 1 and base["grade"] == "clear"
+    assert base["training"]["widening_effect"] > 3 * base["training"]["widening_noise"]
     assert base["training"]["noise_z"] > 3 * cfg.min_noise_z
     # Dropout on the same budget: still improving at epoch 29 of 30, gap widening 0.
     assert not drop["training"]["diverged"], drop["evidence"]
-    assert drop["training"]["gap_widening"] < cfg.divergence_gap_widening / 2
+    assert drop["training"]["gap_widening"] < cfg.clear_overfit_gap / 4
     eff = evaluation["effects"]["dropout"]
     assert eff["steadied"] and eff["helped"]
     # The difference (-8.7 and -5.1 points) is 4.0 and 2.4 times its noise (2.2).
@@ -106,16 +108,17 @@ def check_fashion_300_per_class(evaluation, cfg):
 def check_little_data(evaluation, cfg):
     """A plain CNN on 3-4 real images per class overfits; a heavily regularized one underfits.
 
-    Digits at 8x8 are easy: with more images per class the gap falls under
-    overfit_gap and no mitigation's effect stands beyond the val noise.
+    Digits at 8x8 are easy: with more images per class the gap falls below mild
+    and no mitigation's effect stands beyond the val noise.
 
     Whether a mitigation helps is only claimed beyond noise: every "Adopt" or
     "Consider" in the advice must be a variant whose effect stood beyond it.
     """
     base = evaluation["variants"]["baseline"]
     assert base["verdict"] == base["model_verdict"] == OVERFITTING, base["evidence"]
-    # Measured: 22.4 and 12.2 points for seeds 1 and 2, against overfit_gap 8.
-    assert base["gap"]["material"] and base["gap"]["accuracy"] > 1.25 * cfg.overfit_gap
+    # Measured: 22.4 and 12.2 points for seeds 1 and 2, scores 2.7 and 1.3 (clear from 1).
+    assert base["gap"]["material"] and base["gap"]["score"] > 1.25
+    assert base["label"] == "overfitting (clear)"
     # ...and at least 1.5 times its noise band (2 standard errors, Agresti-Coull: 35
     # training images make the train side wide): more than 3 standard errors.
     assert base["gap"]["accuracy"] > 1.5 * base["gap"]["accuracy_noise"]
@@ -146,9 +149,10 @@ def check_enough_data(evaluation, cfg):
     for name in ("baseline", "dropout"):
         v = variants[name]
         assert v["verdict"] == v["model_verdict"] == GOOD_FIT, v["evidence"]
-        assert v["gap"]["accuracy"] < cfg.overfit_gap / 2
+        assert not v["gap"]["material"] and v["gap"]["score"] < cfg.mild_score
         t = v["training"]
-        assert not t["diverged"] and t["rise_share"] < cfg.divergence_share / 4
+        assert not t["diverged"] and t["score"] < cfg.mild_score / 2
+        assert t["val_loss_rise"] < cfg.mild_score * cfg.clear_loss_rise / 2
         assert t["stopped_by"] == "early_stopping" and t["best_epoch"] < t["epochs_run"]
         assert f"restored epoch {v['best_epoch']}" in t["summary"]
     assert evaluation["answer"].startswith("No, `baseline` generalizes")
@@ -273,11 +277,16 @@ def test_known_truth_good_fit_and_underfit_end_to_end(project):
         "stopped_by",
         "best_epoch",
         "val_loss_rise",
-        "rise_share",
+        "rise_relative",
         "noise_z",
         "gap_widening",
+        "widening_effect",
+        "score",
+        "reading",
         "summary",
     }
+    assert {"grade", "label", "model_label", "score", "too_early"} <= set(base)
+    assert {"effect", "effect_noise", "score", "grade"} <= set(base["gap"])
     assert evaluation["answer"] == base["summary"]
     assert len(base["per_class"]) == 10 and "accuracy_gap" in base["per_class"][0]
     assert base["training_behaviour"] == {"dropout": False, "augmentation": False, "l2": False}

@@ -16,15 +16,20 @@ from .conftest import small_params
 SPLIT = {"accuracy": 0.9, "loss": 0.3, "precision": 0.9, "recall": 0.9, "f1": 0.9}
 
 
-def entry(run_id: str, onset_epoch: int | None = None, rise_share: float = 0.1) -> dict:
+def entry(run_id: str, onset_epoch: int | None = None, rise: float = 0.1) -> dict:
     """A variant's evaluation.json block, as much of it as publishing reads."""
     return {
         "train": SPLIT,
         "val": SPLIT,
         "test": SPLIT,
-        "gap": {"accuracy": 0.05, "relative": 0.06, "loss": 0.1},
+        "gap": {"accuracy": 0.05, "relative": 0.06, "loss": 0.1, "score": 0.3},
         "max_generalization_loss": 2.0,
-        "training": {"diverged": False, "rise_share": rise_share},
+        "training": {"diverged": False, "val_loss_rise": rise, "score": 0.2},
+        "score": 0.3,
+        "grade": "clear",
+        "label": "good fit",
+        "model_label": "good fit",
+        "too_early": False,
         "onset_epoch": onset_epoch,
         "verdict": "good_fit",
         "model_verdict": "good_fit",
@@ -40,8 +45,9 @@ def test_mlflow_metrics_are_finite():
     assert publishing.finite(0.25) == 0.25
     assert publishing.finite(math.inf) == 1e6
     assert publishing.finite(-math.inf) == 0.0 and publishing.finite(math.nan) == 0.0
-    metrics = publishing.variant_run_metrics(entry("r", rise_share=math.inf))
-    assert metrics["eval/val_loss_rise_share"] == 1e6
+    metrics = publishing.variant_run_metrics(entry("r", rise=math.inf))
+    assert metrics["eval/val_loss_rise"] == 1e6
+    assert (metrics["eval/overfit_score"], metrics["eval/run_score"]) == (0.3, 0.2)
     assert "eval/onset_epoch" not in metrics
     assert publishing.variant_run_metrics(entry("r", onset_epoch=4))["eval/onset_epoch"] == 4.0
     assert {"eval/test_f1", "eval/gap_relative", "eval/diverged"} <= set(metrics)
@@ -80,6 +86,7 @@ def test_variant_runs_get_the_verdict_evidence_figures_and_seed_aggregate(projec
     client = MlflowClient(project.tracking_uri)
     logged = client.get_run(run_id).data
     assert logged.tags["verdict"] == "good_fit" and logged.tags["evaluated"] == "true"
+    assert (logged.tags["verdict_label"], logged.tags["verdict_grade"]) == ("good fit", "clear")
     assert (
         logged.tags["mlflow.note.content"]
         == "**No, it generalizes.**\n\n- gap 5.0 points\n- no rise"

@@ -135,7 +135,7 @@ def test_report_is_self_contained_and_complete(project, built):
         'id="mitigations"',
         'id="curves-caveat"',
         'id="next-steps"',
-        'class="verdict overfitting"',
+        'class="verdict overfitting ',
         "mlflow ui",
     ):
         assert marker in html, marker
@@ -153,7 +153,9 @@ def test_report_is_self_contained_and_complete(project, built):
     positions = [html.index(marker) for marker in order]
     assert positions == sorted(positions), order
     headline = html[positions[0] : positions[1]]
-    assert "<code>baseline</code>" in headline and 'class="verdict overfitting"' in headline
+    assert "<code>baseline</code>" in headline and 'class="verdict overfitting ' in headline
+    label = evaluation["variants"]["baseline"]["label"]
+    assert label.startswith("overfitting (") and f">{label}</span>" in headline
     # One sentence answers the question for the reference model, before the evidence.
     assert evaluation["answer"].startswith("Yes, `baseline` overfits")
     assert report_context.code_spans(evaluation["answer"]) in headline
@@ -165,7 +167,7 @@ def test_report_is_self_contained_and_complete(project, built):
     assert 'id="best-variant">dropout<' in what_works
     assert escape(evaluation["best_variant_reason"]) in what_works
     delta = evaluation["effects"]["dropout"]["delta_val_accuracy"]
-    assert f"{delta * 100:+.1f}%" in what_works
+    assert f"{delta * 100:+.1f} pts" in what_works
     # Per-variant details are collapsed, one <details> each, with a modest confusion matrix.
     for name in evaluation["variants"]:
         assert f'<details class="variant" id="variant-{name}">' in html

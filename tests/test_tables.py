@@ -11,6 +11,10 @@ def variant(verdict: str, val: float, gap: float, seeds: dict | None = None) -> 
     return {
         "verdict": verdict,
         "model_verdict": verdict,
+        "grade": "clear",
+        "label": verdict.replace("_", " ") + (" (clear)" if verdict == "overfitting" else ""),
+        "model_label": verdict.replace("_", " "),
+        "score": 1.5 if verdict == "overfitting" else 0.2,
         "training": {"diverged": False},
         "train": {"accuracy": val + gap},
         "val": {"accuracy": val},
@@ -68,7 +72,8 @@ def test_comparison_with_one_seed_has_no_seed_columns_or_section():
     assert frame["variant"].tolist() == ["baseline", "dropout"]
     assert str(frame["onset_epoch"].dtype) == "Int64"
     assert "Δ columns are relative to `baseline`" in markdown
-    assert "| **dropout** (best) | good_fit |" in markdown
+    assert "| **dropout** (best) | good fit | good fit |" in markdown
+    assert "| baseline | overfitting (clear) |" in markdown
     assert "| +0.100 (±0.020) |" in markdown and "| yes |" in markdown
     assert "Across training seeds" not in markdown
 
@@ -94,4 +99,6 @@ def test_flat_metrics_are_per_variant():
         "train_accuracy": 0.92,
         "gap": 0.02,
         "verdict": "good_fit",
+        "label": "good fit",
+        "overfit_score": 0.2,
     }
