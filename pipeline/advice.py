@@ -55,10 +55,15 @@ def best_reason(choice: BestChoice) -> str:
         if best.saved_label != "good fit"
         else ""
     )
-    return (
-        f"{best.name}: highest val accuracy ({best.val_accuracy:.1%}) among variants that are "
-        f"neither underfitting nor memorizing{tie}{caveat}"
-    )
+    top = choice.top_val_accuracy
+    if top is not None and best.val_accuracy < top:
+        lead = (
+            f"{best.name}: val accuracy {best.val_accuracy:.1%}, within noise of the highest "
+            f"({top:.1%})"
+        )
+    else:
+        lead = f"{best.name}: highest val accuracy ({best.val_accuracy:.1%})"
+    return f"{lead} among variants that are neither underfitting nor memorizing{tie}{caveat}"
 
 
 def recommend(
@@ -110,7 +115,7 @@ def _train_longer_advice(
     moot = "; until then no mitigation is compared against it" if ref in early else ""
     return [
         {
-            "action": "Train longer: raise train.epochs (or let early stopping end the runs)",
+            "action": "Train longer: raise train.epochs",
             "reason": f"{names} {'was' if len(early) == 1 else 'were'} still improving when the "
             f"epoch limit ended {'its run' if len(early) == 1 else 'their runs'}: too early to "
             f"tell whether {'it overfits' if len(early) == 1 else 'they overfit'}{moot}",
@@ -201,7 +206,7 @@ def _underfit_advice(
             recs.append(
                 {
                     "action": f"Give `{s.name}` more capacity or more epochs (or less "
-                    "regularisation)",
+                    "regularization)",
                     "reason": f"{s.name} is underfitting: train accuracy {s.train_accuracy:.1%}",
                     "source": "diagnosis",
                 }
@@ -296,14 +301,10 @@ def _no_mitigation_advice(
     )
     noise = f" (val noise up to ±{points(band)})" if math.isfinite(band) else ""
     overfitting = ref.verdict == OVERFITTING
-    lead = (
-        f"{ref.name} is {ref.shown} (gap {points(ref.gap)})"
-        if overfitting
-        else f"{ref.name} is {ref.shown} (gap {points(ref.gap)})"
-    )
+    lead = f"{ref.name} ({ref.shown}, gap {points(ref.gap)})"
     return {
         "action": "No mitigation measurably helped"
-        + (": try stronger regularisation, more data, or a smaller model" if overfitting else ""),
+        + (": try stronger regularization, more data, or a smaller model" if overfitting else ""),
         "reason": f"{lead}; no variant raised val accuracy, cut the gap, or stopped "
         "the run from diverging without losing val accuracy, beyond the noise of the "
         f"split sizes{noise}",

@@ -361,6 +361,7 @@ def variant_summary(
         gap_widening=diag.training.get("gap_widening"),
         gap_widening_noise=diag.training.get("gap_widening_noise"),
         too_early=diag.too_early,
+        still_improving=bool(diag.training.get("still_improving")),
         label=diag.label,
         model_label=diag.model_label,
         regularized=bool(
@@ -477,7 +478,8 @@ def add_learning_curve(
         raise StageError(f"learning curve of {variant!r}: {exc}") from None
     evaluation["learning_curve"] = curve
     # Curves that have not settled say nothing yet about what more data would do.
-    settled = not evaluation.get("variants", {}).get(variant, {}).get("too_early", False)
+    entry = evaluation.get("variants", {}).get(variant, {})
+    settled = not (entry.get("training") or {}).get("still_improving", False)
     if curve["still_rising"] and settled:
         recs = evaluation["recommendations"]
         # Before the closing "Use <best>" item: a measured reason to collect data.

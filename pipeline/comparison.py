@@ -74,6 +74,7 @@ class VariantSummary:
     gap_widening_noise: float | None = None
     # The epoch limit cut a run still improving: too early to judge it, or compare it.
     too_early: bool = False
+    still_improving: bool = False  # its val loss was still falling when the run ended
     label: str | None = None  # the verdict as the page shows it (None: the verdict's name)
     model_label: str | None = None  # the saved model's, likewise
 
@@ -215,7 +216,8 @@ def _steadied(
 ) -> bool:
     """The reference's run diverged, this one's did not, and its gap widened measurably less
     (`diff`: _widening_difference of the two)."""
-    if not ref.diverged or s.diverged or diff["delta_gap_widening"] is None:
+    # A run cut while still improving was never watched past its minimum: nothing steadied.
+    if not ref.diverged or s.diverged or s.still_improving or diff["delta_gap_widening"] is None:
         return False
     narrower = -diff["delta_gap_widening"]
     return narrower > diff["delta_gap_widening_ci95"] and narrower >= min_effect
@@ -230,6 +232,7 @@ class BestChoice:
     nothing_generalizes: bool  # every variant underfits or memorizes
     tie_break: str  # EARNED, ONLY_SOUND, STEADY_RUN or SMALLEST_GAP: why best beat `others`
     reference: str | None = None  # the reference variant, when the ranking knew it
+    top_val_accuracy: float | None = None  # the highest val accuracy among the usable
 
 
 def pick_best(
@@ -290,4 +293,5 @@ def pick_best(
         nothing_generalizes=all(s.saved_verdict == UNDERFITTING or s.memorizing for s in summaries),
         tie_break=tie_break,
         reference=reference,
+        top_val_accuracy=top.val_accuracy,
     )

@@ -167,7 +167,13 @@ def variant_context(name: str, v: Mapping[str, Any], figures_dir: Path) -> dict[
         "confusion": png_data_uri(figures_dir / plots.confusion_name(name)),
         "feature_maps": png_data_uri(figures_dir / plots.feature_maps_name(name)),
         "class_gaps": png_data_uri(figures_dir / plots.class_gaps_name(name)),
-        "memorized": [str(c["class"]) for c in v.get("per_class", []) if c.get("gap_material")],
+        # Classes whose own gap counts, named only on a variant that overfits: on a page that
+        # says "good fit" or "too early to tell" a "memorized" class would contradict it.
+        "memorized": [
+            str(c["class"])
+            for c in v.get("per_class", [])
+            if c.get("gap_material") and v["verdict"] == "overfitting"
+        ],
     }
 
 

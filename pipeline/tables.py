@@ -105,21 +105,29 @@ def comparison_frame(evaluation: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def _pts(value: float) -> str:
+    """A difference of accuracies in points: 0.052 -> '+5.2'."""
+    return f"{value * 100:+.1f}"
+
+
 def comparison_markdown(frame: pd.DataFrame, best: str, reference: str) -> str:
-    """A GitHub-style table; deltas vs the reference variant."""
+    """A GitHub-style table; deltas vs the reference variant. Accuracies in %, gaps and
+    deltas (differences of accuracies) in points."""
     head = (
-        "| variant | verdict | saved model | train acc | val acc | test acc | gap | onset | "
-        f"Δ val acc (±95%) | Δ test acc | Δ gap (±95%) | helped |\n|{'---|' * 12}\n"
+        "| variant | verdict | saved model | train acc | val acc | test acc | gap (pts) | onset | "
+        f"Δ val acc (pts, ±95%) | Δ test acc (pts) | Δ gap (pts, ±95%) | helped |\n"
+        f"|{'---|' * 12}\n"
     )
     lines = []
     for r in frame.itertuples(index=False):
         onset = "-" if pd.isna(r.onset_epoch) else str(int(r.onset_epoch))
         name = f"**{r.variant}** (best)" if r.variant == best else r.variant
         lines.append(
-            f"| {name} | {r.label} | {r.model_label} | {r.train_accuracy:.3f} | "
-            f"{r.val_accuracy:.3f} | {r.test_accuracy:.3f} | {r.gap:+.3f} | {onset} | "
-            f"{r.delta_val_accuracy:+.3f} (±{r.delta_val_ci95:.3f}) | "
-            f"{r.delta_test_accuracy:+.3f} | {r.delta_gap:+.3f} (±{r.delta_gap_ci95:.3f}) | "
+            f"| {name} | {r.label} | {r.model_label} | {r.train_accuracy:.1%} | "
+            f"{r.val_accuracy:.1%} | {r.test_accuracy:.1%} | {_pts(r.gap)} | {onset} | "
+            f"{_pts(r.delta_val_accuracy)} (±{r.delta_val_ci95 * 100:.1f}) | "
+            f"{_pts(r.delta_test_accuracy)} | "
+            f"{_pts(r.delta_gap)} (±{r.delta_gap_ci95 * 100:.1f}) | "
             f"{'yes' if r.helped else '-'} |"
         )
     return (
@@ -181,15 +189,15 @@ def seeds_markdown(evaluation: Mapping[str, Any]) -> str:
             continue
         val, gap = s["val_accuracy"], s["gap"]
         rows.append(
-            f"| {name} | {s['n_seeds']} | {val['mean']:.3f} ± {val['ci95']:.3f} | "
-            f"{gap['mean']:+.3f} ± {gap['ci95']:.3f} | {s['agreement']} |"
+            f"| {name} | {s['n_seeds']} | {val['mean']:.1%} ± {val['ci95'] * 100:.1f} pts | "
+            f"{_pts(gap['mean'])} ± {gap['ci95'] * 100:.1f} | {s['agreement']} |"
         )
     if not rows:
         return ""
     return (
         "\n## Across training seeds\n\nMean ± 95% interval (Student t) over `train.seeds` "
         "seeds; the table above is seed 0.\n\n"
-        "| variant | seeds | val acc | gap | verdicts |\n|---|---|---|---|---|\n"
+        "| variant | seeds | val acc | gap (pts) | verdicts |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
     )

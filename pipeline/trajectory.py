@@ -219,9 +219,12 @@ def _still_improving(
     """The epoch limit cut a run still improving: its val loss is at its minimum in the last
     max(window, 2) epochs AND fell over them by at least `onset_tolerance` of itself (what
     counts as a material change of the val loss). A run creeping down by 1% after 100
-    epochs has converged: it is not too early to judge it."""
+    epochs has converged: it is not too early to judge it. A one-epoch run has no trend
+    to read: too early by definition."""
     if stopped_by == EARLY_STOPPING:
         return False
+    if len(frame) < 2:
+        return True
     last = max(cfg.smoothing_window, 2)
     if rise.min_pos < len(frame) - last:
         return False

@@ -184,20 +184,22 @@ def _fit_summary(variant: str, facts: VerdictFacts, finding: Finding) -> str:
     gap = points(saved.accuracy)
     behind = _behind_words(facts)
     if finding.verdict == OVERFITTING:
-        grade = f"overfits ({finding.grade})"
+        grade = f"overfits, {'clearly' if finding.grade == CLEAR else 'mildly'}"
         if saved.material and t.diverged:
             return (
                 f"Yes, `{variant}` {grade}: its saved model's gap is {gap} and its curves part "
-                f"after epoch {t.min_epoch}{behind}."
+                f"from epoch {t.onset_epoch}{behind}."
             )
         if saved.material:
             return f"Yes, `{variant}` {grade}: its saved model's gap is {gap}{behind}."
         if t.reading == WIDENING:
             parted = "its train accuracy kept climbing while val did not"
         else:
-            parted = f"its val loss rose {t.val_loss_rise:.3f} while the train loss kept falling"
+            parted = (
+                f"its val loss rose {t.val_loss_rise:.3f} nats while the train loss kept falling"
+            )
         return (
-            f"Yes, `{variant}`'s training {grade}: after epoch {t.min_epoch} {parted}; the saved "
+            f"Yes, `{variant}`'s training {grade}: from epoch {t.onset_epoch} {parted}; the saved "
             f"model (epoch {t.best_epoch}) has a gap of {gap}{behind}."
         )
     if finding.too_early:
@@ -256,8 +258,8 @@ def trajectory_summary(t: Trajectory, cfg: EvaluateConfig) -> str:
         f"From epoch {t.min_epoch} (the val-loss minimum, {cfg.smoothing_window}-epoch mean) "
         f"to the end, the accuracy gap moved {signed_points(t.gap_widening)} (effect "
         f"{t.widening_effect:+.2f}, noise ±{t.widening_noise:.2f}) and the val loss rose up to "
-        f"{t.val_loss_rise:.3f} above its minimum of {t.val_loss_min:.3f} ({t.noise_z:.1f}x its "
-        "epoch-to-epoch noise)"
+        f"{t.val_loss_rise:.3f} nats above its minimum of {t.val_loss_min:.3f} "
+        f"({t.noise_z:.1f}x its epoch-to-epoch noise)"
     )
     if t.diverged:
         grade = CLEAR if t.score >= 1.0 else MILD
@@ -273,7 +275,7 @@ def _calm_words(reason: str, t: Trajectory, cfg: EvaluateConfig) -> str:
     if reason == WITHIN_NOISE:
         return f"within noise (a val-loss rise counts from {cfg.min_noise_z:g}x)"
     if reason == TRAIN_LOSS_ROSE:
-        return "while the train loss rose too: unstable training, not memorization"
+        return "while the train loss rose too: unstable training, not overfitting"
     return (
         f"below mild (score {t.score:.2f}; mild from {cfg.mild_score:.2f}: a widening of "
         f"effect {cfg.mild_overfit_effect:.2f} and "

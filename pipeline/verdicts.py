@@ -30,14 +30,14 @@ Verdict rules, in order of precedence (the first that matches wins):
 2. underfitting: the saved model's train accuracy is within
    `underfit_chance_margin` of chance, or it is at least
    `underfit_gap_to_best` points below the best variant on BOTH train and val
-   (each beyond noise), and its own gap, when material, is smaller than what
-   it lacks on train: a model less accurate than another AND overfit by more
-   than that is overfitting, and the words say it is also behind.
+   (each beyond noise), and its own gap is not material: a model less
+   accurate than another AND overfit is overfitting, and the words say it is
+   also behind. Never for a run the epoch limit cut while still improving.
 3. overfitting, graded by the larger of the two scores that counts: clear
    from 1, mild from `mild_overfit_effect / clear_overfit_effect`. Neighbouring
    gaps get neighbouring grades, never opposite answers: a 7.7-point gap is
    mild or clear overfitting exactly as 8.1 is, with no cliff at 8.
-4. good_fit, tentative: the saved gap reaches the clear level but is within
+4. good_fit, tentative: the saved gap reaches the mild level but is within
    the noise of the split sizes ("cannot tell yet": more validation images
    would settle it), or the epoch limit cut a run still improving ("too early
    to tell": train longer).
@@ -122,12 +122,14 @@ def gap_score(
 
 def gap_grade(score: float, beyond_noise: bool, cfg: EvaluateConfig) -> str | None:
     """The grade of a gap's overfitting score: CLEAR from 1 and MILD from `mild_score`
-    when beyond noise; TENTATIVE when it reaches 1 within noise; None below."""
-    if score >= 1.0:
-        return CLEAR if beyond_noise else TENTATIVE
-    if score >= cfg.mild_score and beyond_noise:
-        return MILD
-    return None
+    when beyond noise; TENTATIVE when it reaches mild within noise (one threshold: at
+    `mild_score` the noise decides between "overfitting (mild)" and "cannot tell yet");
+    None below."""
+    if score < cfg.mild_score:
+        return None
+    if not beyond_noise:
+        return TENTATIVE
+    return CLEAR if score >= 1.0 else MILD
 
 
 def material_gap(
@@ -299,18 +301,17 @@ def decide(facts: VerdictFacts) -> Finding:
     """The verdict rules in their order of precedence (module docstring): the first that
     matches wins."""
     saved, run = facts.saved_gap, facts.trajectory
-    score = max(saved.score if saved.beyond_noise else 0.0, run.score)
+    score = max(saved.score, run.score)  # the label says whether it stands beyond noise
     if facts.memorization.detected:
         # Overfitting, whatever the saved model's gap: nothing learned generalizes.
         return Finding(OVERFITTING, OVERFITTING, MEMORIZATION_RULE, CLEAR, score)
     under = facts.underfitting
-    # Behind the best on both splits is underfitting only when what it lacks on train is
-    # more than its own gap (a variant both less accurate and overfit is overfitting, and
-    # its words say it is also behind), and never for a run the epoch limit cut while it
-    # still improved: converging more slowly is not underfitting.
+    # Behind the best on both splits is underfitting only when its own gap is not material
+    # (a variant both less accurate and overfit is overfitting, and its words say it is
+    # also behind), and never for a run the epoch limit cut while it still improved:
+    # converging more slowly is not underfitting.
     if not run.still_improving and (
-        under.near_chance
-        or (under.behind_best and (not saved.material or under.train_behind > saved.accuracy))
+        under.near_chance or (under.behind_best and not saved.material)
     ):
         return Finding(UNDERFITTING, UNDERFITTING, UNDERFITTING_RULE, CLEAR, score)
     run_grade = CLEAR if run.score >= 1.0 else MILD if run.diverged else None

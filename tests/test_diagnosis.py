@@ -219,7 +219,7 @@ def test_an_immaterial_rise_after_the_saved_epoch_is_not_overfitting():
     assert t["val_loss_rise"] < CFG.mild_score * CFG.clear_loss_rise / 4
     assert t["stopped_by"] == "early_stopping" and t["best_epoch"] == 20
     assert re.search(
-        r"rose up to 0\.0\d+ above its minimum.*below mild.*restored epoch 20", t["summary"]
+        r"rose up to 0\.0\d+ nats above its minimum.*below mild.*restored epoch 20", t["summary"]
     )
     assert d.onset_epoch is None
     assert d.summary.startswith("No, `dropout` generalizes")
@@ -245,7 +245,7 @@ def test_a_material_divergence_is_overfitting_even_when_the_saved_model_is_sound
     assert t["train_loss_fell"] and t["noise_z"] > CFG.min_noise_z
     assert d.onset_epoch == 5 and d.best_epoch == 4 and d.epochs_run == 12
     assert "the run diverged (clear" in t["summary"] and "restored epoch 4" in t["summary"]
-    assert d.summary.startswith("Yes, `baseline`'s training overfits (clear)")
+    assert d.summary.startswith("Yes, `baseline`'s training overfits, clearly: from epoch 5")
     assert "val loss rose" in d.summary and d.label == "overfitting (clear)"
     assert any("the saved model generalizes" in e for e in d.evidence)
 

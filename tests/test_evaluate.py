@@ -126,11 +126,20 @@ def check_little_data(evaluation, cfg):
     if "overreg" not in evaluation["variants"]:  # the end-to-end run trains baseline only
         return
     over = evaluation["variants"]["overreg"]
-    assert over["verdict"] == UNDERFITTING and over["rules"]["behind_best"], over["evidence"]
+    assert over["rules"]["behind_best"], over["evidence"]
     assert base["train"]["accuracy"] - over["train"]["accuracy"] > 2 * cfg.underfit_gap_to_best
     assert base["val"]["accuracy"] - over["val"]["accuracy"] > 2 * cfg.underfit_gap_to_best
     recs = evaluation["recommendations"]
-    assert any(r["action"].startswith("Regularize `overreg` less") for r in recs)
+    regularize_less = any(r["action"].startswith("Regularize `overreg` less") for r in recs)
+    if over["gap"]["material"]:
+        # Seed 1: 71% train vs 56% val on 35 training images, 15.6 points (±15.4). Behind
+        # the best AND overfit is overfitting, the words say both, and never "regularize less".
+        assert over["verdict"] == OVERFITTING, over["evidence"]
+        assert "also" in over["summary"] and "behind the best variant" in over["summary"]
+        assert not regularize_less
+    else:
+        assert over["verdict"] == UNDERFITTING, over["evidence"]
+        assert regularize_less
     for r in recs:
         if r["action"].startswith(("Adopt", "Consider")):
             name = r["action"].split("`")[1]

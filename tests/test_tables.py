@@ -74,7 +74,7 @@ def test_comparison_with_one_seed_has_no_seed_columns_or_section():
     assert "Δ columns are relative to `baseline`" in markdown
     assert "| **dropout** (best) | good fit | good fit |" in markdown
     assert "| baseline | overfitting (clear) |" in markdown
-    assert "| +0.100 (±0.020) |" in markdown and "| yes |" in markdown
+    assert "| +10.0 (±2.0) |" in markdown and "| yes |" in markdown
     assert "Across training seeds" not in markdown
 
 
@@ -87,7 +87,7 @@ def test_comparison_with_several_seeds_adds_columns_and_a_section():
     assert pd.isna(rows.loc["baseline", "seeds_val_accuracy_mean"])
     assert rows.loc["dropout", "verdict_agreement"] == "good_fit in 3 of 3 seeds"
     assert "## Across training seeds" in markdown
-    assert "| dropout | 3 | 0.900 ± 0.010 | +0.020 ± 0.005 | good_fit in 3 of 3 seeds |" in markdown
+    assert "| dropout | 3 | 90.0% ± 1.0 pts | +2.0 ± 0.5 | good_fit in 3 of 3 seeds |" in markdown
     assert "| baseline | 1 |" not in markdown
 
 
