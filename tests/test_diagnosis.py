@@ -492,6 +492,44 @@ def test_with_the_comparison_a_variant_must_earn_its_place_before_a_smaller_gap(
     assert best == "dropout" and "smallest gap" in reason  # both earned: the old tie-break
 
 
+def test_too_early_no_variant_is_underfit_for_converging_more_slowly():
+    """Two variants cut by a 3-epoch limit while both still improve; the regularized one
+    learns more slowly, so it is far behind the other on both splits. That is no verdict on
+    it: both read "too early to tell", the advice is to train longer, and nothing is
+    compared or called over-regularized."""
+
+    def cut(train_acc, val_loss):
+        return history([2.0, 1.5, 1.1], val_loss, train_acc, [a - 0.02 for a in train_acc])
+
+    fast = cut([0.6, 0.75, 0.85], [1.9, 1.4, 1.0])
+    slow = cut([0.3, 0.45, 0.55], [2.2, 1.9, 1.6])
+    run = dg.RunFacts(stopped_early=False, n_train=2000)
+    ref = dg.Reference(train_accuracy=0.86, val_accuracy=0.84)
+    d_fast = dg.diagnose(
+        "baseline", fast, S(0.86, 0.9, n=2000), S(0.84, 1.0, n=2000), 10, CFG, ref, run
+    )
+    d_slow = dg.diagnose(
+        "dropout", slow, S(0.56, 1.5, n=2000), S(0.54, 1.6, n=2000), 10, CFG, ref, run
+    )
+    assert d_slow.training["still_improving"]
+    for d in (d_fast, d_slow):
+        assert d.verdict == dg.GOOD_FIT and d.label == "too early to tell", d.evidence
+    V = dg.VariantSummary
+    s = [
+        V("baseline", d_fast.verdict, 0.86, 0.84, 0.84, 0.02, n_val=2000, too_early=True,
+          still_improving=True, label=d_fast.label, model_label=d_fast.model_label),
+        V("dropout", d_slow.verdict, 0.56, 0.54, 0.54, 0.02, n_val=2000, regularized=True,
+          too_early=True, still_improving=True, label=d_slow.label, model_label=d_slow.model_label),
+    ]  # fmt: skip
+    effects = dg.compare_to_baseline(s, CFG.min_effect)
+    best, _ = dg.choose_best(s, effects)
+    actions = [r["action"] for r in dg.recommend(s, effects, best)]
+    assert actions[0].startswith("Train longer"), actions
+    assert not any(
+        a.startswith(("Regularize", "Give", "Adopt", "Consider", "No mitigation")) for a in actions
+    )
+
+
 def test_a_diverged_run_with_a_sound_saved_model_can_be_best():
     V = dg.VariantSummary
     s = [

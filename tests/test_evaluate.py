@@ -711,6 +711,14 @@ def test_learning_curve_adds_the_full_data_point_and_recommends_more_data(projec
     # Before the closing "Use <best>" item, after the rest; ranks renumbered.
     assert [r["action"] for r in recs] == ["x", "Get more training data", "Use `baseline`"]
     assert recs[1]["source"] == "learning_curve" and [r["rank"] for r in recs] == ["1", "2", "3"]
+    # The same rising curve from a variant whose run the epoch limit cut while it still
+    # improved: its curves have not settled, so no "get more data" (issue 24, too early).
+    unsettled = {
+        "variants": {"baseline": {"training": {"still_improving": True}}},
+        "recommendations": [],
+    }
+    assessment.add_learning_curve(unsettled, got, "baseline")
+    assert unsettled["learning_curve"]["still_rising"] and unsettled["recommendations"] == []
     # A flat curve adds the block but no advice.
     flat = {"train": {"accuracy": 1.0, "n": 270}, "val": {"accuracy": 0.931, "n": 270}}
     evaluation = {"recommendations": []}
