@@ -64,7 +64,6 @@ def render_report(context: Mapping[str, Any]) -> str:
     env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
     # Differences of accuracies (gaps, deltas) are points; accuracies themselves are %.
     env.filters["signed_pts"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f} pts"
-    env.filters["verdict_words"] = lambda v: str(v).replace("_", " ")
     env.filters["code_spans"] = code_spans
     return env.get_template(TEMPLATE).render(**context)
 

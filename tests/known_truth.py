@@ -408,7 +408,7 @@ def join_recordings(recordings: Sequence[Recording]) -> Recording:
     """Recordings of the same data, split and training params (the sweep's cells of one size
     and seed) as one evaluation of all their variants, the way evaluate compares variants."""
     first = recordings[0]
-    inputs = {k: v for k, v in first.inputs.items()}
+    inputs = dict(first.inputs)
     for key in ("artifacts", "evaluations", "seed_records"):
         inputs[key] = {}
     variants: dict[str, Any] = {}
