@@ -7,6 +7,7 @@ Per epoch, in the order fitting.fit_variant lists them:
   an uninterrupted one would;
 - `HistoryRows`: appends the epoch's row to the resume state's history.csv;
 - `BestWeights`: keeps the lowest-val_loss weights on disk across restarts;
+- `StopWhenClear`: ends training once its overfitting is clear (pipeline.stopping);
 - `ResumePrimer`: on a resumed fit, replays early stopping and the LR schedule
   from the completed rows and restores the learning rate and best weights;
 - `MlflowEpochs`: logs the epoch's metrics and gaps (step = 1-based epoch).
@@ -34,6 +35,7 @@ from pipeline.config import VariantConfig
 from pipeline.io import write_text_atomic
 from pipeline.resume import BackupState, load_layer_weights, replay_callbacks, save_layer_weights
 from pipeline.seeds import epoch_stream_seed
+from pipeline.stopping import ClearOverfitStop
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,26 @@ class BestWeights(Callback):
             return
         self.best = float(current)
         save_layer_weights(self.path, self.model.get_weights())
+
+
+class StopWhenClear(Callback):
+    """Ends training after the epoch at which its overfitting is clear (pipeline.stopping).
+
+    Listed after `HistoryRows`, whose row for the epoch it reads. The best
+    weights are restored by fitting.fit_variant from `BestWeights`' file.
+    """
+
+    def __init__(self, state: BackupState, rule: ClearOverfitStop) -> None:
+        super().__init__()
+        self.state = state
+        self.rule = rule
+        self.stopped_epoch = 0  # 1-based; 0 = did not stop
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.rule.fires(self.state.rows):
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+            log.info("overfitting is clear at epoch %d: training stops", epoch + 1)
 
 
 class ResumePrimer(Callback):

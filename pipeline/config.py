@@ -132,6 +132,8 @@ class EarlyStoppingConfig(_Frozen):
     enabled: bool
     patience: Annotated[int, Field(ge=1)]
     min_delta: Annotated[float, Field(ge=0.0)]
+    # Also stop once the run's overfitting is clear as evaluate reads it (pipeline.stopping).
+    stop_on_clear_overfit: bool
 
 
 class ReduceLRConfig(_Frozen):

@@ -33,7 +33,7 @@ import numpy as np
 from pipeline import distribute, history, scoring, tracking, train_input
 from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
-from pipeline.config import Config, VariantConfig
+from pipeline.config import Config, EvaluateConfig, VariantConfig
 from pipeline.paths import Paths
 from pipeline.prepared import PreparedDataset
 from pipeline.resume import (
@@ -45,6 +45,7 @@ from pipeline.resume import (
     replay_callbacks,
 )
 from pipeline.seeds import training_seed
+from pipeline.stopping import ClearOverfitStop
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,29 @@ def compile_model(model: Any, learning_rate: float) -> None:
     )
 
 
-def stopped_early(rows: Sequence[dict[str, float]], vcfg: VariantConfig) -> bool:
-    """Whether early stopping ended training at the last completed epoch."""
+def stop_rule(
+    vcfg: VariantConfig, data: PreparedDataset, evaluate: EvaluateConfig | None
+) -> ClearOverfitStop | None:
+    """The clear-overfitting stop for this fit (pipeline.stopping); None when early
+    stopping or `stop_on_clear_overfit` is off, or without evaluate's thresholds."""
+    es = vcfg.train.early_stopping
+    if evaluate is None or not (es.enabled and es.stop_on_clear_overfit):
+        return None
+    return ClearOverfitStop(evaluate, len(data.y("train")), len(data.y("val")))
+
+
+def stopped_early(
+    rows: Sequence[dict[str, float]], vcfg: VariantConfig, rule: ClearOverfitStop | None = None
+) -> bool:
+    """Whether early stopping (patience, or `rule`) ended training at the last completed epoch."""
     from pipeline.callbacks import make_early_stopping
 
     early_stopping = make_early_stopping(vcfg)
     if not rows or early_stopping is None:
         return False
-    return replay_callbacks(rows, early_stopping, None)[1]
+    return replay_callbacks(rows, early_stopping, None)[1] or (
+        rule is not None and rule.fires(rows)
+    )
 
 
 def fit_variant(
@@ -95,8 +111,12 @@ def fit_variant(
     state: BackupState,
     class_weight: dict[int, float] | None,
     log_to_mlflow: bool = True,
+    evaluate: EvaluateConfig | None = None,
 ) -> TrainResult:
     """Train (or resume) one variant; returns the history rows and the best model.
+
+    With `evaluate` (params.yaml's thresholds), training also stops once its
+    overfitting is clear (`stop_rule`).
 
     Raises:
         StageError: an empty train or val split, or a NaN or infinite loss.
@@ -129,7 +149,8 @@ def fit_variant(
             f"and a run under train.strategy {strategy!r} does not resume (its checkpoint "
             f"is per device). Remove {state.root} to train it again from epoch 1"
         )
-    already_stopped = stopped_early(state.rows, vcfg)
+    rule = stop_rule(vcfg, data, evaluate)
+    already_stopped = stopped_early(state.rows, vcfg, rule)
     if state.fit_done or first_epoch >= tcfg.epochs or already_stopped:
         # A kill after the last epoch but before the outputs were written.
         log.info("training of %s already complete (%d epochs)", vcfg.name, first_epoch)
@@ -137,7 +158,7 @@ def fit_variant(
         # As after fit, so model.keras has the same optimizer layout either way.
         model.optimizer.build(model.trainable_variables)
     else:
-        stopped_epoch = _fit(model, vcfg, data, state, class_weight, log_to_mlflow)
+        stopped_epoch = _fit(model, vcfg, data, state, class_weight, log_to_mlflow, rule)
 
     _check_rows(vcfg, state)
     state.fit_done = True
@@ -154,6 +175,7 @@ def _fit(
     state: BackupState,
     class_weight: dict[int, float] | None,
     log_to_mlflow: bool,
+    rule: ClearOverfitStop | None,
 ) -> int:
     """model.fit from the state's next epoch; the 1-based early-stopping epoch (0: none)."""
     import keras
@@ -163,6 +185,7 @@ def _fit(
 
     tcfg = vcfg.train
     early_stopping, reduce_lr = cb.make_early_stopping(vcfg), cb.make_reduce_lr(vcfg)
+    clear_stop = cb.StopWhenClear(state, rule) if rule is not None else None
     best = history.best_row(state.rows)["val_loss"] if state.rows else math.inf
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
@@ -170,6 +193,7 @@ def _fit(
         *(c for c in (early_stopping, reduce_lr) if c is not None),
         cb.HistoryRows(state),
         cb.BestWeights(state.best_weights, best),
+        *([clear_stop] if clear_stop is not None else []),
         # After the history row and best weights, so a checkpoint never
         # claims an epoch whose row is missing.
         AtomicBackupAndRestore(str(state.checkpoint_dir), delete_checkpoint=False),
@@ -192,6 +216,8 @@ def _fit(
     )
     if early_stopping is not None and early_stopping.stopped_epoch > 0:
         return early_stopping.stopped_epoch + 1
+    if clear_stop is not None and clear_stop.stopped_epoch > 0:
+        return clear_stop.stopped_epoch
     return 0
 
 
@@ -330,7 +356,9 @@ def class_weights_for(
     return train_input.resolve_class_weights(mode, data.y("train"), len(data.classes), flags)
 
 
-def fit_as_worker(paths: Paths, vcfg: VariantConfig, data: PreparedDataset) -> int:
+def fit_as_worker(
+    paths: Paths, vcfg: VariantConfig, data: PreparedDataset, evaluate: EvaluateConfig
+) -> int:
     """A non-chief multi-worker task: the same fit in lockstep with the chief, writing
     nothing that lasts (its state goes to a temporary folder). Returns epochs run."""
     import tempfile
@@ -338,7 +366,9 @@ def fit_as_worker(paths: Paths, vcfg: VariantConfig, data: PreparedDataset) -> i
     class_weight = class_weights_for(paths, vcfg, data)
     with tempfile.TemporaryDirectory(prefix=f"worker-{vcfg.name}-") as scratch:
         state = open_backup(Path(scratch), fingerprint_of(vcfg, data, class_weight))
-        result = fit_variant(vcfg, data, state, class_weight, log_to_mlflow=False)
+        result = fit_variant(
+            vcfg, data, state, class_weight, log_to_mlflow=False, evaluate=evaluate
+        )
     return len(result.rows)
 
 
@@ -378,7 +408,7 @@ def tracked_fit(
     with resumable_run(
         paths, cfg, vcfg.name, state, params, stage=stage, extra_tags=run_tags, run_name=run_name
     ) as run:
-        result = fit_variant(vcfg, data, state, class_weight)
+        result = fit_variant(vcfg, data, state, class_weight, evaluate=cfg.evaluate)
         n_train = len(data.y("train"))
         metrics = summarize(
             vcfg, result.rows, result.stopped_epoch, n_train, result.model.count_params()
@@ -472,7 +502,7 @@ def train_extra_seed(
         log.info(
             "training %s with seed %d (%d of %d)", vcfg.name, seed, index + 1, vcfg.train.seeds
         )
-        result = fit_variant(svcfg, data, state, class_weight)
+        result = fit_variant(svcfg, data, state, class_weight, evaluate=cfg.evaluate)
         n_train, n_params = len(data.y("train")), result.model.count_params()
         metrics = summarize(svcfg, result.rows, result.stopped_epoch, n_train, n_params)
         scores = scoring.score_splits(result.model, data, indices)
