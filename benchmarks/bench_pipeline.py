@@ -300,6 +300,7 @@ def import_seconds(project: Path, modules: str) -> float:
         cwd=project,
         check=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
 
@@ -313,6 +314,7 @@ def bare_fits(project: str) -> dict[str, float]:
     sys.path.insert(0, project)
     import numpy as np
 
+    from pipeline import precision
     from pipeline.config import load_config
     from pipeline.fitting import compile_model, set_determinism
     from pipeline.models import build_model
@@ -337,6 +339,7 @@ def bare_fits(project: str) -> dict[str, float]:
         vcfg = cfg.variant(name)
         x, y = np.asarray(data.x("train"), np.float32), data.y("train")
         set_determinism(vcfg.train.seed)
+        precision.apply(vcfg.train.precision)
         model = build_model(vcfg.model, x.shape[1:], n_classes, seed=vcfg.train.seed)
         compile_model(model, vcfg.train.learning_rate)
         start = time.perf_counter()
@@ -368,9 +371,16 @@ def stage_record(paths, key: str) -> dict[str, Any] | None:
 
 def run_bare(project: Path, log: Path) -> dict[str, float]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # The project's own copy of this script, so it matches the pipeline code it imports
+    # even when the working tree changes while the benchmark runs.
     with log.open("a") as err:
         out = subprocess.run(
-            [sys.executable, __file__, "--bare-fits", str(project)],
+            [
+                sys.executable,
+                str(project / "benchmarks" / Path(__file__).name),
+                "--bare-fits",
+                str(project),
+            ],  # fmt: skip
             env=env,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -521,6 +531,7 @@ def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
         imports = {
             stage: import_seconds(project, modules) for stage, modules in STAGE_IMPORTS.items()
         }
+        print(table(rows), flush=True)
         bare = {} if args.no_bare else run_bare(project, log)
     finally:
         if args.keep:
@@ -534,7 +545,6 @@ def report(args: argparse.Namespace, cpu: dict[str, Any], m: Measured) -> dict[s
     """Print the table, the bare-fit ratio and the projection; return the JSON result."""
     n_images = args.subset or FULL_IMAGES
     rows, bare = m.rows, m.bare
-    print(table(rows))
     train_keys = [k for k in rows if k.startswith(("train@", "learning_curve@"))]
     train_wall = sum(rows[k]["wall_s"] for k in train_keys)
     bare_s = sum(bare.values())

@@ -123,6 +123,8 @@ class ModelConfig(_Frozen):
     dropout: Fraction01
     conv_dropout: Fraction01
     l2: Annotated[float, Field(ge=0.0, le=1.0)]
+    batch_norm: bool  # BatchNormalization between each conv and its ReLU
+    head: Literal["flatten", "global_average"]  # what feeds the dense layer
     augmentation: AugmentationConfig
 
     _filters_tuple = field_validator("conv_filters", mode="before")(_list_to_tuple)
@@ -142,6 +144,11 @@ class ReduceLRConfig(_Frozen):
     patience: Annotated[int, Field(ge=1)]
 
 
+class ThreadsConfig(_Frozen):
+    intra_op: Annotated[int, Field(ge=0, le=1024)]  # 0 = TensorFlow's default (all cores)
+    inter_op: Annotated[int, Field(ge=0, le=1024)]
+
+
 class TrainConfig(_Frozen):
     epochs: Annotated[int, Field(ge=1, le=10_000)]
     batch_size: Annotated[int, Field(ge=1, le=65_536)]
@@ -155,6 +162,10 @@ class TrainConfig(_Frozen):
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
     # tf.distribute strategy of the fit (pipeline.distribute).
     strategy: Literal["none", "mirrored", "multi_worker_mirrored"]
+    # Floating-point policy of the fit (pipeline.precision).
+    precision: Literal["float32", "mixed_bfloat16", "auto"]
+    # TensorFlow's thread pools for the stage's process (pipeline.distribute.set_threads).
+    threads: ThreadsConfig
 
 
 class VariantOverrides(_Frozen):

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 from pipeline.cli import UserError
+
+log = logging.getLogger(__name__)
 
 CPU_DEVICES_ENV = "PIPELINE_CPU_DEVICES"
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored")
@@ -96,6 +99,28 @@ def check_cluster(name: str) -> None:
             "worker would train alone and write the same outputs. Set train.strategy: "
             "multi_worker_mirrored for this variant, or unset TF_CONFIG"
         )
+
+
+def set_threads(intra_op: int, inter_op: int) -> None:
+    """TensorFlow's intra-op and inter-op thread pools for this process (0 = its default).
+
+    Only before TensorFlow runs its first op: in a process where it already has
+    (tests train several stages in one process), the pools stay as they are.
+    """
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    for name, value, getter, setter in (
+        ("intra_op", intra_op, threading.get_intra_op_parallelism_threads,
+         threading.set_intra_op_parallelism_threads),
+        ("inter_op", inter_op, threading.get_inter_op_parallelism_threads,
+         threading.set_inter_op_parallelism_threads),
+    ):  # fmt: skip
+        if value and getter() != value:
+            try:
+                setter(value)
+            except RuntimeError:
+                log.info("train.threads.%s %d: TensorFlow already started here", name, value)
 
 
 def start(name: str) -> Any:

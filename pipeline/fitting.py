@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import distribute, history, scoring, tracking, train_input
+from pipeline import distribute, history, precision, scoring, tracking, train_input
 from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
 from pipeline.config import Config, EvaluateConfig, VariantConfig
@@ -55,6 +55,7 @@ class TrainResult:
     rows: list[dict[str, float]]
     model: Any
     stopped_epoch: int
+    stopped_by: str = ""  # STOPPED_BY_*: what ended training early ("" = the epoch limit)
 
 
 # ---------------------------------------------------------------------- one fit
@@ -91,18 +92,30 @@ def stop_rule(
     return ClearOverfitStop(evaluate, len(data.y("train")), len(data.y("val")))
 
 
-def stopped_early(
+STOPPED_BY_PATIENCE = "patience"
+STOPPED_BY_CLEAR_OVERFIT = "clear_overfitting"
+
+
+def stop_reason(
     rows: Sequence[dict[str, float]], vcfg: VariantConfig, rule: ClearOverfitStop | None = None
-) -> bool:
-    """Whether early stopping (patience, or `rule`) ended training at the last completed epoch."""
+) -> str:
+    """What early stopping ended training with at the last completed epoch: clear
+    overfitting (`rule`), patience, or "" (it did not)."""
     from pipeline.callbacks import make_early_stopping
 
     early_stopping = make_early_stopping(vcfg)
     if not rows or early_stopping is None:
-        return False
-    return replay_callbacks(rows, early_stopping, None)[1] or (
-        rule is not None and rule.fires(rows)
-    )
+        return ""
+    if rule is not None and rule.fires(rows):
+        return STOPPED_BY_CLEAR_OVERFIT
+    return STOPPED_BY_PATIENCE if replay_callbacks(rows, early_stopping, None)[1] else ""
+
+
+def stopped_early(
+    rows: Sequence[dict[str, float]], vcfg: VariantConfig, rule: ClearOverfitStop | None = None
+) -> bool:
+    """Whether early stopping (patience, or `rule`) ended training at the last completed epoch."""
+    return bool(stop_reason(rows, vcfg, rule))
 
 
 def fit_variant(
@@ -125,6 +138,7 @@ def fit_variant(
 
     tcfg = vcfg.train
     set_determinism(tcfg.seed)
+    precision.apply(tcfg.precision)
     n_train, n_val = len(data.y("train")), len(data.y("val"))
     if n_train == 0 or n_val == 0:
         raise StageError(
@@ -165,7 +179,8 @@ def fit_variant(
     state.save()
     if state.best_weights.exists():
         model.set_weights(load_layer_weights(state.best_weights))
-    return TrainResult(rows=list(state.rows), model=model, stopped_epoch=stopped_epoch)
+    stopped_by = stop_reason(state.rows, vcfg, rule) if stopped_epoch else ""
+    return TrainResult(list(state.rows), model, stopped_epoch, stopped_by)
 
 
 def _fit(
@@ -242,6 +257,7 @@ def summarize(
     stopped_epoch: int,
     n_train: int,
     n_params: int,
+    stopped_by: str = "",
 ) -> dict[str, Any]:
     """metrics.json: best epoch (1-based), stopping, speed and size."""
     best = history.best_row(rows)
@@ -252,12 +268,16 @@ def summarize(
         "best_epoch": int(best["epoch"]),
         # 1-based epoch at which early stopping ended training; 0 = ran all epochs.
         "stopped_epoch": int(stopped_epoch),
+        # What stopped it: "clear_overfitting" (pipeline.stopping), "patience", or "".
+        "stopped_by": stopped_by,
         "epochs_run": len(rows),
         "train_seconds": round(train_seconds, 3),
         "images_per_second": round(speed, 1),
         "best_val_loss": float(best["val_loss"]),
         "best_val_accuracy": float(best["val_accuracy"]),
         "params": int(n_params),
+        # The dtype policy train.precision resolved to on this machine.
+        "precision": precision.resolve(vcfg.train.precision),
     }
 
 
@@ -411,7 +431,12 @@ def tracked_fit(
         result = fit_variant(vcfg, data, state, class_weight, evaluate=cfg.evaluate)
         n_train = len(data.y("train"))
         metrics = summarize(
-            vcfg, result.rows, result.stopped_epoch, n_train, result.model.count_params()
+            vcfg,
+            result.rows,
+            result.stopped_epoch,
+            n_train,
+            result.model.count_params(),
+            result.stopped_by,
         )
         tracking.log_metrics(run_metrics(metrics))
         yield TrackedFit(run, result, metrics, class_weight)
@@ -504,7 +529,9 @@ def train_extra_seed(
         )
         result = fit_variant(svcfg, data, state, class_weight, evaluate=cfg.evaluate)
         n_train, n_params = len(data.y("train")), result.model.count_params()
-        metrics = summarize(svcfg, result.rows, result.stopped_epoch, n_train, n_params)
+        metrics = summarize(
+            svcfg, result.rows, result.stopped_epoch, n_train, n_params, result.stopped_by
+        )
         scores = scoring.score_splits(result.model, data, indices)
         # The same names evaluate logs on the variant's run, so the UI compares them.
         eval_metrics = tracking.sectioned(

@@ -75,11 +75,17 @@ def _conv_blocks(
             filters,
             model_cfg.kernel_size,
             padding="same",
-            activation="relu",
+            # With batch_norm the ReLU comes after the normalization (and the
+            # normalization's shift stands in for the conv's bias).
+            activation=None if model_cfg.batch_norm else "relu",
+            use_bias=not model_cfg.batch_norm,
             kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of(f"{CONV_PREFIX}{i}")),
             kernel_regularizer=regularizer,
             name=f"{CONV_PREFIX}{i}",
         )(x)
+        if model_cfg.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"batch_norm_{i}")(x)
+            x = keras.layers.Activation("relu", name=f"relu_{i}")(x)
         # Tiny images (8x8 digits with several blocks) would pool to 0x0.
         if height >= 2 and width >= 2:
             x = keras.layers.MaxPooling2D(pool_size=2, name=f"pool_{i}")(x)
@@ -100,8 +106,12 @@ def _classifier_head(
     seeds: _SeedSequence,
     regularizer: keras.regularizers.Regularizer | None,
 ) -> keras.KerasTensor:
-    """Flatten, Dense(dense_units, relu), Dropout when dropout > 0, softmax output."""
-    x = keras.layers.Flatten(name="flatten")(x)
+    """Flatten (or global average pooling), Dense(dense_units, relu), Dropout when
+    dropout > 0, softmax output."""
+    if model_cfg.head == "global_average":
+        x = keras.layers.GlobalAveragePooling2D(name="global_average")(x)
+    else:
+        x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(
         model_cfg.dense_units,
         activation="relu",
@@ -115,6 +125,8 @@ def _classifier_head(
         n_classes,
         activation="softmax",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seeds.of(OUTPUT_LAYER)),
+        # float32 whatever the policy: a softmax in bf16 rounds small probabilities to 0.
+        dtype="float32",
         name=OUTPUT_LAYER,
     )(x)
 

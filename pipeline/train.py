@@ -48,6 +48,10 @@ from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import load_prepared
 
 INPUT_EXAMPLE_IMAGES = 3  # logged with the model, to show its input
+STOPPED_WHY = {
+    fitting.STOPPED_BY_CLEAR_OVERFIT: " (stopped: its overfitting was clear)",
+    fitting.STOPPED_BY_PATIENCE: " (stopped: no val-loss improvement within patience)",
+}
 
 
 def train_variant(paths: Paths, cfg: Config, name: str) -> dict[str, Any]:
@@ -169,6 +173,7 @@ def start_strategy(cfg: Config, name: str, fraction: float | None) -> None:
             f"train.seeds: 1 for it (now {tcfg.seeds}), or train.strategy: none to train "
             "several seeds on one machine"
         )
+    distribute.set_threads(tcfg.threads.intra_op, tcfg.threads.inter_op)
     distribute.start(strategy)
 
 
@@ -196,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics = train_variant(paths, cfg, args.variant)
     n_seeds = cfg.variant(args.variant).train.seeds
     extra = f" (+{n_seeds - 1} more seeds in seeds.json)" if n_seeds > 1 else ""
+    why = STOPPED_WHY.get(metrics["stopped_by"], "")
     print(
-        f"trained {args.variant}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+        f"trained {args.variant}: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}"
+        f"{why}, "
         f"val_accuracy {metrics['best_val_accuracy']:.4f}{extra} -> "
         f"{paths.variant_dir(args.variant)}",
         file=sys.stdout,

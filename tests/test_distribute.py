@@ -218,3 +218,26 @@ def test_a_multi_worker_variant_trains_its_learning_curve_on_one_device(monkeypa
     )
     with pytest.raises(ConfigError, match=r"variants.baseline: .*train.seeds: 1 for it \(now 2\)"):
         train.start_strategy(seeds, "baseline", fraction=None)
+
+
+def test_thread_pools_are_set_before_tensorflow_starts_and_kept_after():
+    code = (
+        "import tensorflow as tf\n"
+        "from pipeline import distribute\n"
+        "distribute.set_threads(1, 1)\n"
+        "t = tf.config.threading\n"
+        "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())\n"
+        "tf.constant(1.0) + 1.0\n"
+        "distribute.set_threads(2, 2)  # TensorFlow has run an op: kept, no error\n"
+        "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "1", "1"]

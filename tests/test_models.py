@@ -129,3 +129,65 @@ def test_mitigations_start_from_the_baselines_initial_weights(variant_models):
                 strict=True,
             ):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}.{layer}")
+
+
+def test_batch_norm_goes_between_each_conv_and_its_relu():
+    cfg = shipped("model", conv_filters=[4, 8], dense_units=8, batch_norm=True)
+    model = build_model(cfg, (16, 16, 1), 3, seed=0)
+    names = [layer.name for layer in model.layers]
+    for i in (1, 2):
+        conv = model.get_layer(f"conv_{i}")
+        assert conv.activation.__name__ == "linear" and not conv.use_bias
+        at = names.index(f"conv_{i}")
+        assert names[at + 1 : at + 3] == [f"batch_norm_{i}", f"relu_{i}"]
+    plain = build_model(shipped("model", conv_filters=[4, 8], dense_units=8), (16, 16, 1), 3, 0)
+    assert not _layers_of(plain, keras.layers.BatchNormalization)
+
+
+def test_a_global_average_head_keeps_a_capable_network_under_100k_parameters():
+    wide = shipped("model", conv_filters=[32, 64, 64], dense_units=128)
+    flat = build_model(wide, (28, 28, 1), 10, seed=0)
+    pooled = build_model(
+        shipped("model", conv_filters=[32, 64, 64], dense_units=128, head="global_average"),
+        (28, 28, 1),
+        10,
+        seed=0,
+    )
+    assert _layers_of(pooled, keras.layers.GlobalAveragePooling2D)
+    assert not _layers_of(pooled, keras.layers.Flatten)
+    assert pooled.count_params() < 100_000 < flat.count_params()
+    assert pooled.output_shape == (None, 10)
+
+
+def test_the_softmax_stays_float32_under_mixed_precision():
+    from pipeline import precision
+
+    try:
+        assert precision.apply("mixed_bfloat16") == "mixed_bfloat16"
+        model = build_model(shipped("model", conv_filters=[4], dense_units=8), SHAPE, 3, seed=0)
+        assert model.get_layer("conv_1").compute_dtype == "bfloat16"
+        assert model.get_layer("output").compute_dtype == "float32"
+        out = model(np.zeros((2, *SHAPE), dtype="float32"), training=False)
+        assert np.asarray(out).dtype == np.float32
+    finally:
+        precision.apply("float32")
+    model = build_model(shipped("model", conv_filters=[4], dense_units=8), SHAPE, 3, seed=0)
+    assert model.get_layer("conv_1").compute_dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse avx512f avx512_bf16", "mixed_bfloat16"),
+        ("fpu sse amx_tile amx_bf16 avx512f", "mixed_bfloat16"),
+        ("fpu sse avx2 avx512f", "float32"),
+    ],
+)
+def test_auto_precision_follows_the_cpu_flags(tmp_path, flags, expected):
+    from pipeline import precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n")
+    assert precision.resolve("auto", cpuinfo) == expected
+    assert precision.resolve("float32", cpuinfo) == "float32"
+    assert precision.resolve("auto", tmp_path / "missing") == "float32"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ import pytest
 
 from pipeline import fitting
 from pipeline.config import parse_config
+from pipeline.prepared import load_prepared
 from pipeline.stopping import ClearOverfitStop
 
 from . import known_truth as kt
@@ -198,3 +200,25 @@ def test_the_rule_saves_epochs_on_the_recordings():
                 saved += len(rec.inputs["artifacts"][name].history) - stop
     assert fired >= 10 and saved > 0
     assert not math.isnan(saved)
+
+
+@pytest.mark.slow
+def test_real_training_stops_once_memorization_is_clear(project):
+    """Shuffled labels can only be memorized: with patience out of reach (50 epochs) only
+    the clear-overfitting stop can end the run before the 40-epoch limit, and it must."""
+
+    cfg = kt.train_for_real(
+        project,
+        {"baseline": {}},
+        shuffle_labels=True,
+        train={"epochs": 40, "early_stopping": {"patience": 50}},
+    )
+    metrics = json.loads(project.paths.train_metrics("baseline").read_text())
+    assert metrics["stopped_by"] == fitting.STOPPED_BY_CLEAR_OVERFIT, metrics
+    assert metrics["best_epoch"] < metrics["stopped_epoch"] == metrics["epochs_run"] < 40
+    history = pd.read_csv(project.paths.history_csv("baseline"))
+    assert len(history) == metrics["epochs_run"]
+    # The stop is the rule's own reading of the recorded curve, epoch for epoch.
+    data = load_prepared(project.paths.prepared_dir)
+    rule = fitting.stop_rule(cfg.variant("baseline"), data, cfg.evaluate)
+    assert rule is not None and rule.first_epoch(history) == metrics["epochs_run"]

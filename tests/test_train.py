@@ -76,8 +76,10 @@ def test_train_writes_the_contract_outputs_and_mlflow_run(digits_prepared):
     metrics = json.loads(project.paths.train_metrics("baseline").read_text())
     assert set(metrics) == {
         "variant", "best_epoch", "stopped_epoch", "epochs_run", "train_seconds",
-        "images_per_second", "best_val_loss", "best_val_accuracy", "params",
+        "images_per_second", "best_val_loss", "best_val_accuracy", "params", "stopped_by",
+        "precision",
     }  # fmt: skip
+    assert metrics["stopped_by"] == "" and metrics["precision"] == "float32"
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] in (1, 2)
     assert metrics["best_val_loss"] == pytest.approx(history["val_loss"].min())
     run_info = json.loads(project.paths.run_info("baseline").read_text())
