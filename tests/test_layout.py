@@ -260,7 +260,7 @@ INFRASTRUCTURE = {
 }  # fmt: skip
 PURE_CORES = [
     "diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement",
-    "report_context", "splitting",
+    "report_context", "splitting", "stopping",
 ]  # fmt: skip
 
 
