@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +68,7 @@ def one(setting: str, variant: str, epochs: int, train_size: int, val_size: int)
     if "precision" in opts:
         keras.mixed_precision.set_global_policy(opts["precision"])
 
-    from bench_train import load_fashion
+    from bench_train import epoch_timer, load_fashion, steady_rate
 
     from pipeline.config import load_config
     from pipeline.fitting import set_determinism
@@ -89,13 +88,7 @@ def one(setting: str, variant: str, epochs: int, train_size: int, val_size: int)
         jit_compile=opts.get("jit", False),
     )
     seconds: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.start)
+    timer = epoch_timer(seconds)
 
     batch = opts.get("batch_size", vcfg.train.batch_size)
     if opts.get("tfdata"):
@@ -107,18 +100,17 @@ def one(setting: str, variant: str, epochs: int, train_size: int, val_size: int)
             validation_data=train_input.eval_dataset(xvu, yv, batch),
             epochs=epochs,
             steps_per_epoch=-(-len(y) // batch),
-            callbacks=[Timer()],
+            callbacks=[timer],
             verbose=0,
         )
     else:
         hist = model.fit(
             x, y, validation_data=(xv, yv), batch_size=batch, epochs=epochs,
-            callbacks=[Timer()], verbose=0,
+            callbacks=[timer], verbose=0,
         )  # fmt: skip
-    steady = seconds[1:] or seconds
     return {
         "setting": setting,
-        "images_per_s": len(y) * len(steady) / sum(steady),
+        "images_per_s": steady_rate(len(y), seconds),
         "val_accuracy": float(hist.history["val_accuracy"][-1]),
         "val_loss": float(hist.history["val_loss"][-1]),
         "dtype_policy": keras.mixed_precision.global_policy().name,

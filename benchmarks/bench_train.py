@@ -73,6 +73,20 @@ def bench_params(epochs: int, batch_size: int) -> dict:
     return params
 
 
+def epoch_timer(seconds: list[float]):
+    """A Keras callback appending each epoch's wall seconds to `seconds`."""
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.start)
+
+    return Timer()
+
+
 def steady_rate(n_train: int, epoch_seconds: list[float]) -> float:
     steady = epoch_seconds[1:] or epoch_seconds
     return n_train * len(steady) / sum(steady)
@@ -80,7 +94,6 @@ def steady_rate(n_train: int, epoch_seconds: list[float]) -> float:
 
 def run_bare(vcfg, arrays) -> tuple[float, float]:
     """(a): model.fit on float32 numpy arrays in memory."""
-    import keras
 
     from pipeline.models import build_model
 
@@ -91,13 +104,7 @@ def run_bare(vcfg, arrays) -> tuple[float, float]:
     model = build_model(vcfg.model, x_train.shape[1:], 10, seed=vcfg.train.seed)
     fitting.compile_model(model, vcfg.train.learning_rate)
     seconds: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.start)
+    timer = epoch_timer(seconds)
 
     start = time.perf_counter()
     model.fit(
@@ -107,7 +114,7 @@ def run_bare(vcfg, arrays) -> tuple[float, float]:
         batch_size=vcfg.train.batch_size,
         epochs=vcfg.train.epochs,
         shuffle=True,
-        callbacks=[Timer()],
+        callbacks=[timer],
         verbose=0,
     )
     return steady_rate(len(y_train), seconds), time.perf_counter() - start

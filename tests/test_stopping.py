@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 
 import numpy as np
 import pandas as pd
@@ -199,7 +198,6 @@ def test_the_rule_saves_epochs_on_the_recordings():
                 fired += 1
                 saved += len(rec.inputs["artifacts"][name].history) - stop
     assert fired >= 10 and saved > 0
-    assert not math.isnan(saved)
 
 
 @pytest.mark.slow
