@@ -57,6 +57,12 @@ def label_set(observed: Observed, limits: Limits) -> str:
     unknown = observed["unknown_label_images"]
     if unknown:
         text += f"; {unknown} images carry a label outside the class list"
+    clashes = observed.get("class_clashes") or []
+    if clashes:
+        text += (
+            "; class folders clash (compared after Unicode NFC and stripping spaces): "
+            + "; ".join(clashes)
+        )
     return text + "."
 
 

@@ -107,6 +107,9 @@ class LabelSet(Check):
                         "every split holds every class", column="count", min_value=1),
             self.expect(vcfg, "images", gxe.ExpectColumnValuesToBeInSet,
                         "labels are the dataset's classes", column="label", value_set=classes),
+            self.expect(vcfg, "class_folders", gxe.ExpectColumnValuesToBeInSet,
+                        "one folder per class, none that look alike", column="clash",
+                        value_set=[0]),
         ]  # fmt: skip
 
     def observe(self, tables: ValidationTables, vcfg: ValidateConfig) -> dict[str, Any]:
@@ -115,15 +118,32 @@ class LabelSet(Check):
             s: sc.loc[(sc["split"] == s) & (sc["count"] == 0), "label"].astype(str).tolist()
             for s in SPLITS
         }
+        cf = tables.class_folders
+        clashes = [
+            f"{', '.join(group['path'])} {'give class' if why == 'same class' else 'look like'} "
+            f"{label!r}"
+            for (label, why), group in cf[cf["clash"] == 1].groupby(["label", "why"], sort=False)
+        ]
         return {
             "classes": len(tables.classes),
             "missing": {s: v for s, v in missing.items() if v},
             "unknown_label_images": int((~tables.images["label"].isin(tables.classes)).sum()),
+            "class_clashes": clashes,
         }
 
     def summary(self, observed: dict[str, Any]) -> str:
-        missing = "; ".join(f"{s}: {', '.join(v)}" for s, v in observed["missing"].items())
-        return f"classes missing from {missing}"
+        parts = []
+        if observed.get("class_clashes"):
+            parts.append(
+                "class folders clash: "
+                + "; ".join(observed["class_clashes"])
+                + " (names are compared after Unicode NFC and stripping spaces; "
+                "rename or merge the folders)"
+            )
+        if observed["missing"]:
+            missing = "; ".join(f"{s}: {', '.join(v)}" for s, v in observed["missing"].items())
+            parts.append(f"classes missing from {missing}")
+        return "; ".join(parts) or "labels outside the dataset's classes"
 
 
 class ClassBalance(Check):

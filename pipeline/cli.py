@@ -50,8 +50,24 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip() not in ("", "0")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level() -> str:
+    """PIPELINE_LOG_LEVEL, upper-cased; INFO when unset. A value logging does not
+    know is a UserError naming the variable and the allowed values."""
+    level = os.environ.get("PIPELINE_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise UserError(
+            f"PIPELINE_LOG_LEVEL={os.environ['PIPELINE_LOG_LEVEL']!r} is not a log level; "
+            f"use one of {', '.join(LOG_LEVELS)} (PIPELINE_VERBOSE=1 shows TensorFlow's "
+            "own warnings too)"
+        )
+    return level
+
+
 def setup_logging() -> None:
-    level = os.environ.get("PIPELINE_LOG_LEVEL", "INFO").upper()
+    level = log_level()
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # TensorFlow and friends are loud at INFO.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -172,7 +188,11 @@ def run_stage(
     Args:
         tensorflow: the stage uses TensorFlow: its import, when it comes, is quiet.
     """
-    setup_logging()
+    try:
+        setup_logging()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     if tensorflow:
         import_tensorflow_quietly()
     try:

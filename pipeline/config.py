@@ -36,6 +36,9 @@ LEARNING_CURVE_DIR = "learning_curve"
 Fraction01 = Annotated[float, Field(ge=0.0, lt=1.0)]
 Severity = Literal["error", "warning"]
 MAX_SEEDS = 20
+# The largest train.seed / data.seed: NumPy and TensorFlow take seeds below 2**32,
+# and train.seed + train.seeds - 1 must be one too.
+MAX_SEED = 2**32 - 1 - MAX_SEEDS
 
 
 class ConfigError(UserError, ValueError):
@@ -61,7 +64,7 @@ class DataConfig(_Frozen):
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     workers: Annotated[int, Field(ge=0, le=256)]
 
     _image_size_tuple = field_validator("image_size", mode="before")(_list_to_tuple)
@@ -156,7 +159,15 @@ class TrainConfig(_Frozen):
     early_stopping: EarlyStoppingConfig
     reduce_lr: ReduceLRConfig
     class_weight: Literal["off", "on", "auto"]
-    seed: Annotated[int, Field(ge=0)]
+    # `dvc exp run -S train.class_weight=on` writes a bare on, which YAML 1.1 reads
+    # as true: read true/false as on/off.
+    _class_weight_words = field_validator("class_weight", mode="before")(
+        lambda value: (
+            {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        )
+    )
+    # seed + seeds - 1 must stay a valid NumPy/TensorFlow seed (below 2**32)
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
     # How many seeds each variant trains (seed, seed + 1, ...). The bound keeps
     # a typo (100 for 10) from silently multiplying the training time.
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
@@ -419,12 +430,29 @@ class DuplicateKeyError(yaml.YAMLError):
     """A mapping in the YAML gives one key twice."""
 
 
+class AliasError(yaml.YAMLError):
+    """The YAML uses an alias (``*name``): refused, see _UniqueKeyLoader."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping.
+    """yaml.SafeLoader that refuses a key given twice in one mapping, and aliases.
 
     PyYAML keeps the last value silently; DVC, which reads params.yaml too,
     rejects the file. Merge keys (``<<``) may still be overridden.
+
+    An alias (``*name``, with its ``&name`` anchor) is refused outright: nested
+    aliases expand exponentially (the "billion laughs"), and a settings file
+    needs none. Refusing them is simpler and safer than capping the expansion.
     """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise AliasError(
+                f"line {event.start_mark.line + 1}: the alias *{event.anchor} is not allowed; "
+                "write the value out (YAML anchors and aliases can expand without bound)"
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line: dict[Any, int] = {}
@@ -455,7 +483,7 @@ def load_config(path: Path | str = "params.yaml") -> Config:
         raise ConfigError(f"{path}: not found; run from the project root") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
-    except DuplicateKeyError as exc:
+    except (DuplicateKeyError, AliasError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None

@@ -34,10 +34,13 @@ from __future__ import annotations
 import errno
 import gzip
 import logging
+import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,11 +83,83 @@ class Source:
     format: str
     records: list[SourceRecord]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Class folders that name one class, or look like one: [{"class", "folders", "why"}]
+    clashes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def class_sort_key(name: str) -> tuple[int, int, str]:
-    """Numeric class names sort as numbers ("2" before "10"), others alphabetically."""
-    return (0, int(name), name) if name.isdigit() else (1, 0, name)
+    """Numeric class names sort as numbers ("2" before "10"), others alphabetically.
+
+    Only ASCII digits count: "①" is a digit to str.isdigit but not to int().
+    """
+    if name.isascii() and name.isdigit():
+        return (0, int(name), name)
+    return (1, 0, name)
+
+
+def class_label(folder: str) -> str:
+    """The class a folder name gives: printable (non-UTF-8 bytes as ``\\xNN``),
+    Unicode NFC (so an NFD "café" from macOS is the same class as an NFC one) and
+    without surrounding whitespace (" cat" is "cat")."""
+    text = unicodedata.normalize("NFC", printable_name(folder))
+    return text.strip() or text  # a name of only spaces stays what it is
+
+
+def _looks_like(folder: str) -> str:
+    """What a folder name looks like on screen: non-UTF-8 bytes read as latin-1
+    (the one rule for them: every byte is a latin-1 character), NFC, invisible
+    format characters (zero-width space, joiners) dropped, whitespace stripped."""
+    raw = os.fsencode(folder)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    text = unicodedata.normalize("NFC", text)
+    return "".join(c for c in text if not _has_invisible(c)).strip()
+
+
+def shown_folder(folder: str) -> str:
+    """A folder name as a Python literal: " cat" and "cat" differ on screen, and a
+    non-UTF-8 name shows as its bytes (b'caf\\xe9'), unlike a literal backslash."""
+    try:
+        folder.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(folder))
+    if unicodedata.normalize("NFC", folder) != folder or _has_invisible(folder):
+        return ascii(folder)  # decomposed or invisible characters, spelled out
+    return repr(folder)
+
+
+def _has_invisible(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cf" for c in text)
+
+
+def class_clashes(folders: list[str]) -> list[dict[str, Any]]:
+    """Groups of class folders that give the same class, or look identical.
+
+    Each is {"class": the label, "folders": the folders as `shown_folder` gives
+    them, "why": "same class" | "look identical"}; a group of the same folders
+    is given once.
+    """
+    by_label: dict[str, list[str]] = {}
+    by_look: dict[str, list[str]] = {}
+    for folder in folders:
+        by_label.setdefault(class_label(folder), []).append(folder)
+        by_look.setdefault(_looks_like(folder), []).append(folder)
+    clashes: list[dict[str, Any]] = []
+    seen: set[frozenset[str]] = set()
+    for why, groups in (("same class", by_label), ("look identical", by_look)):
+        for members in groups.values():
+            if len(members) > 1 and frozenset(members) not in seen:
+                seen.add(frozenset(members))
+                clashes.append(
+                    {
+                        "class": class_label(members[0]),
+                        "folders": [shown_folder(m) for m in members],
+                        "why": why,
+                    }
+                )
+    return clashes
 
 
 def detect_format(root: Path, fmt: str = "auto") -> str:
@@ -107,7 +182,11 @@ def load_source(root: Path, fmt: str = "auto") -> Source:
     fmt = detect_format(root, fmt)
     if fmt == "idx":
         return idx_source(root)
-    return Source(root=root, format="folder", records=folder_records(root))
+    records = folder_records(root)
+    folders = [e.name for e in root.iterdir() if e.is_dir() and not _is_hidden(e.name)]
+    return Source(
+        root=root, format="folder", records=records, clashes=class_clashes(sorted(folders))
+    )
 
 
 def explain_empty_source(root: Path) -> str:
@@ -188,7 +267,7 @@ def folder_records(root: Path) -> list[SourceRecord]:
         if not entry.is_dir():
             log.info("ignoring %s: files directly in the source root have no class", entry)
             continue
-        label = printable_name(entry.name)
+        label = class_label(entry.name)
         if entry.is_symlink() and _outside(entry, root_real):
             records.append(_symlink_row(entry, f"{label}/", label))
             continue
@@ -342,7 +421,13 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
     if len(data) < header:
         raise StageError(f"{path}: IDX header is truncated")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape)) + header
+    if ndim == 3 and 0 in shape[1:]:
+        raise StageError(
+            f"{path}: header says images of {shape[1]}x{shape[2]} pixels; an image needs "
+            "at least 1x1"
+        )
+    # Python ints: four 32-bit dimensions multiplied overflow NumPy's int64
+    expected = math.prod(shape) + header
     if len(data) != expected:
         raise StageError(
             f"{path}: header says {shape[0]} items of shape {shape[1:]} ({expected} bytes) "
@@ -352,13 +437,28 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
 
 
 def read_class_names(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    """classes.txt: one name per line, in label order, UTF-8; each name NFC and
+    stripped as a folder's class name is (`class_label`)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StageError(
+            f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8, one class name per line"
+        ) from None
+    except OSError as exc:
+        raise StageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    names = [unicodedata.normalize("NFC", line).strip() for line in text.splitlines()]
     while names and not names[-1]:
         names.pop()
     if not names or any(not n for n in names):
         raise StageError(f"{path}: needs one non-empty class name per line, in label order")
-    if len(set(names)) != len(names):
-        raise StageError(f"{path}: class names must be unique")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise StageError(
+            f"{path}: class names must be unique (after Unicode NFC and stripping spaces); "
+            f"repeated: {', '.join(map(repr, repeated))}"
+        )
     return names
 
 

@@ -1,4 +1,5 @@
-"""The retrain lock: one scheduled retrain at a time, never two overlapping.
+"""The retrain lock: one scheduled retrain at a time, never two overlapping; and
+the same lock per training stage, one writer per variant (or learning-curve point).
 
 `retrain_lock(path, stale_seconds)` holds an fcntl lock on `path` (it vanishes
 with its process) and records pid, host and start time in the file. A second
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pipeline.cli import UserError
 from pipeline.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,24 @@ log = logging.getLogger(__name__)
 
 class LockHeldError(RuntimeError):
     """Another retrain holds the lock and may not be taken over."""
+
+
+class LockFileError(UserError, RuntimeError):
+    """The lock file cannot be opened (a directory in its place, no permission)."""
+
+
+def _open_lock_file(path: Path) -> IO[str]:
+    try:
+        return open(path, "a+")  # noqa: SIM115 - held until release_lock
+    except IsADirectoryError:
+        raise LockFileError(
+            f"{path} is a directory, not a lock file; remove it (rmdir {path}) and rerun"
+        ) from None
+    except OSError as exc:
+        raise LockFileError(
+            f"{path}: cannot open the lock file ({exc.strerror or exc}); make its folder "
+            "writable, or remove a file in the way"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -84,11 +104,13 @@ def stale_reason(
     return None
 
 
-def held_message(holder: LockHolder | None, path: Path, stale_seconds: int, now: float) -> str:
+def held_message(
+    holder: LockHolder | None, path: Path, stale_seconds: int, now: float, what: str = "retrain"
+) -> str:
     """Why the lock is respected; names a possibly hung holder and how to end it."""
     if holder is None:
-        return f"another retrain is running (a process that is starting); lock file {path}"
-    message = f"another retrain is running ({holder.describe()}); lock file {path}"
+        return f"another {what} is running (a process that is starting); lock file {path}"
+    message = f"another {what} is running ({holder.describe()}); lock file {path}"
     age = now - holder.started_at
     if age > stale_seconds:
         message += (
@@ -98,22 +120,26 @@ def held_message(holder: LockHolder | None, path: Path, stale_seconds: int, now:
     return message
 
 
-def acquire_lock(path: Path, stale_seconds: int, attempts: int = 3) -> IO[str]:
+def acquire_lock(
+    path: Path, stale_seconds: int, attempts: int = 3, what: str = "retrain"
+) -> IO[str]:
     """Lock `path` for this process and record pid, host and start time in it.
+
+    `what` names the holder's job in messages ("retrain", "training of baseline").
 
     Raises:
         LockHeldError: the holder lives on this host, or on another host and locked
             less than `stale_seconds` ago (see `stale_reason`).
     """
     for _ in range(attempts):
-        handle = open(path, "a+")  # noqa: SIM115 - held until release_lock
+        handle = _open_lock_file(path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             handle.close()
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            _take_over_if_stale(path, stale_seconds)
+            _take_over_if_stale(path, stale_seconds, what)
             continue
         if not _is_current_file(handle, path):  # taken over between open and flock
             handle.close()
@@ -121,17 +147,17 @@ def acquire_lock(path: Path, stale_seconds: int, attempts: int = 3) -> IO[str]:
         _record_holder(handle, path)
         return handle
     raise LockHeldError(
-        f"could not take {path} after {attempts} attempts; another retrain is racing"
+        f"could not take {path} after {attempts} attempts; another {what} is racing"
     )
 
 
-def _take_over_if_stale(path: Path, stale_seconds: int) -> None:
+def _take_over_if_stale(path: Path, stale_seconds: int, what: str = "retrain") -> None:
     """Unlink a held but stale lock file; LockHeldError when it must be respected."""
     holder = read_holder(path)
     now = time.time()
     reason = stale_reason(holder, stale_seconds, now)
     if reason is None:
-        raise LockHeldError(held_message(holder, path, stale_seconds, now)) from None
+        raise LockHeldError(held_message(holder, path, stale_seconds, now, what)) from None
     # The old holder keeps its lock on the unlinked file; we lock a new one.
     log.warning("taking over %s: %s", path, reason)
     path.unlink(missing_ok=True)
@@ -141,7 +167,7 @@ def _record_holder(handle: IO[str], path: Path) -> None:
     """Write this process's pid, host and start time into the freshly locked file."""
     leftover = read_holder(path)
     if leftover is not None:
-        log.warning("previous retrain (%s) ended without releasing %s", leftover.describe(), path)
+        log.warning("previous holder (%s) ended without releasing %s", leftover.describe(), path)
     handle.seek(0)
     handle.truncate()
     json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}, handle)
@@ -166,9 +192,10 @@ def release_lock(handle: IO[str]) -> None:
 
 
 @contextlib.contextmanager
-def retrain_lock(path: Path, stale_seconds: int) -> Iterator[None]:
-    """Hold the lock on `path` for the body; LockHeldError when another retrain has it."""
-    handle = acquire_lock(path, stale_seconds)
+def retrain_lock(path: Path, stale_seconds: int, what: str = "retrain") -> Iterator[None]:
+    """Hold the lock on `path` for the body; LockHeldError when another holder has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = acquire_lock(path, stale_seconds, what=what)
     try:
         yield
     finally:

@@ -126,6 +126,11 @@ class Paths:
         """Scratch state that must survive a killed stage (not a DVC output)."""
         return self.root / ".pipeline_state"
 
+    def train_lock(self, stage: str) -> Path:
+        """Held by the process training `stage` ("baseline", "learning_curve@0.25"):
+        one writer per variant, so a second trainer cannot resume a live checkpoint."""
+        return self.state_dir / "locks" / f"{stage}.lock"
+
     def variant_dir(self, variant: str) -> Path:
         return self.models_dir / variant
 

@@ -169,13 +169,22 @@ def _figure_font() -> FT2Font:
     return FT2Font(findfont(FontProperties()))
 
 
+def literal(text: str) -> str:
+    """`text` as matplotlib draws it literally: every `$` escaped, so no part of a
+    name such as "$5_to_$10" or "$\\alpha$" is read as mathtext (TeX is off)."""
+    return text.replace("$", r"\$")
+
+
 def drawable(text: str, fallback: str) -> str:
-    """`text` if the figure font has a glyph for each character, else `fallback`.
+    """`text`, drawn literally, if the figure font has a glyph for each character;
+    else `fallback`.
 
     Missing glyphs would print as empty boxes (and warn once per character).
     """
     font = _figure_font()
-    return text if all(font.get_char_index(ord(c)) for c in text if not c.isspace()) else fallback
+    if all(font.get_char_index(ord(c)) for c in text if not c.isspace()):
+        return literal(text)
+    return fallback
 
 
 def curves_name(variant: str) -> str:

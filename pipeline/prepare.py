@@ -122,6 +122,8 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
             "channels": data.channels,
             "color_mode": data.color_mode,
             "seed": data.seed,
+            # class folders that give one class or look identical: validate's label_set
+            "class_clashes": source.clashes,
         }
         finish_prepared(tmp, manifest, meta)
     counts = manifest["split"].value_counts().to_dict()

@@ -45,7 +45,9 @@ class Entry:
     """One name under the source: a regular file (with its stat) or why it is not one."""
 
     rel: bytes
-    kind: str  # "file", "dangling", "loop", "missing", "special" or "unreadable:<errno>"
+    # "file", "dangling", "loop", "missing", "special", "outside:<link>", "link:<link>"
+    # or "unreadable:<errno>"
+    kind: str
     st: os.stat_result | None = None
 
 
@@ -58,16 +60,27 @@ def _why(exc: OSError, is_link: bool) -> str:
 
 
 def walk(root: Path) -> Iterator[Entry]:
-    """Every visible name under `root`, depth first in byte order, symlinks followed.
+    """Every visible name under `root`, depth first in byte order, as prepare reads it.
 
-    Names are bytes, so a name that is not UTF-8 is listed like any other. A
-    folder reached a second time (a symlink loop) is listed once as "loop"
-    instead of walked again. Hidden names (leading dot) are skipped, as prepare
-    skips them.
+    Names are bytes, so a name that is not UTF-8 is listed like any other.
+    Symlinks are handled as prepare handles them, and never lead out of the
+    source: a link whose target is outside `root` is listed as "outside:<target>"
+    and not read (a link to /proc or /usr must neither hang nor hash a system);
+    a link to a folder inside `root` is listed as "link:<target>" and not walked
+    (its target is walked where it is); a link to a file inside `root` is hashed.
+    A folder reached a second time (a bind mount) is listed once as "loop".
+    Hidden names (leading dot) are skipped, as prepare skips them. Special files
+    (FIFOs, devices, sockets) are listed, never opened.
     """
     seen: set[tuple[int, int]] = set()
+    base = os.fsencode(root)
+    root_real = os.path.realpath(base)
 
     def visit(path: bytes, rel: bytes) -> Iterator[Entry]:
+        unfollowed = _unfollowed_link(path, root_real) if rel else None
+        if unfollowed is not None:
+            yield Entry(rel, unfollowed)
+            return
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -92,7 +105,19 @@ def walk(root: Path) -> Iterator[Entry]:
         for name in names:
             yield from visit(os.path.join(path, name), rel + b"/" + name if rel else name)
 
-    yield from visit(os.fsencode(root), b"")
+    yield from visit(base, b"")
+
+
+def _unfollowed_link(path: bytes, root_real: bytes) -> str | None:
+    """The kind of a symlink walk() lists without following it: "outside:<link>" for a
+    target outside the source, "link:<link>" for a folder inside it; else None."""
+    if not os.path.islink(path):
+        return None
+    target = os.path.realpath(path)
+    shown = os.readlink(path).decode("utf-8", "backslashreplace")
+    if not (target == root_real or target.startswith(root_real.rstrip(b"/") + b"/")):
+        return f"outside:{shown}"
+    return f"link:{shown}" if os.path.isdir(path) else None
 
 
 def _stat_key(st: os.stat_result) -> list[int]:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
 REACHABILITY_TIMEOUT_S = 5.0
+_REPRO_ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 
 
 class TrackingError(UserError, RuntimeError):
@@ -243,6 +245,11 @@ def repro_id(paths: Paths, cfg: Config) -> str:
     """
     explicit = os.environ.get(REPRO_ID_ENV, "").strip()
     if explicit:
+        if not _REPRO_ID_PATTERN.fullmatch(explicit):
+            raise TrackingError(
+                f"{REPRO_ID_ENV}={explicit!r}: use 1-64 letters, digits and . _ - : "
+                "(it is matched in MLflow search filters, where quotes and spaces break)"
+            )
         return explicit
     parent = os.environ.get(PARENT_RUN_ENV, "").strip()
     if parent:

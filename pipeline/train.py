@@ -41,9 +41,10 @@ from typing import Any
 
 from pipeline import distribute, fitting, tracking, train_input
 from pipeline.catalog.training import write_fraction_outputs, write_train_outputs
-from pipeline.cli import run_stage
+from pipeline.cli import StageError, run_stage
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.history import history_text
+from pipeline.lock import LockHeldError, retrain_lock
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import load_prepared
 
@@ -189,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: trained {args.variant} with the chief for {epochs} epochs; the chief "
               "writes the outputs and the MLflow run")  # fmt: skip
         return 0
+    stage = args.variant if args.fraction is None else f"learning_curve@{args.fraction:g}"
+    try:
+        with retrain_lock(
+            paths.train_lock(stage), cfg.retrain.lock_stale_seconds, what=f"training of {stage}"
+        ):
+            return _train_as_chief(paths, cfg, args)
+    except LockHeldError as exc:
+        raise StageError(f"{exc}; wait for it to finish, or stop it first") from None
+
+
+def _train_as_chief(paths: Paths, cfg: Config, args: argparse.Namespace) -> int:
+    """The stage's work once this process holds the stage's lock."""
     if args.fraction is not None:
         result = train_fraction(paths, cfg, args.variant, args.fraction)
         print(

@@ -15,6 +15,7 @@ Inputs: a `PreparedDataset` and params.yaml `validate`. Outputs: a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,8 @@ class ValidationTables:
     splits: pd.DataFrame
     classes: list[str]
     leaks: Leaks
+    # one row per class, plus one per folder in a clash (see class_folders_table)
+    class_folders: pd.DataFrame
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """Table name -> table, the names the checks' expectations refer to."""
@@ -42,6 +45,7 @@ class ValidationTables:
             "images": self.images,
             "split_classes": self.split_classes,
             "splits": self.splits,
+            "class_folders": self.class_folders,
         }
 
 
@@ -65,7 +69,19 @@ def build_tables(dataset: PreparedDataset, vcfg: ValidateConfig) -> ValidationTa
         splits=splits,
         classes=dataset.classes,
         leaks=leaks,
+        class_folders=class_folders_table(dataset.classes, dataset.meta.get("class_clashes", [])),
     )
+
+
+def class_folders_table(classes: list[str], clashes: list[dict[str, Any]]) -> pd.DataFrame:
+    """A row per class (clash 0), and a row per folder of each clash that prepare
+    found (clash 1: folders that give one class, or look identical): `path` is the
+    folder as prepare showed it, so the failure lists it as an example."""
+    rows = [{"path": name, "label": name, "clash": 0, "why": ""} for name in classes]
+    for group in clashes:
+        for folder in group["folders"]:
+            rows.append({"path": folder, "label": group["class"], "clash": 1, "why": group["why"]})
+    return pd.DataFrame(rows, columns=["path", "label", "clash", "why"])
 
 
 def split_images(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,13 @@ import pytest
 from pipeline import check_sentences, checks
 from pipeline.leakage import find_leaks
 from pipeline.prepared import load_prepared
-from pipeline.validation_tables import ValidationTables, build_tables, class_tables, images_table
+from pipeline.validation_tables import (
+    ValidationTables,
+    build_tables,
+    class_folders_table,
+    class_tables,
+    images_table,
+)
 
 from .conftest import shipped
 
@@ -71,6 +77,7 @@ def faulty_tables() -> ValidationTables:
         splits=splits,
         classes=["a", "b", "c"],
         leaks=leaks,
+        class_folders=class_folders_table(["a", "b", "c"], []),
     )
 
 

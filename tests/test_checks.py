@@ -18,7 +18,12 @@ from pipeline import checks
 from pipeline.config import SeverityConfig
 from pipeline.gx_suite import Spec
 from pipeline.leakage import find_leaks
-from pipeline.validation_tables import ValidationTables, class_tables, images_table
+from pipeline.validation_tables import (
+    ValidationTables,
+    class_folders_table,
+    class_tables,
+    images_table,
+)
 
 from .conftest import shipped
 
@@ -56,7 +61,7 @@ def test_every_expectation_is_tagged_with_its_check_and_severity() -> None:
     assert set(names) == set(CONTRACT)
     severity = vcfg.severity.model_dump()
     for spec in specs:
-        assert spec.table in {"manifest", "images", "split_classes", "splits"}
+        assert spec.table in {"manifest", "images", "split_classes", "splits", "class_folders"}
         assert spec.expectation.meta == {"check": spec.check}
         assert spec.expectation.description.startswith(f"{spec.check}: ")
         error = severity[spec.check] == "error"
@@ -100,6 +105,7 @@ def tiny_tables() -> ValidationTables:
         splits=splits,
         classes=["a", "b"],
         leaks=leaks,
+        class_folders=class_folders_table(["a", "b"], []),
     )
 
 
