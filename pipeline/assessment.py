@@ -42,7 +42,7 @@ from pipeline.cli import StageError
 from pipeline.config import Config, EvaluateConfig
 from pipeline.paths import Paths, fraction_key
 from pipeline.prepared import SPLITS
-from pipeline.scoring import VariantEvaluation
+from pipeline.scoring import VariantEvaluation, confusion_entry
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +317,7 @@ def variant_entry(
         "training_behaviour": ev.behaviour,
         "seeds": seed_summary,
         "per_class": per_class_table(ev.scores, classes, cfg.evaluate),
-        "confusion": {
-            "labels": list(classes),
-            **{split: ev.scores[split]["_confusion"] for split in SPLITS},
-        },
+        "confusion": confusion_entry(classes, {s: ev.scores[s]["_confusion"] for s in SPLITS}),
     }
     if seed_summary["n_seeds"] > 1:
         # The verdict is seed 0's (its saved model is the one served); say how the others agree.

@@ -109,9 +109,86 @@ def disk_full_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+# How SQLite reports a damaged database file (MLflow's sqlite store).
+_DAMAGED_DB_TEXT = ("file is not a database", "database disk image is malformed")
+
+
+def _chain_text(exc: BaseException, texts: tuple[str, ...]) -> BaseException | None:
+    """The exception in `exc`'s chain whose message holds one of `texts`, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(text in str(current) for text in texts):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+# How the MLflow client reports a tracking server that stopped answering.
+_SERVER_GONE_TEXT = (
+    "API request to",
+    "Max retries exceeded",
+    "Connection refused",
+    "RemoteDisconnected",
+    "Connection aborted",
+)
+
+
+def server_gone_message(cause: BaseException) -> str:
+    """One paragraph for a tracking server that stopped answering mid-stage."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return (
+        f"the MLflow tracking server {uri} stopped answering during this stage "
+        f"({first[:200]}). Restart the server and rerun: the stage's previous outputs are "
+        "untouched, and an interrupted training resumes from its last epoch"
+    )
+
+
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _denied_cause(exc: BaseException) -> OSError | None:
+    """The OSError in `exc`'s chain that refused to write a named file, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DENIED and current.filename:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def denied_message(cause: OSError) -> str:
+    """One line: which file or folder could not be written, and what to do."""
+    target = str(cause.filename)
+    why = "the file system is read-only" if cause.errno == errno.EROFS else "permission denied"
+    folder = target if os.path.isdir(target) else os.path.dirname(target) or "."
+    return (
+        f"cannot write {target}: {why}. Make {folder} writable by this user "
+        f"(e.g. chmod u+w {folder}) and rerun; this stage's previous outputs are untouched"
+    )
+
+
+def damaged_store_message(cause: BaseException) -> str:
+    """One paragraph for a damaged MLflow sqlite store."""
+    detail = next((t for t in _DAMAGED_DB_TEXT if t in str(cause)), "damaged")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or "sqlite:///mlflow.db"
+    return (
+        f"the MLflow store {uri} is damaged (SQLite: {detail}). Move it aside "
+        "(mv mlflow.db mlflow.db.damaged) and rerun to start a new store, or restore it "
+        "from a backup; the stages' files (data/, models/, reports/) are untouched"
+    )
+
+
 def disk_full_message(cause: BaseException, where: str = ".") -> str:
     """One paragraph: what could not be written, the free space, what to do."""
-    target = str(getattr(cause, "filename", None) or os.path.abspath(where))
+    # A copy that filled the disk (shutil's sendfile path, as MLflow's artifact store uses)
+    # names its source in `filename` and the file it was writing in `filename2`.
+    written = getattr(cause, "filename2", None) or getattr(cause, "filename", None)
+    target = str(written or os.path.abspath(where))
     folder = target if os.path.isdir(target) else os.path.dirname(target) or "."
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free"
@@ -202,8 +279,20 @@ def run_stage(
         sys.exit(EXIT_USER_ERROR)
     except Exception as exc:
         cause = disk_full_cause(exc)
-        if cause is None:
-            raise
-        print(f"error: {disk_full_message(cause)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        if cause is not None:
+            print(f"error: {disk_full_message(cause)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        denied = _denied_cause(exc)
+        if denied is not None:
+            print(f"error: {denied_message(denied)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        gone = _chain_text(exc, _SERVER_GONE_TEXT)
+        if gone is not None and os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
+            print(f"error: {server_gone_message(gone)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        damaged = _chain_text(exc, _DAMAGED_DB_TEXT)
+        if damaged is not None:
+            print(f"error: {damaged_store_message(damaged)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
     sys.exit(code or 0)

@@ -60,7 +60,8 @@ class DataConfig(_Frozen):
     source: str = Field(min_length=1)
     format: Literal["auto", "folder", "idx"]
     image_size: tuple[Annotated[int, Field(ge=4, le=1024)], Annotated[int, Field(ge=4, le=1024)]]
-    color_mode: Literal["grayscale", "rgb"]
+    # auto: rgb when any image of the source has colour, else grayscale (prepare decides)
+    color_mode: Literal["auto", "grayscale", "rgb"]
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)]
@@ -81,6 +82,9 @@ class DataConfig(_Frozen):
 
     @property
     def channels(self) -> int:
+        """Channels of prepared images; `auto` must be resolved first (prepare does)."""
+        if self.color_mode == "auto":
+            raise ValueError("data.color_mode auto is resolved by prepare from the images")
         return 1 if self.color_mode == "grayscale" else 3
 
 
@@ -227,6 +231,9 @@ class EvaluateConfig(_Frozen):
 
 class RegistryConfig(_Frozen):
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # Register the best model of a `dvc exp run` too (DVC sets DVC_EXP_NAME); off:
+    # experiments try settings, and only `dvc repro` / retrain feed the registry.
+    register_experiments: bool
 
 
 class RetrainConfig(_Frozen):
@@ -234,6 +241,9 @@ class RetrainConfig(_Frozen):
     reject_overfitting: bool
     accuracy_tolerance: Annotated[float, Field(ge=0.0, le=1.0)]
     max_gap: Annotated[float, Field(gt=0.0, le=1.0)]
+    # Champion and challenger are compared only on test images neither trained or
+    # validated on; fewer than this many such images and the gate refuses.
+    min_clean_test_images: Annotated[int, Field(ge=1)]
     lock_stale_seconds: Annotated[int, Field(ge=1)]
 
 

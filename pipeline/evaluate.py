@@ -145,9 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = run_evaluate(paths, cfg)
     verdicts = ", ".join(f"{n}={v['verdict']}" for n, v in evaluation["variants"].items())
     reg = evaluation["registered"]
+    where = (
+        f"{reg['model_name']} v{reg['version']} @{reg['alias']}"
+        if reg
+        else evaluation.get("registration_skipped", "not registered")
+    )
     print(
         f"evaluated {len(evaluation['variants'])} variants ({verdicts}); best: "
-        f"{evaluation['best_variant']} -> {reg['model_name']} v{reg['version']} @{reg['alias']}; "
+        f"{evaluation['best_variant']} -> {where}; "
         f"see {paths.evaluation_json} and {paths.comparison_md}"
     )
     return 0

@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline import plots
 from pipeline.prepared import PreparedDataset, staging_dir
-from pipeline.scoring import VariantEvaluation
+from pipeline.scoring import VariantEvaluation, dense_confusion
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def write_variant_figures(
     )
     plots.save_png(
         plots.confusion_figure(
-            np.asarray(variant["confusion"]["test"]),
+            np.asarray(dense_confusion(variant["confusion"], "test")),
             classes,
             f"{name}: test confusion (acc {variant['test']['accuracy']:.1%})",
         ),

@@ -9,7 +9,10 @@ params.yaml ``retrain`` in a fixed order, and `decide` turns the results into
   (``reject_overfitting``);
 - ``accuracy_vs_champion``: test accuracy at least the champion's minus
   ``accuracy_tolerance``, both scored on the same current test split;
-- ``gap``: the train-val accuracy gap is at most ``max_gap``.
+- ``gap``: the train-val accuracy gap is at most ``max_gap``;
+- ``schema``: the challenger reads the champion's inputs and answers with its
+  classes (input shape, number of classes, class names in label order); a new
+  schema is promoted only when the user passes ``--accept-new-schema``.
 
 Unknown facts (no verdict, no gap, no validation report) fail their gate: a
 model is promoted on evidence, never on its absence.
@@ -39,6 +42,10 @@ class ModelFacts:
     verdict: str | None = None  # the saved model's: overfitting | underfitting | good_fit
     run_id: str | None = None
     note: str = ""  # why test_accuracy is None
+    # The schema: what the model reads and answers. None when unknown.
+    input_shape: tuple[int, ...] | None = None
+    n_classes: int | None = None
+    classes: tuple[str, ...] | None = None  # class names in label order
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,16 @@ class ValidationFacts:
     success: bool | None  # None: the report is missing or unreadable
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TestSetFacts:
+    """The current test split, as far as the comparison may use it."""
+
+    total: int  # images in the test split
+    clean: int  # of them, in neither model's train or val images
+    minimum: int  # retrain.min_clean_test_images
+    unknown: tuple[str, ...] = ()  # models whose training images cannot be known, and why
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,8 @@ def gates(
     challenger: ModelFacts,
     champion: ModelFacts | None,
     validation: ValidationFacts,
+    accept_new_schema: bool = False,
+    test_set: TestSetFacts | None = None,
 ) -> list[GateResult]:
     """Every promotion gate of params.yaml `retrain`, in a fixed order.
 
@@ -72,11 +91,85 @@ def gates(
     a model is promoted on evidence, never on its absence.
     """
     return [
+        *([_clean_test_gate(test_set)] if test_set is not None else []),
         _validation_gate(cfg, validation),
         _overfitting_gate(cfg, challenger),
         _accuracy_gate(cfg, challenger, champion),
         _gap_gate(cfg, challenger),
+        _schema_gate(challenger, champion, accept_new_schema),
     ]
+
+
+def schema_differences(challenger: ModelFacts, champion: ModelFacts) -> list[str]:
+    """How the challenger's schema differs from the champion's, where both are known."""
+    found = []
+    ours, theirs = challenger.input_shape, champion.input_shape
+    if ours and theirs and tuple(ours) != tuple(theirs):
+        found.append(f"input shape {tuple(ours)} vs the champion's {tuple(theirs)}")
+    if challenger.n_classes and champion.n_classes and challenger.n_classes != champion.n_classes:
+        found.append(f"{challenger.n_classes} classes vs the champion's {champion.n_classes}")
+    elif challenger.classes and champion.classes and challenger.classes != champion.classes:
+        changed = [
+            f"label {i}: {old!r} -> {new!r}"
+            for i, (old, new) in enumerate(zip(champion.classes, challenger.classes, strict=False))
+            if old != new
+        ]
+        found.append("class names differ (" + "; ".join(changed[:5]) + ")")
+    return found
+
+
+def _schema_gate(
+    challenger: ModelFacts, champion: ModelFacts | None, accept_new_schema: bool
+) -> GateResult:
+    name = "schema"
+    if champion is None:
+        return GateResult(name, True, "no champion yet: any schema", None, None, applied=False)
+    found = schema_differences(challenger, champion)
+    if not found:
+        return GateResult(name, True, "same input shape and classes as the champion", True, True)
+    what = "; ".join(found)
+    if accept_new_schema:
+        return GateResult(name, True, f"new schema accepted (--accept-new-schema): {what}", what)
+    return GateResult(
+        name,
+        False,
+        f"challenger v{challenger.version} is incompatible with champion "
+        f"v{champion.version}: {what}. Clients of the champion would break; pass "
+        "--accept-new-schema to promote it anyway",
+        what,
+        None,
+    )
+
+
+def _clean_test_gate(test_set: TestSetFacts) -> GateResult:
+    """The comparison is fair: both models are scored on images neither trained on."""
+    name = "clean_test_set"
+    if test_set.unknown:
+        return GateResult(
+            name,
+            False,
+            "cannot tell which test images a model trained on: "
+            + "; ".join(test_set.unknown)
+            + ". Retrain the champion on the current data (dvc repro) to record them",
+            None,
+            test_set.minimum,
+        )
+    excluded = test_set.total - test_set.clean
+    numbers = (
+        f"{test_set.clean} of {test_set.total} test images were in neither model's train or "
+        f"val split ({excluded} excluded)"
+    )
+    if test_set.clean < test_set.minimum:
+        return GateResult(
+            name,
+            False,
+            f"too few images to compare on: {numbers}; retrain.min_clean_test_images = "
+            f"{test_set.minimum}. Restore the split the champion was trained on (data.seed, "
+            "fractions), or add test images",
+            test_set.clean,
+            test_set.minimum,
+        )
+    return GateResult(name, True, numbers, test_set.clean, test_set.minimum)
 
 
 def _not_required(name: str, switch: str, observed: float | str | bool | None) -> GateResult:
@@ -215,6 +308,7 @@ def version_facts(version: Any, evaluation: dict[str, Any] | None) -> ModelFacts
     """
     tags = dict(version.tags or {})
     variant = tags.get("variant")
+    classes = _json_list(tags.get("classes"))
     entry = ((evaluation or {}).get("variants") or {}).get(variant or "", {}) or {}
     gap = _float(tags.get("gap_accuracy"))
     if gap is None:
@@ -230,4 +324,25 @@ def version_facts(version: Any, evaluation: dict[str, Any] | None) -> ModelFacts
         or entry.get("model_verdict")
         or entry.get("verdict"),
         run_id=version.run_id,
+        input_shape=_shape(tags.get("input_shape")),
+        n_classes=int(tags["n_classes"]) if str(tags.get("n_classes", "")).isdigit() else None,
+        classes=tuple(classes) if classes is not None else None,
     )
+
+
+def _shape(text: Any) -> tuple[int, ...] | None:
+    """ "16x16x1" -> (16, 16, 1); None when absent or malformed."""
+    try:
+        return tuple(int(d) for d in str(text).split("x")) if text else None
+    except ValueError:
+        return None
+
+
+def _json_list(text: Any) -> list[str] | None:
+    import json
+
+    try:
+        value = json.loads(text) if text else None
+    except (TypeError, ValueError):
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None

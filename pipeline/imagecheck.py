@@ -67,6 +67,24 @@ class ImageFacts:
         return self.status == STATUS_OK
 
 
+# Pillow modes that carry colour ("P" only when its palette has colour).
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBa"})
+
+
+def has_colour(path: Path | str) -> bool:
+    """Whether an image file is in colour, from its header (and palette); False when it
+    cannot be opened (prepare reports why)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("P", "PA"):
+                palette = img.getpalette() or []
+                rgb = zip(palette[0::3], palette[1::3], palette[2::3], strict=False)
+                return any(not (r == g == b) for r, g, b in rgb)
+            return img.mode in COLOUR_MODES
+    except Exception:  # noqa: BLE001 - any unreadable file: not evidence of colour
+        return False
+
+
 def target_mode(color_mode: ColorMode) -> str:
     """params.yaml's colour mode -> the Pillow mode of prepared images."""
     return "L" if color_mode == "grayscale" else "RGB"

@@ -38,13 +38,16 @@ class NoChallengerError(LookupError):
     """There is something to judge, but evaluate registered no challenger."""
 
 
-def gates_fingerprint(cfg: RetrainConfig) -> str:
-    """Short hash of the gate settings: everything in params.yaml `retrain` but the lock's.
+def gates_fingerprint(cfg: RetrainConfig, accept_new_schema: bool = False) -> str:
+    """Short hash of the gate settings: everything in params.yaml `retrain` but the lock's,
+    and retrain's --accept-new-schema when given.
 
     params.yaml `retrain` is no DVC dependency, so `dvc status` cannot tell that a
     gate changed; this hash, kept with each decision, can.
     """
     settings = cfg.model_dump(mode="json", exclude={"lock_stale_seconds"})
+    if accept_new_schema:  # absent otherwise: earlier decisions keep their fingerprint
+        settings["accept_new_schema"] = True
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

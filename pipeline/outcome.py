@@ -60,7 +60,8 @@ class Outcome:
     champion: ModelFacts | None = None  # the champion before this run
     champion_version_after: str | None = None
     gates: list[GateResult] = field(default_factory=list)
-    test_set_size: int | None = None
+    test_set_size: int | None = None  # the test images both models were scored on
+    test_images_excluded: int | None = None  # in a model's train or val split: not used
     data_version: str | None = None
     mlflow_run_id: str | None = None
 

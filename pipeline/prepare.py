@@ -42,7 +42,7 @@ from pipeline.datasets import (
     printable_name,
 )
 from pipeline.decoding import FACT_FIELDS, decode_records
-from pipeline.imagecheck import ImageFacts
+from pipeline.imagecheck import ImageFacts, has_colour
 from pipeline.io import open_reserved_npy, require_free_space
 from pipeline.paths import Paths
 from pipeline.prepared import SPLITS, STATUS_OK, finish_prepared, manifest_frame, staging_dir
@@ -74,6 +74,20 @@ def _write_split_arrays(
     np.save(tmp / f"{split}_y.npy", y.astype(np.int64))
 
 
+def resolve_color_mode(source: Source, color_mode: str) -> str:
+    """params `data.color_mode`, with `auto` decided from the images: rgb as soon as one
+    image file is in colour (its header or palette), else grayscale. IDX files hold
+    one channel."""
+    if color_mode != "auto":
+        return color_mode
+    if source.format == "folder":
+        for record in source.records:
+            if not record.status and has_colour(record.path):
+                log.info("data.color_mode auto: %s is in colour, so rgb", record.id)
+                return "rgb"
+    return "grayscale"
+
+
 def _unusable_summary(source: Source, facts: list[dict[str, Any]], examples: int = 3) -> str:
     bad = [(r, f) for r, f in zip(source.records, facts, strict=True) if f["status"] != STATUS_OK]
     counts = Counter(f["status"] for _, f in bad)
@@ -95,6 +109,7 @@ def prepare_dataset(config: Config, paths: Paths, progress: bool = True) -> dict
     source = load_source(root, data.format)
     if not source.records:
         raise StageError(explain_empty_source(root))
+    data = data.model_copy(update={"color_mode": resolve_color_mode(source, data.color_mode)})
     height, width = data.image_size
     n = len(source.records)
     shape = (n, height, width, data.channels)

@@ -22,13 +22,21 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from pipeline import tracking
+from pipeline import tracking, trained_on
 from pipeline.catalog.evaluation import read_evaluation
 from pipeline.catalog.validation import read_validation
 from pipeline.cli import StageError
 from pipeline.config import Config
-from pipeline.gates import ModelFacts, ValidationFacts, decide, gates, version_facts
+from pipeline.gates import (
+    ModelFacts,
+    TestSetFacts,
+    ValidationFacts,
+    decide,
+    gates,
+    version_facts,
+)
 from pipeline.judgement import judgement_tags
 from pipeline.outcome import Outcome, RetrainError, now
 from pipeline.paths import Paths
@@ -39,13 +47,20 @@ log = logging.getLogger(__name__)
 
 
 def judge(
-    paths: Paths, cfg: Config, challenger: Any, champion_version: str | None, outcome: Outcome
+    paths: Paths,
+    cfg: Config,
+    challenger: Any,
+    champion_version: str | None,
+    outcome: Outcome,
+    accept_new_schema: bool = False,
 ) -> None:
     """Score both models on the test split and apply the gates, into `outcome`.
 
     Args:
         challenger: the challenger's registry ModelVersion.
         champion_version: the champion's version, None when there is none yet.
+        accept_new_schema: a challenger whose input shape or classes differ from the
+            champion's may be promoted (retrain --accept-new-schema).
 
     Raises:
         RetrainError: the test split is empty, or a model does not load or predict,
@@ -55,27 +70,87 @@ def judge(
     x, y = prepared.x("test"), prepared.y("test")
     if len(y) == 0:
         raise RetrainError(f"the test split in {paths.prepared_dir} is empty")
-    outcome.test_set_size = int(len(y))
-    outcome.data_version = tracking.data_version(paths)
+    outcome.data_version = current = tracking.data_version(paths)
     _quiet_keras()
 
     name = cfg.registry.model_name
+    champion_mv = tracking.model_version(name, champion_version) if champion_version else None
+    rows = trained_on.rows_of_test_split(prepared.manifest)
+    if len(rows) != len(y):
+        raise RetrainError(
+            f"{paths.prepared_dir}: the manifest lists {len(rows)} test images, test_x.npy "
+            f"holds {len(y)}; rerun prepare (dvc repro prepare)"
+        )
+    clean, unknown = clean_test_images(rows, [challenger, champion_mv], current)
+    outcome.test_set_size = int(clean.sum())
+    outcome.test_images_excluded = int(len(y) - clean.sum())
+    test_set = TestSetFacts(
+        int(len(y)), int(clean.sum()), cfg.retrain.min_clean_test_images, tuple(unknown)
+    )
+    if clean.any():
+        x, y = np.asarray(x)[clean], y[clean]
+
     evaluation = evaluation_or_none(paths)
     facts = _scored(version_facts(challenger, evaluation), name, x, y)
     if facts.test_accuracy is None:
         raise RetrainError(f"challenger cannot score the current test set: {facts.note}")
     outcome.challenger = facts
-    if champion_version is not None:
-        champion = version_facts(tracking.model_version(name, champion_version), evaluation)
-        outcome.champion = _scored(champion, name, x, y)
+    if champion_mv is not None:
+        outcome.champion = _scored(version_facts(champion_mv, evaluation), name, x, y)
     validation = validation_facts(paths)
-    outcome.gates = gates(cfg.retrain, facts, outcome.champion, validation)
+    outcome.gates = gates(
+        cfg.retrain,
+        facts,
+        outcome.champion,
+        validation,
+        accept_new_schema=accept_new_schema,
+        test_set=test_set,
+    )
     outcome.decision, outcome.reasons = decide(outcome.gates)
 
 
+def clean_test_images(
+    rows: pd.DataFrame, versions: list[Any], data_version: str
+) -> tuple[np.ndarray, list[str]]:
+    """(mask of the test rows no model trained or validated on, models that cannot tell).
+
+    A version's record (tag `trained_on`) lists its train and val images. A version
+    without one (registered before records) counts as clean only when it was trained
+    on the current data version, whose test split it never saw; else it is unknown.
+    """
+    records, unknown = [], []
+    for version in versions:
+        if version is None:
+            continue
+        tags = dict(version.tags or {})
+        uri = tags.get(trained_on.TAG)
+        if uri:
+            try:
+                records.append(trained_on.from_bytes(tracking.read_artifact_bytes(uri)))
+                continue
+            except Exception as exc:
+                unknown.append(f"v{version.version}: its record {uri} cannot be read ({exc})")
+                continue
+        if tags.get("data_version") != data_version:
+            unknown.append(
+                f"v{version.version} has no record of its training images and was trained on "
+                f"data version {tags.get('data_version', 'unknown')}, not the current "
+                f"{data_version}"
+            )
+    return trained_on.unseen(rows, records), unknown
+
+
 def _scored(facts: ModelFacts, name: str, x: np.ndarray, y: np.ndarray) -> ModelFacts:
-    acc, note = score(f"models:/{name}/{facts.version}", x, y)
-    return replace(facts, test_accuracy=acc, note=note)
+    """The facts with the test accuracy, and the schema the model itself declares
+    where the version's tags do not (versions registered before the tags)."""
+    acc, note, (shape, width) = _score(f"models:/{name}/{facts.version}", x, y)
+    return replace(
+        facts,
+        test_accuracy=acc,
+        note=note,
+        input_shape=facts.input_shape or shape,
+        n_classes=facts.n_classes or width,
+    )
 
 
 def promote_or_keep(
@@ -112,18 +187,30 @@ def score(model_uri: str, x: np.ndarray, y: np.ndarray) -> tuple[float | None, s
     Raises:
         RetrainError: the model does not load or predict.
     """
+    acc, note, _ = _score(model_uri, x, y)
+    return acc, note
+
+
+Schema = tuple[tuple[int, ...] | None, int | None]  # (input shape, output width)
+
+
+def _score(model_uri: str, x: np.ndarray, y: np.ndarray) -> tuple[float | None, str, Schema]:
+    """`score`, plus the schema the model's signature declares."""
     try:
         model = tracking.load_model(model_uri)
     except Exception as exc:
         raise RetrainError(f"cannot load {model_uri}: {type(exc).__name__}: {exc}") from exc
     wanted = tracking.model_input_shape(model)
+    schema = (wanted, tracking.model_output_width(model))
     if wanted is not None and all(d > 0 for d in wanted) and wanted != tuple(x.shape[1:]):
-        return None, (
+        return (
+            None,
             f"{model_uri} expects images of shape {wanted}, the current test set "
-            f"has {tuple(x.shape[1:])}"
+            f"has {tuple(x.shape[1:])}",
+            schema,
         )
     try:
-        return accuracy(predict_in_batches(model.predict, x), y), ""
+        return accuracy(predict_in_batches(model.predict, x), y), "", schema
     except Exception as exc:
         raise RetrainError(f"cannot score {model_uri}: {type(exc).__name__}: {exc}") from exc
 

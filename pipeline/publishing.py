@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline import plots, tracking
+from pipeline import plots, tracking, trained_on
 from pipeline.catalog.validation import Validation
 from pipeline.cli import StageError
 from pipeline.config import Config
@@ -149,14 +150,35 @@ def log_seeds_to_variant_runs(evaluation: Mapping[str, Any]) -> None:
                 tracking.log_to_run(seed["mlflow_run_id"], tags={"verdict": seed["verdict"]})
 
 
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by DVC in the stages of `dvc exp run`
+
+
+def experiment_not_registered(cfg: Config) -> str | None:
+    """Why this evaluate registers nothing: it runs inside `dvc exp run` and
+    registry.register_experiments is off; None when it registers."""
+    experiment = os.environ.get(EXPERIMENT_ENV, "").strip()
+    if not experiment or cfg.registry.register_experiments:
+        return None
+    return (
+        f"dvc experiment {experiment!r}: no model version registered "
+        "(registry.register_experiments: false; `dvc repro` or retrain registers)"
+    )
+
+
 def register_best(
     paths: Paths,
     cfg: Config,
     evaluation: Mapping[str, Any],
     validation: Validation,
     alias: str,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The best variant's model as a new registry version under `alias`, with tags."""
+    """The best variant's model as a new registry version under `alias`, with tags.
+
+    With `run_id` (the evaluate run), the record of the images the model was
+    trained and validated on (pipeline.trained_on) is logged there and the version
+    points at it (tag `trained_on`), for the retrain gate.
+    """
     best = evaluation["best_variant"]
     v = evaluation["variants"][best]
     uri = v.get("model_uri")
@@ -176,10 +198,48 @@ def register_best(
         "validation_success": "true" if validation.success else "false",
         "data_version": tracking.data_version(paths),
         "repro_id": tracking.repro_id(paths, cfg),
+        **schema_tags(paths),
     }
+    if run_id is not None:
+        tags[trained_on.TAG] = log_trained_on(paths, run_id)
     version = tracking.register_model_version(uri, name, tags, alias)
     log.info("registered %s version %s (%s) as %s", name, version, best, alias)
     return {"model_name": name, "version": version, "alias": alias, "tags": tags}
+
+
+def log_trained_on(paths: Paths, run_id: str) -> str:
+    """Log the record of the prepared train and val images to the run; its URI."""
+    import tempfile
+
+    from pipeline.prepared import load_prepared
+
+    manifest = load_prepared(paths.prepared_dir).manifest
+    record = trained_on.record_of(manifest, tracking.data_version(paths))
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / trained_on.RECORD_FILE
+        file.write_bytes(trained_on.to_bytes(record))
+        tracking.log_to_run(run_id, artifacts={"registry": [file]})
+    return f"runs:/{run_id}/registry/{trained_on.RECORD_FILE}"
+
+
+# MLflow keeps a tag value up to 5,000 characters (older servers); longer class
+# lists are recorded by count only.
+MAX_TAG_CHARS = 5000
+
+
+def schema_tags(paths: Paths) -> dict[str, str]:
+    """What the model reads and answers, for the retrain gate's schema check:
+    input_shape ("16x16x1"), n_classes and the class names in label order (JSON)."""
+    meta = json.loads(paths.prepared_meta.read_text())
+    height, width = meta["image_size"]
+    classes = json.dumps(list(meta["classes"]), ensure_ascii=False)
+    tags = {
+        "input_shape": f"{height}x{width}x{meta['channels']}",
+        "n_classes": str(len(meta["classes"])),
+    }
+    if len(classes) <= MAX_TAG_CHARS:
+        tags["classes"] = classes
+    return tags
 
 
 def pipeline_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
@@ -217,7 +277,15 @@ def log_evaluate_run(
     ) as run:
         run_id = run.info.run_id
         tracking.log_to_run(run_id, metrics=pipeline_metrics(evaluation))
-        evaluation["registered"] = register_best(paths, cfg, evaluation, validation, alias)
+        skipped = experiment_not_registered(cfg)
+        if skipped:
+            log.info("%s", skipped)
+            evaluation["registered"] = None
+            evaluation["registration_skipped"] = skipped
+        else:
+            evaluation["registered"] = register_best(
+                paths, cfg, evaluation, validation, alias, run_id
+            )
         evaluation["evaluate_run_id"] = run_id
         tracking.log_to_run(
             run_id,

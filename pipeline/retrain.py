@@ -73,7 +73,9 @@ log = logging.getLogger(__name__)
 EXPLAINED_FAILURES = (RetrainError, dvc_runner.DvcError, NoChallengerError, UserError)
 
 
-def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> Outcome:
+def run_retrain(
+    paths: Paths, cfg: Config, dvc: Sequence[str] | None = None, accept_new_schema: bool = False
+) -> Outcome:
     """Steps 2-5 (the lock is the caller's). Never raises for a step failure:
     the outcome is then "failed" with the reason, and the champion is untouched."""
     repro_id = uuid.uuid4().hex[:12]
@@ -82,7 +84,7 @@ def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> 
     )
     os.environ[tracking.REPRO_ID_ENV] = repro_id  # our own MLflow run shares it
     try:
-        _run_steps(paths, cfg, list(dvc or dvc_runner.dvc_command()), outcome)
+        _run_steps(paths, cfg, list(dvc or dvc_runner.dvc_command()), outcome, accept_new_schema)
     except Exception as exc:  # any step: record it, never half-promote
         outcome.decision = "failed"
         explained = isinstance(exc, EXPLAINED_FAILURES)
@@ -94,7 +96,9 @@ def run_retrain(paths: Paths, cfg: Config, dvc: Sequence[str] | None = None) -> 
     return outcome
 
 
-def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> None:
+def _run_steps(
+    paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome, accept_new_schema: bool = False
+) -> None:
     """dvc status, dvc repro when something changed, then judge and promote if there is
     anything new to judge; fills `outcome`."""
     env = dvc_runner.child_env(outcome.repro_id)
@@ -112,7 +116,7 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
         aliases = {**tracking.registered_aliases(name), tracking.CHAMPION: champion}
     challenger = aliases.get(tracking.CHALLENGER)
     version = tracking.model_version(name, challenger) if challenger else None
-    fingerprint = gates_fingerprint(cfg.retrain)
+    fingerprint = gates_fingerprint(cfg.retrain, accept_new_schema)
     tags = dict(version.tags or {}) if version is not None else {}
     todo, reasons = needs_judgement(
         aliases, tags, fingerprint, reproduced=outcome.reproduced, model_name=name
@@ -120,7 +124,7 @@ def _run_steps(paths: Paths, cfg: Config, dvc: list[str], outcome: Outcome) -> N
     if not todo:
         outcome.decision, outcome.reasons = "up_to_date", reasons
         return
-    promotion.judge(paths, cfg, version, champion, outcome)
+    promotion.judge(paths, cfg, version, champion, outcome, accept_new_schema)
     promotion.promote_or_keep(cfg, champion, fingerprint, outcome)
 
 
@@ -133,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 up to date | 1 failed (champion untouched) | 2 user error "
         "(params.yaml) | 3 promoted | 4 rejected (champion kept) | 75 locked (another retrain "
         f"is running). Environment: {dvc_runner.DVC_ENV} overrides the dvc command.",
+    )
+    parser.add_argument(
+        "--accept-new-schema",
+        action="store_true",
+        help="promote a challenger whose input shape or classes differ from the champion's "
+        "(otherwise refused: the champion's clients would break); every other gate still "
+        "applies",
     )
     parser.add_argument(
         "--exit-zero",
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         raise StageError(f"{paths.root / 'dvc.yaml'} not found; run retrain from the project root")
     try:
         with retrain_lock(paths.retrain_lock, cfg.retrain.lock_stale_seconds):
-            outcome = run_retrain(paths, cfg)
+            outcome = run_retrain(paths, cfg, accept_new_schema=args.accept_new_schema)
     except LockHeldError as exc:
         print(f"retrain: locked, nothing done: {exc} (exit {EXIT_LOCKED})", file=sys.stderr)
         return EXIT_LOCKED

@@ -189,3 +189,38 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
             f"predictions of shape {probabilities.shape} do not match {len(labels)} labels"
         )
     return float(np.mean(np.argmax(probabilities, axis=1) == np.asarray(labels)))
+
+
+# Up to this many classes evaluation.json holds each split's confusion matrix whole;
+# beyond, only its non-zero cells as [true, predicted, count] (1,000 classes would
+# be 3 million numbers per variant, 45 MB for seven: git and the report choke).
+DENSE_CONFUSION_MAX_CLASSES = 100
+
+
+def confusion_entry(
+    classes: Sequence[str], matrices: Mapping[str, list[list[int]]]
+) -> dict[str, Any]:
+    """The `confusion` entry: labels, and per split the matrix, dense or sparse."""
+    if len(classes) <= DENSE_CONFUSION_MAX_CLASSES:
+        return {"labels": list(classes), **matrices}
+    sparse = {
+        split: [
+            [i, j, int(count)]
+            for i, row in enumerate(matrix)
+            for j, count in enumerate(row)
+            if count
+        ]
+        for split, matrix in matrices.items()
+    }
+    return {"labels": list(classes), "format": "sparse", **sparse}
+
+
+def dense_confusion(entry: Mapping[str, Any], split: str) -> list[list[int]]:
+    """A split's confusion matrix from a `confusion` entry, dense or sparse."""
+    if entry.get("format") != "sparse":
+        return entry[split]
+    n = len(entry["labels"])
+    matrix = [[0] * n for _ in range(n)]
+    for i, j, count in entry[split]:
+        matrix[i][j] = count
+    return matrix

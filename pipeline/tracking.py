@@ -24,14 +24,16 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import UserError
+from pipeline.cli import UserError, damaged_store_message
 from pipeline.config import Config
 from pipeline.paths import Paths
+from pipeline.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,100 @@ def store_root(paths: Paths) -> Path:
     return paths.root
 
 
+def project_store_uri(paths: Paths) -> str:
+    """The project's own sqlite store."""
+    return f"sqlite:///{(store_root(paths) / 'mlflow.db').resolve()}"
+
+
 def tracking_uri(paths: Paths) -> str:
     """The tracking URI in force: the environment's, else the project's sqlite file."""
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
-    return f"sqlite:///{(store_root(paths) / 'mlflow.db').resolve()}"
+    return project_store_uri(paths)
+
+
+# Where the project's sqlite store records absolute artifact locations. MLflow
+# resolves a relative artifact location to an absolute one when it creates an
+# experiment, so a moved or copied project still points at the old folder.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def follow_project_move(root: Path) -> int:
+    """Repoint the project's sqlite store at `root` after `mv` or `cp -r` of the project.
+
+    The store's experiments keep `<old root>/mlartifacts` as their artifact
+    location. When that is not `root`'s own (the project was moved or copied),
+    every recorded location under the old root is rewritten to the same place
+    under `root`, in one transaction, so models load from, and new artifacts go
+    to, this project's mlartifacts/. Returns the number of rewritten values (0:
+    nothing to do). Only the project's own store is touched, never a server's.
+    """
+    import sqlite3
+
+    db = root / "mlflow.db"
+    if not db.is_file():
+        return 0
+    new = str((root / ARTIFACTS_DIR).resolve())
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+            tables = {name for (name,) in conn.execute("select name from sqlite_master")}
+            if "experiments" not in tables:
+                return 0  # a new store that MLflow has not set up yet
+            moved = [old for old in _recorded_artifacts_dirs(conn) if old != new]
+            changed = sum(
+                _rewrite_prefix(conn, table, column, old, new)
+                for old in moved
+                for table, column in _LOCATION_COLUMNS
+                if table in tables
+            )
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(damaged_store_message(exc)) from None
+    if changed:
+        log.info("project moved: %d artifact locations now point to %s", changed, new)
+    return changed
+
+
+def _rewrite_prefix(conn: Any, table: str, column: str, old: str, new: str) -> int:
+    """Rewrite `old` to `new` at the start of `column`, as a file: URI or a path."""
+    changed = 0
+    new_uri = Path(new).as_uri()
+    pairs = {  # a file: URI as MLflow writes it (percent-encoded), as text, and a path
+        f"{Path(old).as_uri()}/": f"{new_uri}/",
+        f"file://{old}/": f"{new_uri}/",
+        f"{old}/": f"{new}/",
+    }
+    for before, after in pairs.items():
+        changed += conn.execute(
+            f"update {table} set {column} = ? || substr({column}, ?) "  # noqa: S608
+            f"where substr({column}, 1, ?) = ?",
+            (after, len(before) + 1, len(before), before),
+        ).rowcount
+    changed += conn.execute(
+        f"update {table} set {column} = ? where {column} in (?, ?, ?)",  # noqa: S608
+        (new_uri, Path(old).as_uri(), f"file://{old}", old),
+    ).rowcount
+    return changed
+
+
+def _recorded_artifacts_dirs(conn: Any) -> list[str]:
+    """The local mlartifacts folders the store's experiments were created with."""
+    from urllib.parse import unquote, urlparse
+
+    found = []
+    for (location,) in conn.execute("select artifact_location from experiments"):
+        parsed = urlparse(location or "")
+        path = unquote(parsed.path) if parsed.scheme == "file" else ""
+        if Path(path).name == ARTIFACTS_DIR and path not in found:
+            found.append(path)
+    return found
 
 
 def check_reachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> None:
@@ -101,6 +191,8 @@ def configure(paths: Paths) -> str:
         os.environ.setdefault(key, value)
     uri = tracking_uri(paths)
     check_reachable(uri)
+    if uri == project_store_uri(paths):
+        follow_project_move(store_root(paths))
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_REGISTRY_URI"):
         mlflow.set_registry_uri(uri)
@@ -141,6 +233,13 @@ def ensure_experiment(paths: Paths, name: str) -> str:
             if experiment is None:
                 raise
             log.info("experiment %r was created by another process; using it", name)
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"the MLflow experiment {name!r} (id {experiment.experiment_id}) was deleted; "
+            f"restore it (mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}), or set mlflow.experiment in params.yaml to a new "
+            "name. A deleted experiment's name stays taken until it is purged (mlflow gc)"
+        )
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         mlflow.MlflowClient().set_experiment_tag(
             experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
@@ -273,6 +372,30 @@ def common_tags(paths: Paths, cfg: Config, stage: str, variant: str | None) -> d
     return tags
 
 
+PID_TAG, HOST_TAG = "pipeline_pid", "pipeline_host"
+
+
+def end_dead_runs(experiment_id: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED every run of the experiment still RUNNING whose stage process, on
+    this host, is gone (kill -9, a full disk, a power cut): the UI then shows what
+    happened to it. `keep`: a run about to be resumed. Returns the runs marked."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.{HOST_TAG} = '{host}'"
+    ended = []
+    for run in client.search_runs([experiment_id], query, max_results=200):
+        pid = run.data.tags.get(PID_TAG, "")
+        if run.info.run_id == keep or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        log.info("marked %d run(s) of dead stage processes KILLED", len(ended))
+    return ended
+
+
 @contextlib.contextmanager
 def stage_run(
     paths: Paths,
@@ -301,6 +424,8 @@ def stage_run(
     configure(paths)
     experiment_id = ensure_experiment(paths, cfg.mlflow.experiment)
     tags = common_tags(paths, cfg, stage, variant)  # before the pop: repro_id reads it
+    tags.update({PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+    end_dead_runs(experiment_id, keep=resume_run_id)
     parent = os.environ.pop(PARENT_RUN_ENV, None)
     # Under `mlflow run` its run is the parent; else the pipeline run of this repro_id.
     grouping = None if (parent_run_id or parent) else pipeline_run(paths, cfg, experiment_id)
@@ -630,6 +755,26 @@ def model_input_shape(model: Any) -> tuple[int, ...] | None:
     except (AttributeError, IndexError, TypeError):
         return None
     return shape[1:] if len(shape) > 1 else None
+
+
+def read_artifact_bytes(artifact_uri: str) -> bytes:
+    """The bytes of one artifact file (runs:/<run id>/<path>), downloaded to a temp dir."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
+        return Path(local).read_bytes()
+
+
+def model_output_width(model: Any) -> int | None:
+    """The number of outputs (classes) from a loaded model's MLflow signature, if any."""
+    try:
+        width = int(model.metadata.get_output_schema().inputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return width if width > 0 else None
 
 
 def log_metrics_and_record(metrics: dict[str, float], record: Any, artifact_file: str) -> None:

@@ -8,12 +8,23 @@
 #   scripts/tracking-server.sh status
 #   scripts/tracking-server.sh purge     # stop, then delete the database and the artifacts
 #   export MLFLOW_TRACKING_URI=http://127.0.0.1:5000   # then `dvc repro` as usual
+#   set -a; . .tracking-server/auth/admin.env; set +a   # the credentials (see below)
+#
+# Authentication: MLflow's basic-auth app (`--app-name basic-auth`) is on. The first
+# start generates the admin's password and the server's secret key, kept in
+# $TRACKING_SERVER_DIR/auth/ (mode 700; files 600): admin.env holds
+# MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, which MLflow's client (and so
+# every stage) reads from the environment. Any other local user, and anyone on the
+# network, gets HTTP 401. Add teammates with MLflow's users API
+# (mlflow.server.get_app_client("basic-auth", ...).create_user). MLFLOW_SERVER_AUTH=off
+# starts without it, on a loopback address only.
 #
 # Settings (environment):
 #   TRACKING_SERVER_DIR   where the PostgreSQL cluster, artifacts and logs live
 #                         (default: .tracking-server in the project)
-#   MLFLOW_SERVER_HOST    address to listen on (default 127.0.0.1; use 0.0.0.0 for a team
-#                         only behind a firewall or a reverse proxy with authentication)
+#   MLFLOW_SERVER_HOST    address to listen on (default 127.0.0.1; 0.0.0.0 or another
+#                         non-loopback address only with authentication on)
+#   MLFLOW_SERVER_AUTH    on (default) | off (loopback host only)
 #   MLFLOW_SERVER_PORT    (default 5000)
 #   MLFLOW_SERVER_WORKERS uvicorn workers (default 2)
 #   PG_PORT               PostgreSQL's port, loopback only (default 5433)
@@ -42,6 +53,8 @@ port=${MLFLOW_SERVER_PORT:-5000}
 workers=${MLFLOW_SERVER_WORKERS:-2}
 pg_port=${PG_PORT:-5433}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$dir/artifacts}
+auth=${MLFLOW_SERVER_AUTH:-on}
+auth_dir=$dir/auth
 pidfile=$dir/mlflow-server.pid
 log=$dir/mlflow-server.log
 pgpass=$dir/pgpass
@@ -173,8 +186,47 @@ stop_postgres() {
   fi
 }
 
+is_loopback() {
+  case "$1" in
+    127.* | localhost | ::1) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# The basic-auth app's settings, the admin's credentials and the server's secret key,
+# generated once; everything readable by this user only.
+prepare_auth() {
+  "$python" -c "import flask_wtf" 2>/dev/null ||
+    die "MLflow's basic-auth app needs Flask-WTF: $python -m pip install 'Flask-WTF==1.3.0'"
+  (umask 077 && mkdir -p "$auth_dir")
+  chmod 700 "$auth_dir"
+  if [ ! -f "$auth_dir/admin.env" ]; then
+    local password
+    password=$("$python" -c 'import secrets; print(secrets.token_urlsafe(24))')
+    (umask 077 && printf 'MLFLOW_TRACKING_USERNAME=admin\nMLFLOW_TRACKING_PASSWORD=%s\n' \
+      "$password" >"$auth_dir/admin.env")
+  fi
+  [ -f "$auth_dir/secret_key" ] ||
+    (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' >"$auth_dir/secret_key")
+  (umask 077 && cat >"$auth_dir/basic_auth.ini" <<INI
+[mlflow]
+default_permission = READ
+database_uri = sqlite:///$auth_dir/basic_auth.db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+  )
+  chmod 600 "$auth_dir"/*
+}
+
 start() {
   [ -x "$mlflow" ] || die "$mlflow not found: run scripts/bootstrap.sh first (or set MLFLOW_BIN)"
+  case "$auth" in
+    on) ;;
+    off) is_loopback "$host" ||
+      die "MLFLOW_SERVER_HOST=$host with MLFLOW_SERVER_AUTH=off would let anyone on the network read and change runs and move the champion alias; keep auth on, or listen on 127.0.0.1" ;;
+    *) die "MLFLOW_SERVER_AUTH=$auth: use on or off" ;;
+  esac
   "$python" -c "import psycopg" 2>/dev/null ||
     die "the PostgreSQL driver is missing: $python -m pip install 'psycopg[binary]==3.3.9'"
   local url="http://$host:$port"
@@ -187,11 +239,25 @@ start() {
     die "port $port is already in use (another mlflow server or 'mlflow ui'?); stop it or set MLFLOW_SERVER_PORT"
   fi
   [ -z "${MLFLOW_BACKEND_STORE_URI:-}" ] && start_postgres
+  local app=()
+  if [ "$auth" = on ]; then
+    prepare_auth
+    app=(--app-name basic-auth)
+  fi
   # A local folder; an object store (s3://, gs://) needs none.
   [[ $artifacts == *://* ]] || mkdir -p "$artifacts"
   echo "==> starting mlflow server on $host:$port"
   # setsid: the server outlives this script and the shell that ran it.
-  PGPASSFILE=$pgpass setsid "$mlflow" server \
+  # The admin's password reaches the auth app through the environment (read once, when
+  # it creates the admin on an empty user store), never a command line or the ini file.
+  local admin_password="" secret_key=""
+  if [ "$auth" = on ]; then
+    admin_password=$(sed -n 's/^MLFLOW_TRACKING_PASSWORD=//p' "$auth_dir/admin.env")
+    secret_key=$(cat "$auth_dir/secret_key")
+  fi
+  PGPASSFILE=$pgpass MLFLOW_AUTH_CONFIG_PATH=$auth_dir/basic_auth.ini \
+    MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password MLFLOW_FLASK_SERVER_SECRET_KEY=$secret_key \
+    setsid "$mlflow" server "${app[@]}" \
     --backend-store-uri "$(backend_uri)" \
     --artifacts-destination "$artifacts" \
     --serve-artifacts \
@@ -203,6 +269,8 @@ start() {
     kill -0 "$(cat "$pidfile")" 2>/dev/null || die "mlflow server exited; see $log"
     if healthy "$url"; then
       echo "running: export MLFLOW_TRACKING_URI=$url"
+      [ "$auth" = on ] &&
+        echo "  credentials: set -a; . $auth_dir/admin.env; set +a   (basic auth is on)"
       echo "  backend $(backend_uri), artifacts $artifacts, log $log"
       return 0
     fi

@@ -510,9 +510,14 @@ def register(project, model_uri: Path | str, alias: str | None = None, **tags) -
     """Register the MLflow model at `model_uri` (saved once) as a new version, tag it."""
     import mlflow
 
+    from pipeline import tracking
+
     client, name = registry(project)
     version = mlflow.register_model(str(model_uri), name).version
-    for key, value in {**GOOD_TAGS, **tags}.items():
+    # Trained on the current data unless a test says otherwise: its test split is clean
+    # for this version (no trained_on record, as before the records existed).
+    current = {"data_version": tracking.data_version(project.paths)}
+    for key, value in {**GOOD_TAGS, **current, **tags}.items():
         client.set_model_version_tag(name, version, key, str(value))
     if alias:
         client.set_registered_model_alias(name, alias, version)

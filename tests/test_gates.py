@@ -29,6 +29,7 @@ def test_all_gates_pass_and_decide_promotes():
         "not_overfitting",
         "accuracy_vs_champion",
         "gap",
+        "schema",
     ]
     assert all(r.passed for r in results)
     assert decide(results) == ("promoted", [])

@@ -260,7 +260,7 @@ INFRASTRUCTURE = {
 }  # fmt: skip
 PURE_CORES = [
     "diagnosis", "learning_curve", "seeds", "assessment", "tables", "gates", "judgement",
-    "report_context", "splitting", "stopping",
+    "report_context", "splitting", "stopping", "trained_on",
 ]  # fmt: skip
 
 

@@ -261,6 +261,15 @@ def git(root: Path, *args: str) -> str:
     ).stdout
 
 
+def _model_versions(root: Path) -> list[str]:
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    name = yaml.safe_load((root / "params.yaml").read_text())["registry"]["model_name"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+
+
 def test_dvc_experiments_rerun_one_variant_compare_and_restore(own_repo):
     """`dvc exp run -S` reruns only what the change touches; `dvc exp show` has each
     variant's val accuracy, gap and verdict; apply and branch bring the results back."""
@@ -270,10 +279,14 @@ def test_dvc_experiments_rerun_one_variant_compare_and_restore(own_repo):
     git(root, "commit", "-qm", "results")
     committed = json.loads((root / "reports/metrics.json").read_text())
 
+    versions_before = _model_versions(root)
     run = dvc(root, "exp", "run", "-n", "drop03", "-S", "variants.dropout.model.dropout=0.3")
     ran = ran_stages(run.stdout)
     assert {"train@dropout", "evaluate", "report"} <= ran, run.stdout
     assert not ran & {"train@baseline", "prepare", "validate"}, run.stdout
+    # an experiment feeds no challenger to the registry unless asked
+    assert "no model version registered" in run.stdout, run.stdout
+    assert _model_versions(root) == versions_before
 
     shown = json.loads(dvc(root, "exp", "show", "--json").stdout)
     (exp,) = [

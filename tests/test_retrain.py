@@ -37,6 +37,7 @@ from .conftest import (
     registry,
     save_mlflow_model,
     write_holder,
+    write_png_folder,
     write_validation,
 )
 
@@ -315,7 +316,12 @@ def test_rollback_of_a_promoted_challenger_is_kept(rproject, keras_models):
     assert "moved since (a rollback?); that choice is kept" in report(rproject)["reasons"][0]
 
 
-def test_champion_that_cannot_read_new_image_size_is_not_compared(rproject, keras_models, tmp_path):
+def test_a_champion_of_another_image_size_is_a_new_schema_refused_unless_accepted(
+    rproject, keras_models, tmp_path
+):
+    """data.image_size changed: the champion cannot read today's images, so the two
+    cannot be compared and its clients send the old size. Refused with the reason (it
+    used to be promoted silently); --accept-new-schema promotes it on purpose."""
     import keras
 
     old = keras.Sequential(
@@ -326,16 +332,25 @@ def test_champion_that_cannot_read_new_image_size_is_not_compared(rproject, kera
         ]
     )
     sample = np.zeros((2, 16, 16, 1), dtype="float32")
-    register(rproject, save_mlflow_model(old, tmp_path / "old", sample), alias="champion")
+    saved = save_mlflow_model(old, tmp_path / "old", sample)
+    champion = register(rproject, saved, alias="champion")
     new = register(rproject, keras_models["good"], alias="challenger")
 
-    assert retrain.main([]) == outcome.EXIT_PROMOTED
-    assert alias_of(rproject, "champion") == new
+    assert retrain.main([]) == outcome.EXIT_REJECTED
+    assert alias_of(rproject, "champion") == champion
     record = report(rproject)
     assert record["champion"]["test_accuracy"] is None
     assert "(16, 16, 1)" in record["champion"]["note"]
     gate = next(g for g in record["gates"] if g["name"] == "accuracy_vs_champion")
     assert gate["passed"] and not gate["applied"]
+    (reason,) = record["reasons"]
+    assert reason.startswith("schema:") and "(16, 16, 1)" in reason
+    assert "--accept-new-schema" in reason
+
+    assert retrain.main(["--accept-new-schema"]) == outcome.EXIT_PROMOTED
+    assert alias_of(rproject, "champion") == new
+    schema = next(g for g in report(rproject)["gates"] if g["name"] == "schema")
+    assert schema["passed"] and "accepted" in schema["reason"]
 
 
 FAKE_DVC = textwrap.dedent(
@@ -525,3 +540,95 @@ def test_real_pipeline_promote_then_up_to_date_then_gate(own_repo, monkeypatch):
     assert {"train", "evaluate", "retrain"} <= stages_of(third["repro_id"])
     champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
     assert champion.version == int(third["challenger"]["version"])
+    # What it was trained on is on the version: the manifest hash and a record of
+    # its train and val images, which the gate reads.
+    assert champion.tags["data_version"] == tracking.data_version(Paths(root))
+    assert champion.tags["trained_on"].startswith("runs:/")
+    assert champion.tags["input_shape"] and champion.tags["n_classes"] == "10"
+
+    # A re-split moves images the champion trained on into the test split: the gate
+    # scores only on images neither model trained on, and with too few of them refuses.
+    params["data"]["seed"] += 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert retrain.main([]) == outcome.EXIT_REJECTED
+    fourth = json.loads((root / "reports/retrain.json").read_text())
+    total = len(np.load(root / "data/prepared/test_y.npy"))
+    assert fourth["test_images_excluded"] > total / 2  # 85% of the images train or validate
+    assert fourth["test_set_size"] + fourth["test_images_excluded"] == total
+    gate = {g["name"]: g for g in fourth["gates"]}["clean_test_set"]
+    assert not gate["passed"]
+    assert f"{fourth['test_set_size']} of {total} test images" in gate["reason"]
+    assert "min_clean_test_images = 100" in gate["reason"]
+    after = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
+    assert after.version == champion.version  # the champion stays
+
+
+def test_a_moved_project_keeps_its_champion_and_retrains(own_repo, tmp_path, monkeypatch):
+    """mv of a project with a champion: its models load from the new place, new artifacts
+    go there, and nothing is written under the old path (issue: absolute artifact
+    locations in mlflow.db)."""
+    import mlflow
+
+    old = own_repo
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
+    params = yaml.safe_load((old / "params.yaml").read_text())
+    name = params["registry"]["model_name"]
+    tracking.configure(Paths(old))
+    challenger = tracking.registered_aliases(name)[tracking.CHALLENGER]
+    mlflow.MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, challenger)
+
+    new = tmp_path / "moved"
+    shutil.move(old, new)
+    monkeypatch.chdir(new)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    params["retrain"].update(reject_overfitting=False, max_gap=1.0, accuracy_tolerance=1.0)
+    params["evaluate"]["feature_map_images"] += 1  # evaluate reruns: a new challenger
+    (new / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    code = retrain.main([])
+    record = json.loads((new / "reports/retrain.json").read_text())
+    assert code == outcome.EXIT_PROMOTED, record["reasons"]
+    assert record["champion"]["version"] == challenger
+    assert record["champion"]["test_accuracy"] is not None  # the old champion loaded
+    assert not old.exists()  # nothing re-created under the old path
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert runs and all(str(new) in r.info.artifact_uri for r in runs)
+
+
+def test_an_incompatible_challenger_is_refused_unless_accepted(own_repo, monkeypatch):
+    """The digits champion (10 classes, the repo's image size) against a challenger
+    trained on a 3-class folder at another size: refused with the reason, and
+    promoted only with --accept-new-schema."""
+    import mlflow
+
+    root = own_repo
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    name = params["registry"]["model_name"]
+    tracking.configure(Paths(root))
+    champion = tracking.registered_aliases(name)[tracking.CHALLENGER]
+    mlflow.MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, champion)
+
+    write_png_folder(root / "data" / "shapes", per_class=80, classes=("circle", "square", "star"))
+    params["data"].update(source="data/shapes", image_size=[12, 12])
+    params["retrain"].update(reject_overfitting=False, max_gap=1.0, accuracy_tolerance=1.0)
+    params["retrain"]["min_clean_test_images"] = 1
+    params["validate"]["severity"]["class_balance"] = "warning"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    assert retrain.main([]) == outcome.EXIT_REJECTED
+    record = json.loads((root / "reports/retrain.json").read_text())
+    (reason,) = [r for r in record["reasons"] if r.startswith("schema:")]
+    assert "3 classes vs the champion's 10" in reason or "input shape" in reason
+    assert "--accept-new-schema" in reason
+    assert tracking.registered_aliases(name)[tracking.CHAMPION] == champion
+
+    assert retrain.main(["--accept-new-schema"]) == outcome.EXIT_PROMOTED
+    after = json.loads((root / "reports/retrain.json").read_text())
+    assert not after["reproduced"]  # the same challenger, judged again with the flag
+    assert tracking.registered_aliases(name)[tracking.CHAMPION] == after["challenger"]["version"]

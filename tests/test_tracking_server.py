@@ -76,9 +76,16 @@ def team_server(tmp_path_factory):
     assert not (tmp_path / "server").exists()
 
 
-def stage(project: Project, uri: str, *args: str) -> subprocess.Popen:
+def credentials(env: dict[str, str]) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME / _PASSWORD as the script wrote them (auth/admin.env)."""
+    text = (Path(env["TRACKING_SERVER_DIR"]) / "auth" / "admin.env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def stage(project: Project, uri: str, *args: str, login: dict[str, str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = uri
+    env.update(login)
     return subprocess.Popen(
         [sys.executable, "-m", *args],
         cwd=project.root,
@@ -95,20 +102,29 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_the_pipeline_runs_unchanged_against_the_team_server(digits_prepared, team_server):
+def test_the_pipeline_runs_unchanged_against_the_team_server(
+    digits_prepared, team_server, monkeypatch
+):
     import mlflow
     from mlflow import MlflowClient
 
     project = digits_prepared
     uri, env, started = team_server
     assert "postgresql+psycopg://" in started and f"MLFLOW_TRACKING_URI={uri}" in started
+    assert "admin.env" in started  # how to get the credentials
+    login = credentials(env)
+    for key, value in login.items():  # the test's own client logs in too
+        monkeypatch.setenv(key, value)
     write_validation(project)
 
     # Two training processes log to the server at once.
-    both = [stage(project, uri, "pipeline.train", "--variant", v) for v in ("baseline", "dropout")]
+    both = [
+        stage(project, uri, "pipeline.train", "--variant", v, login=login)
+        for v in ("baseline", "dropout")
+    ]
     for proc in both:
         finish(proc)
-    finish(stage(project, uri, "pipeline.evaluate"))
+    finish(stage(project, uri, "pipeline.evaluate", login=login))
 
     # registry_uri too: an earlier test in this process may have set another one
     client = MlflowClient(uri, registry_uri=uri)
@@ -162,6 +178,38 @@ def test_the_pipeline_runs_unchanged_against_the_team_server(digits_prepared, te
     assert after.version == version
 
 
+def test_the_server_wants_a_login_and_keeps_its_credentials_private(team_server):
+    import requests
+
+    uri, env, _ = team_server
+    auth = Path(env["TRACKING_SERVER_DIR"]) / "auth"
+    assert oct(auth.stat().st_mode & 0o777) == "0o700"
+    for name in ("admin.env", "secret_key", "basic_auth.ini"):
+        assert oct((auth / name).stat().st_mode & 0o777) == "0o600", name
+    assert "PASSWORD" not in (auth / "basic_auth.ini").read_text().upper()
+    login = credentials(env)
+    create = f"{uri}/api/2.0/mlflow/experiments/create"
+    # Anyone without the password, e.g. another local user: 401, nothing created.
+    assert requests.post(create, json={"name": "intruder"}, timeout=30).status_code == 401
+    wrong = ("admin", "not-the-password")
+    assert requests.post(create, json={"name": "x"}, auth=wrong, timeout=30).status_code == 401
+    search = f"{uri}/api/2.0/mlflow/registered-models/search"
+    assert requests.get(search, timeout=30).status_code == 401
+    if subprocess.run(["id", "nobody"], capture_output=True).returncode == 0:
+        other_user = subprocess.run(
+            ["runuser", "-u", "nobody", "--", sys.executable, "-c",
+             "import sys, urllib.request, urllib.error\n"
+             "try:\n urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b'{}',"
+             " headers={'Content-Type': 'application/json'}))\n"
+             "except urllib.error.HTTPError as e: print(e.code)", create],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert other_user.stdout.strip() == "401", other_user.stdout + other_user.stderr
+    me = (login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
+    assert requests.get(search, auth=me, timeout=30).status_code == 200
+    assert requests.get(f"{uri}/health", timeout=30).status_code == 200  # open: liveness only
+
+
 def test_the_database_wants_its_password_and_a_taken_port_is_refused(team_server, tmp_path):
     uri, env, _ = team_server
     pgpass = Path(env["TRACKING_SERVER_DIR"]) / "pgpass"
@@ -197,3 +245,13 @@ def test_the_script_refuses_an_unknown_command_and_a_missing_mlflow(tmp_path):
     )
     assert missing.returncode == 2 and "bootstrap.sh" in missing.stderr
     assert not (tmp_path / "server" / "pgdata").exists()  # refused before creating anything
+    env["MLFLOW_BIN"] = str(BIN / "mlflow")
+    for host in ("0.0.0.0", "10.1.2.3"):  # the network, without a login: refused
+        open_to_all = subprocess.run(
+            ["bash", str(SCRIPT), "start"],
+            env={**env, "MLFLOW_SERVER_HOST": host, "MLFLOW_SERVER_AUTH": "off"},
+            capture_output=True,
+            text=True,
+        )
+        assert open_to_all.returncode == 2 and f"MLFLOW_SERVER_HOST={host}" in open_to_all.stderr
+    assert not (tmp_path / "server" / "pgdata").exists()
