@@ -110,7 +110,7 @@ def disk_full_cause(exc: BaseException) -> BaseException | None:
 
 
 # How SQLite reports a damaged database file (MLflow's sqlite store).
-_DAMAGED_DB_TEXT = ("file is not a database", "database disk image is malformed")
+DAMAGED_DB_TEXT = ("file is not a database", "database disk image is malformed")
 
 
 def _chain_text(exc: BaseException, texts: tuple[str, ...]) -> BaseException | None:
@@ -174,7 +174,7 @@ def denied_message(cause: OSError) -> str:
 
 def damaged_store_message(cause: BaseException) -> str:
     """One paragraph for a damaged MLflow sqlite store."""
-    detail = next((t for t in _DAMAGED_DB_TEXT if t in str(cause)), "damaged")
+    detail = next((t for t in DAMAGED_DB_TEXT if t in str(cause)), "damaged")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or "sqlite:///mlflow.db"
     return (
         f"the MLflow store {uri} is damaged (SQLite: {detail}). Move it aside "
@@ -290,7 +290,7 @@ def run_stage(
         if gone is not None and os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
             print(f"error: {server_gone_message(gone)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        damaged = _chain_text(exc, _DAMAGED_DB_TEXT)
+        damaged = _chain_text(exc, DAMAGED_DB_TEXT)
         if damaged is not None:
             print(f"error: {damaged_store_message(damaged)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

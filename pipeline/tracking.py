@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import UserError, damaged_store_message
+from pipeline.cli import DAMAGED_DB_TEXT, UserError, damaged_store_message
 from pipeline.config import Config
 from pipeline.paths import Paths
 from pipeline.processes import pid_alive
@@ -121,6 +121,8 @@ def follow_project_move(root: Path) -> int:
                 if table in tables
             )
     except sqlite3.DatabaseError as exc:
+        if not any(text in str(exc) for text in DAMAGED_DB_TEXT):
+            raise  # a full disk, a lock: reported as what it is
         raise TrackingError(damaged_store_message(exc)) from None
     if changed:
         log.info("project moved: %d artifact locations now point to %s", changed, new)

@@ -583,6 +583,9 @@ def test_a_moved_project_keeps_its_champion_and_retrains(own_repo, tmp_path, mon
     shutil.move(old, new)
     monkeypatch.chdir(new)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    # configure() above exported the old store as MLFLOW_REGISTRY_URI: a user's shell
+    # after `mv` has no such leftover
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     params["retrain"].update(reject_overfitting=False, max_gap=1.0, accuracy_tolerance=1.0)
     params["evaluate"]["feature_map_images"] += 1  # evaluate reruns: a new challenger
     (new / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
