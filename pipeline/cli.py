@@ -95,34 +95,32 @@ def setup_logging() -> None:
 _DISK_FULL_TEXT = ("database or disk is full", "No space left on device")
 
 
-def disk_full_cause(exc: BaseException) -> BaseException | None:
-    """The exception in `exc`'s chain that says the disk is full, if any."""
+def in_chain(exc: BaseException, test: Callable[[BaseException], bool]) -> BaseException | None:
+    """The first exception in `exc`'s chain (itself, then its cause or context, ...)
+    for which `test` holds, if any; a cyclic chain is walked once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if getattr(current, "errno", None) == errno.ENOSPC or any(
-            text in str(current) for text in _DISK_FULL_TEXT
-        ):
+        if test(current):
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+def _says(texts: tuple[str, ...]) -> Callable[[BaseException], bool]:
+    return lambda e: any(text in str(e) for text in texts)
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain that says the disk is full, if any."""
+    return in_chain(
+        exc, lambda e: getattr(e, "errno", None) == errno.ENOSPC or _says(_DISK_FULL_TEXT)(e)
+    )
 
 
 # How SQLite reports a damaged database file (MLflow's sqlite store).
 DAMAGED_DB_TEXT = ("file is not a database", "database disk image is malformed")
-
-
-def _chain_text(exc: BaseException, texts: tuple[str, ...]) -> BaseException | None:
-    """The exception in `exc`'s chain whose message holds one of `texts`, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if any(text in str(current) for text in texts):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
 
 
 # How the MLflow client reports a tracking server that stopped answering.
@@ -151,14 +149,10 @@ _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 def _denied_cause(exc: BaseException) -> OSError | None:
     """The OSError in `exc`'s chain that refused to write a named file, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DENIED and current.filename:
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    found = in_chain(
+        exc, lambda e: isinstance(e, OSError) and e.errno in _DENIED and bool(e.filename)
+    )
+    return found if isinstance(found, OSError) else None
 
 
 def denied_message(cause: OSError) -> str:
@@ -286,11 +280,11 @@ def run_stage(
         if denied is not None:
             print(f"error: {denied_message(denied)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        gone = _chain_text(exc, _SERVER_GONE_TEXT)
+        gone = in_chain(exc, _says(_SERVER_GONE_TEXT))
         if gone is not None and os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
             print(f"error: {server_gone_message(gone)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        damaged = _chain_text(exc, DAMAGED_DB_TEXT)
+        damaged = in_chain(exc, _says(DAMAGED_DB_TEXT))
         if damaged is not None:
             print(f"error: {damaged_store_message(damaged)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

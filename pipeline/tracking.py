@@ -90,6 +90,7 @@ _LOCATION_COLUMNS = (
     ("logged_models", "artifact_location"),
 )
 ARTIFACTS_DIR = "mlartifacts"
+_STORES_CHECKED: set[Path] = set()  # project stores follow_project_move has looked at
 
 
 def follow_project_move(root: Path) -> int:
@@ -193,8 +194,10 @@ def configure(paths: Paths) -> str:
         os.environ.setdefault(key, value)
     uri = tracking_uri(paths)
     check_reachable(uri)
-    if uri == project_store_uri(paths):
-        follow_project_move(store_root(paths))
+    root = store_root(paths)
+    if uri == project_store_uri(paths) and root not in _STORES_CHECKED:
+        follow_project_move(root)  # once per process: configure runs per MLflow run
+        _STORES_CHECKED.add(root)
     mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_REGISTRY_URI"):
         mlflow.set_registry_uri(uri)

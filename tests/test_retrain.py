@@ -563,6 +563,22 @@ def test_real_pipeline_promote_then_up_to_date_then_gate(own_repo, monkeypatch):
     assert after.version == champion.version  # the champion stays
 
 
+def promote_the_repos_challenger(root: Path, monkeypatch) -> tuple[dict, str]:
+    """The copied repo's store as the only MLflow backend, and its challenger (from the
+    suite's repro) made champion by hand; (params, that version)."""
+    import mlflow
+
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    name = params["registry"]["model_name"]
+    tracking.configure(Paths(root))
+    version = tracking.registered_aliases(name)[tracking.CHALLENGER]
+    mlflow.MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, version)
+    return params, version
+
+
 def test_a_moved_project_keeps_its_champion_and_retrains(own_repo, tmp_path, monkeypatch):
     """mv of a project with a champion: its models load from the new place, new artifacts
     go there, and nothing is written under the old path (issue: absolute artifact
@@ -570,14 +586,7 @@ def test_a_moved_project_keeps_its_champion_and_retrains(own_repo, tmp_path, mon
     import mlflow
 
     old = own_repo
-    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
-    params = yaml.safe_load((old / "params.yaml").read_text())
-    name = params["registry"]["model_name"]
-    tracking.configure(Paths(old))
-    challenger = tracking.registered_aliases(name)[tracking.CHALLENGER]
-    mlflow.MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, challenger)
+    params, challenger = promote_the_repos_challenger(old, monkeypatch)
 
     new = tmp_path / "moved"
     shutil.move(old, new)
@@ -604,18 +613,10 @@ def test_an_incompatible_challenger_is_refused_unless_accepted(own_repo, monkeyp
     """The digits champion (10 classes, the repo's image size) against a challenger
     trained on a 3-class folder at another size: refused with the reason, and
     promoted only with --accept-new-schema."""
-    import mlflow
-
     root = own_repo
-    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "PIPELINE_REPRO_ID", dvc_runner.DVC_ENV):
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params, champion = promote_the_repos_challenger(root, monkeypatch)
     name = params["registry"]["model_name"]
-    tracking.configure(Paths(root))
-    champion = tracking.registered_aliases(name)[tracking.CHALLENGER]
-    mlflow.MlflowClient().set_registered_model_alias(name, tracking.CHAMPION, champion)
 
     write_png_folder(root / "data" / "shapes", per_class=80, classes=("circle", "square", "star"))
     params["data"].update(source="data/shapes", image_size=[12, 12])
