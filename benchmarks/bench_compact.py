@@ -29,6 +29,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 BASE = {
+    "builder": "builtin",
+    "weights": "none",
+    "freeze_backbone": False,
     "conv_filters": [32, 64],
     "kernel_size": 3,
     "dense_units": 128,
@@ -69,6 +72,49 @@ CANDIDATES: dict[str, dict] = {
         "dense_units": 24,
         "batch_norm": True,
         "dropout": 0.3,
+    },
+    # flat64 with horizontal flips (a garment mirrored is the same garment)
+    "flat64_flip": {
+        "conv_filters": [32, 64, 64],
+        "dense_units": 64,
+        "batch_norm": True,
+        "dropout": 0.3,
+        "augmentation": {
+            "enabled": True,
+            "rotation": 0.0,
+            "zoom": 0.0,
+            "translation": 0.0,
+            "flip": True,
+        },
+    },
+    # flat64_flip plus dropout after each conv block
+    "flat64_cd_flip": {
+        "conv_filters": [32, 64, 64],
+        "dense_units": 64,
+        "batch_norm": True,
+        "dropout": 0.3,
+        "conv_dropout": 0.15,
+        "augmentation": {
+            "enabled": True,
+            "rotation": 0.0,
+            "zoom": 0.0,
+            "translation": 0.0,
+            "flip": True,
+        },
+    },
+    # flat64_flip plus small shifts
+    "flat64_shift_flip": {
+        "conv_filters": [32, 64, 64],
+        "dense_units": 64,
+        "batch_norm": True,
+        "dropout": 0.3,
+        "augmentation": {
+            "enabled": True,
+            "rotation": 0.0,
+            "zoom": 0.0,
+            "translation": 0.06,
+            "flip": True,
+        },
     },
 }
 

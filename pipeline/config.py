@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,7 +122,20 @@ class AugmentationConfig(_Frozen):
     flip: bool
 
 
+BUILTIN_BUILDER = "builtin"
+KERAS_APPLICATIONS = "keras_applications"
+# The Keras Applications backbones model.builder may name (pipeline.own_models).
+BACKBONES = ("MobileNetV3Small", "ResNet50", "EfficientNetB0", "ConvNeXtTiny")
+# builtin | keras_applications:<backbone> | path/to/file.py:function | module.name:function
+_BUILDER_PATTERN = r"^(builtin|[A-Za-z0-9_./\-]+\.py:[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
+
+
 class ModelConfig(_Frozen):
+    # Whose network: the built-in Conv-MaxPool one the keys below describe, a Keras
+    # Applications backbone, or the user's own function (pipeline.builders).
+    builder: str = Field(min_length=1)
+    weights: str = Field(min_length=1)  # none, or a local weights file (backbones only)
+    freeze_backbone: bool
     conv_filters: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         min_length=1, max_length=8
     )
@@ -135,6 +149,29 @@ class ModelConfig(_Frozen):
     augmentation: AugmentationConfig
 
     _filters_tuple = field_validator("conv_filters", mode="before")(_list_to_tuple)
+
+    @field_validator("builder")
+    @classmethod
+    def _known_builder(cls, value: str) -> str:
+        if not re.fullmatch(_BUILDER_PATTERN, value):
+            raise ValueError(
+                "must be builtin, keras_applications:<backbone>, path/to/file.py:function "
+                "or module.name:function"
+            )
+        kind, _, name = value.partition(":")
+        if kind == KERAS_APPLICATIONS and name not in BACKBONES:
+            raise ValueError(f"the Keras Applications backbones here are {', '.join(BACKBONES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_need_a_backbone(self) -> ModelConfig:
+        backbone = self.builder.startswith(f"{KERAS_APPLICATIONS}:")
+        if not backbone and (self.weights != "none" or self.freeze_backbone):
+            raise ValueError(
+                "model.weights and model.freeze_backbone apply to a keras_applications:<name> "
+                f"builder only, not {self.builder!r}; set weights: none, freeze_backbone: false"
+            )
+        return self
 
 
 class EarlyStoppingConfig(_Frozen):
@@ -484,20 +521,41 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: Path | str = "params.yaml") -> Config:
-    """Read and validate params.yaml; raises ConfigError on any problem."""
-    path = Path(path)
+def read_params(path: Path) -> Any:
+    """params.yaml parsed (safe, no aliases, no repeated keys); ConfigError otherwise."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run from the project root") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except (DuplicateKeyError, AliasError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_config(path: Path | str = "params.yaml") -> Config:
+    """Read and validate params.yaml; raises ConfigError on any problem."""
+    path = Path(path)
+    raw = read_params(path)
     try:
         return parse_config(raw)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("params.yaml", str(path), 1)) from None
+
+
+def load_evaluate_config(path: Path | str) -> EvaluateConfig:
+    """Only the `evaluate` section of a params file (the verdict thresholds), for the
+    public API, which diagnoses runs outside a project."""
+    path = Path(path)
+    raw = read_params(path)
+    section = raw.get("evaluate") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: no `evaluate` section (the verdict thresholds)")
+    try:
+        return EvaluateConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(
+            _describe(exc, "evaluate.").replace("params.yaml", str(path), 1)
+        ) from None

@@ -25,7 +25,7 @@ pipeline.check_sentences are split):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -136,6 +136,14 @@ class Diagnosis:
     training: dict[str, Any]
     memorization: dict[str, Any]
     rules: dict[str, bool] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # What a notebook shows for `diagnose(...)`: the answer, not 18 fields.
+        return f"<Diagnosis {self.label}: {self.summary}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON-ready values (evaluation.json's names)."""
+        return asdict(self)
 
 
 def diagnose(

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import assessment, figures, progress, publishing, scoring, tables, tracking
+from pipeline.builders import builder_kind, load_builder
 from pipeline.catalog.evaluation import write_evaluation
 from pipeline.catalog.training import TrainOutputs, read_seed_records
 from pipeline.catalog.validation import read_validation
@@ -89,6 +90,9 @@ def run_evaluate(paths: Paths, cfg: Config) -> dict[str, Any]:
     publishing.require_variant_runs(
         paths, {n: a.run_info.get("run_id") for n, a in artifacts.items()}
     )
+    if builder_kind(cfg.model.builder) == "user":
+        # Its module registers any custom layers the saved models need to load.
+        load_builder(cfg.model.builder, paths.root)
     data = load_prepared(paths.prepared_dir)
     probe = figures.select_probe(data, cfg.evaluate.feature_map_images)
     indices = scoring.evaluation_indices(data)

@@ -81,7 +81,12 @@ def feature_maps(model: Any, images: np.ndarray, n_layers: int) -> dict[str, np.
 
     names = conv_layer_names(model)[:n_layers]
     if not names:
-        log.warning("model has no %s<i> conv layers; no feature maps", CONV_PREFIX)
+        # A user's functional model behind augmentation layers is nested in the one
+        # trained (pipeline.own_models); augmentation is off in inference anyway.
+        inner = [layer for layer in model.layers if hasattr(layer, "layers")]
+        if inner and conv_layer_names(inner[0]):
+            return feature_maps(inner[0], images, n_layers)
+        log.warning("model has no Conv2D layers (%s<i>); no feature maps", CONV_PREFIX)
         return {}
     x = np.asarray(images, dtype=np.float32)
     try:

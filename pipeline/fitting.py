@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import distribute, history, precision, scoring, tracking, train_input
+from pipeline.builders import BuildContext
 from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
 from pipeline.config import Config, EvaluateConfig, VariantConfig
@@ -125,16 +126,18 @@ def fit_variant(
     class_weight: dict[int, float] | None,
     log_to_mlflow: bool = True,
     evaluate: EvaluateConfig | None = None,
+    context: BuildContext | None = None,
 ) -> TrainResult:
     """Train (or resume) one variant; returns the history rows and the best model.
 
     With `evaluate` (params.yaml's thresholds), training also stops once its
-    overfitting is clear (`stop_rule`).
+    overfitting is clear (`stop_rule`). `context` says where a user's builder is
+    (model.builder; None: the working directory, the variant's settings as the base).
 
     Raises:
         StageError: an empty train or val split, or a NaN or infinite loss.
     """
-    from pipeline.models import build_model
+    from pipeline.own_models import build_any
 
     tcfg = vcfg.train
     set_determinism(tcfg.seed)
@@ -147,7 +150,9 @@ def fit_variant(
         )
     strategy = distribute.active_name()
     with distribute.scope():
-        model = build_model(vcfg.model, data.image_shape, len(data.classes), seed=tcfg.seed)
+        model = build_any(
+            vcfg.model, vcfg.name, data.image_shape, len(data.classes), tcfg.seed, context
+        )
         compile_model(model, tcfg.learning_rate)
         if strategy != "none":
             from pipeline.keras_private import average_logs_across_workers, build_compiled_state
@@ -376,18 +381,19 @@ def class_weights_for(
     return train_input.resolve_class_weights(mode, data.y("train"), len(data.classes), flags)
 
 
-def fit_as_worker(
-    paths: Paths, vcfg: VariantConfig, data: PreparedDataset, evaluate: EvaluateConfig
-) -> int:
+def fit_as_worker(paths: Paths, cfg: Config, vcfg: VariantConfig, data: PreparedDataset) -> int:
     """A non-chief multi-worker task: the same fit in lockstep with the chief, writing
     nothing that lasts (its state goes to a temporary folder). Returns epochs run."""
     import tempfile
 
     class_weight = class_weights_for(paths, vcfg, data)
+    context = BuildContext.of(cfg.model, paths.root)
     with tempfile.TemporaryDirectory(prefix=f"worker-{vcfg.name}-") as scratch:
-        state = open_backup(Path(scratch), fingerprint_of(vcfg, data, class_weight))
+        state = open_backup(
+            Path(scratch), fingerprint_of(vcfg, data, class_weight, context.source_sha)
+        )
         result = fit_variant(
-            vcfg, data, state, class_weight, log_to_mlflow=False, evaluate=evaluate
+            vcfg, data, state, class_weight, False, evaluate=cfg.evaluate, context=context
         )
     return len(result.rows)
 
@@ -415,7 +421,11 @@ def tracked_fit(
     earlier run is being resumed.
     """
     class_weight = class_weights_for(paths, vcfg, data)
-    fingerprint = {**fingerprint_of(vcfg, data, class_weight), **(fingerprint_extra or {})}
+    context = BuildContext.of(cfg.model, paths.root)
+    fingerprint = {
+        **fingerprint_of(vcfg, data, class_weight, context.source_sha),
+        **(fingerprint_extra or {}),
+    }
     state = open_run_backup(backup_root, fingerprint)
     if state.run_id is None and on_new_run is not None:
         on_new_run()
@@ -428,7 +438,9 @@ def tracked_fit(
     with resumable_run(
         paths, cfg, vcfg.name, state, params, stage=stage, extra_tags=run_tags, run_name=run_name
     ) as run:
-        result = fit_variant(vcfg, data, state, class_weight, evaluate=cfg.evaluate)
+        result = fit_variant(
+            vcfg, data, state, class_weight, evaluate=cfg.evaluate, context=context
+        )
         n_train = len(data.y("train"))
         metrics = summarize(
             vcfg,
@@ -510,8 +522,10 @@ def train_extra_seed(
     """Train (or resume) seed train.seed + index in a child MLflow run; its seeds.json entry."""
     svcfg = seed_config(vcfg, index)
     seed = svcfg.train.seed
+    context = BuildContext.of(cfg.model, paths.root)
     state = open_run_backup(
-        paths.backup_dir(vcfg.name, index), fingerprint_of(svcfg, data, class_weight)
+        paths.backup_dir(vcfg.name, index),
+        fingerprint_of(svcfg, data, class_weight, context.source_sha),
     )
     with resumable_run(
         paths,
@@ -527,7 +541,9 @@ def train_extra_seed(
         log.info(
             "training %s with seed %d (%d of %d)", vcfg.name, seed, index + 1, vcfg.train.seeds
         )
-        result = fit_variant(svcfg, data, state, class_weight, evaluate=cfg.evaluate)
+        result = fit_variant(
+            svcfg, data, state, class_weight, evaluate=cfg.evaluate, context=context
+        )
         n_train, n_params = len(data.y("train")), result.model.count_params()
         metrics = summarize(
             svcfg, result.rows, result.stopped_epoch, n_train, n_params, result.stopped_by

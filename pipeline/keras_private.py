@@ -14,6 +14,11 @@ Exact resume needs three things Keras does not offer publicly:
 3. The weights EarlyStopping(restore_best_weights=True) restores, set on
    resume through its undocumented `best_weights` attribute.
 
+And for a user's own model (pipeline.own_models): its Conv and Dense kernels get
+an L2 penalty after they are built; Keras computes a weight's penalty from the
+variable's `regularizer` attribute, set only by `add_weight`
+(`set_kernel_l2`, and `all_layers` walks nested models with `_flatten_layers`).
+
 And one thing tf.distribute needs: under a strategy, Keras 3.15's `fit` first
 averages the distributed dataset's first batch across replicas
 (`Trainer._maybe_symbolic_build`) only to learn its shapes, and under
@@ -64,6 +69,7 @@ PRIVATE_API = (
     ("Model", "_maybe_symbolic_build"),
     ("tensorflow_trainer", "reduce_per_replica"),
     ("tensorflow_trainer", "_collective_all_reduce_multi_worker"),
+    ("Variable", "regularizer"),
 )
 
 
@@ -96,7 +102,14 @@ def probe_objects() -> dict[str, Any]:
         "EarlyStopping": EarlyStopping(restore_best_weights=True),
         "Model": keras.Sequential(),
         "tensorflow_trainer": importlib.import_module("keras.src.backend.tensorflow.trainer"),
+        "Variable": _built_dense().kernel,
     }
+
+
+def _built_dense() -> keras.layers.Dense:
+    layer = keras.layers.Dense(1)
+    layer.build((None, 1))
+    return layer
 
 
 def missing_private_api() -> list[str]:
@@ -153,6 +166,21 @@ def seed_generators(model: keras.Model) -> list:
     for layer in require(model, "_flatten_layers")(include_self=False):
         generators.extend(require(layer, "_seed_generators"))
     return generators
+
+
+def all_layers(model: keras.Model) -> list:
+    """Every layer of the model, nested models' included (not the model itself)."""
+    return list(require(model, "_flatten_layers")(include_self=False))
+
+
+def set_kernel_l2(layer: Any, l2: float) -> None:
+    """An L2 penalty on a built layer's kernel. Keras reads a weight's penalty from the
+    variable's undocumented `regularizer` (set by add_weight), so the layer's
+    `kernel_regularizer`, which only its config keeps, is set for saving as well."""
+    penalty = keras.regularizers.L2(l2)
+    require(layer.kernel, "regularizer")
+    layer.kernel.regularizer = penalty
+    layer.kernel_regularizer = penalty
 
 
 def set_restored_weights(early_stopping: EarlyStopping, weights: list) -> None:

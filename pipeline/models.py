@@ -172,12 +172,12 @@ def augmentation_layers(aug: AugmentationConfig, seeds: _SeedSequence) -> list[k
 
 
 def conv_layer_names(model: keras.Model) -> list[str]:
-    """The conv_<i> layers in order (evaluate draws their feature maps)."""
-    names = [
-        layer.name
-        for layer in model.layers
-        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith(CONV_PREFIX)
-    ]
+    """The conv_<i> layers in order (evaluate draws their feature maps); for a model
+    the built-in builder did not make (model.builder), its Conv2D layers in order."""
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    names = [layer.name for layer in convs if layer.name.startswith(CONV_PREFIX)]
+    if not names:
+        return [layer.name for layer in convs]
     return sorted(names, key=lambda name: int(name.removeprefix(CONV_PREFIX)))
 
 

@@ -45,6 +45,11 @@ class Paths:
         return path if path.is_absolute() else self.root / path
 
     @property
+    def model_source_json(self) -> Path:
+        """The `model_source` stage's fingerprint of model.builder's file (train's dep)."""
+        return self.root / "models" / "model_source.json"
+
+    @property
     def source_json(self) -> Path:
         """The `source` stage's fingerprint of data.source: what prepare depends on."""
         return self.root / "data" / "source.json"

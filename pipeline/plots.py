@@ -28,12 +28,17 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Files only, no display. Unless pyplot is already in use: in a notebook calling the
+# public API (pipeline.diagnose, the Keras callback), switching its backend would
+# break the user's own plots; figures here are closed as soon as they are saved.
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

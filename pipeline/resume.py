@@ -153,16 +153,23 @@ def open_run_backup(root: Path, fingerprint: dict[str, str]) -> BackupState:
 
 
 def fingerprint_of(
-    vcfg: VariantConfig, data: PreparedDataset, class_weight: dict[int, float] | None
+    vcfg: VariantConfig,
+    data: PreparedDataset,
+    class_weight: dict[int, float] | None,
+    builder_sha: str = "",
 ) -> dict[str, str]:
-    """What a saved training state is only valid for."""
+    """What a saved training state is only valid for (`builder_sha`: a user's builder
+    file's content, so that editing it starts training afresh)."""
     weights = json.dumps(class_weight, sort_keys=True) if class_weight else "none"
-    return {
+    fingerprint = {
         "variant": vcfg.name,
         "variant_params_hash": vcfg.params_hash(),
         "data_version": str(data.meta.get("manifest_hash", "none")),
         "class_weight": hashlib.sha256(weights.encode()).hexdigest()[:12],
     }
+    if builder_sha:
+        fingerprint["builder_sha"] = builder_sha[:16]
+    return fingerprint
 
 
 def save_layer_weights(path: Path, weights: Sequence[np.ndarray]) -> None:

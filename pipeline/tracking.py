@@ -665,7 +665,8 @@ def log_to_run(
     Args:
         metrics: logged at step 0 in one batch.
         texts: artifact file name -> its text.
-        artifacts: artifact directory -> local files, or directories whose contents go there.
+        artifacts: artifact directory ("" = the root) -> local files, or directories whose
+            contents go there.
     """
     import time
 
@@ -683,9 +684,9 @@ def log_to_run(
     for directory, local_paths in (artifacts or {}).items():
         for path in local_paths:
             if Path(path).is_dir():
-                client.log_artifacts(run_id, str(path), directory)
+                client.log_artifacts(run_id, str(path), directory or None)
             else:
-                client.log_artifact(run_id, str(path), directory)
+                client.log_artifact(run_id, str(path), directory or None)
 
 
 def register_model_version(model_uri: str, name: str, tags: Mapping[str, str], alias: str) -> int:
@@ -789,3 +790,142 @@ def log_metrics_and_record(metrics: dict[str, float], record: Any, artifact_file
     if metrics:
         log_metrics(metrics)
     mlflow.log_dict(record, artifact_file)
+
+
+# --- overfit diagnose --mlflow-run: any run's curves, sizes and model (pipeline.overfit) ---
+
+
+def read_run(run_id: str, wanted: Any) -> dict[str, Any]:
+    """What a diagnosis needs from any MLflow run, this project's or autolog's.
+
+    Args:
+        wanted: a predicate on metric names; only those metrics' full histories are read.
+
+    Returns:
+        {"histories": {metric: {step: value}}, "params": {...}, "tags": {...},
+        "dataset_rows": {context: rows} (autolog's train / eval datasets),
+        "output_width": the logged model's output width (classes) or None}
+
+    Raises:
+        TrackingError: no such run.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    check_reachable(_shown_uri())
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"no MLflow run {run_id!r} in {_shown_uri()}: {exc.message.splitlines()[0]}"
+        ) from None
+    histories = {
+        key: {int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)}
+        for key in run.data.metrics
+        if wanted(key)
+    }
+    return {
+        "histories": histories,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "dataset_rows": _dataset_rows(run),
+        "output_width": _logged_model_width(run),
+    }
+
+
+def _shown_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _dataset_rows(run: Any) -> dict[str, int]:
+    """Rows of the datasets a run logged as inputs (mlflow.data), by their context tag."""
+    rows: dict[str, int] = {}
+    for item in getattr(run.inputs, "dataset_inputs", None) or []:
+        context = next((t.value for t in item.tags if t.key == "mlflow.data.context"), "")
+        try:
+            profile = json.loads(item.dataset.profile or "{}")
+        except ValueError:
+            continue
+        shape = profile.get("features_shape") or profile.get("targets_shape")
+        count = profile.get("num_rows", shape[0] if isinstance(shape, list) and shape else None)
+        if isinstance(count, int) and count > 0 and context:
+            rows[context] = count
+    return rows
+
+
+def _logged_model_width(run: Any) -> int | None:
+    """The output width of the first model the run logged (MLflow 3 logged models)."""
+    import mlflow
+
+    outputs = getattr(getattr(run, "outputs", None), "model_outputs", None) or []
+    for output in outputs:
+        try:
+            info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+            width = int(info.signature.outputs.inputs[0].shape[-1])
+        except Exception:  # noqa: BLE001 - no signature, no shape: the width stays unknown
+            continue
+        if width > 0:
+            return width
+    return None
+
+
+def write_diagnosis(run_id: str, record: Mapping[str, Any], page: Path | None) -> None:
+    """A diagnosis onto an existing run: verdict tags (the names evaluate gives this
+    project's runs), diagnosis.json, the HTML page; the run's description only when it
+    has none (a user's own note stays)."""
+    from mlflow.tracking import MlflowClient
+
+    tags = {
+        "verdict": record["verdict"],
+        "model_verdict": record["model_verdict"],
+        "verdict_grade": record["grade"],
+        "verdict_label": record["label"],
+        "verdict_summary": record["summary"][:4000],
+    }
+    if not MlflowClient().get_run(run_id).data.tags.get("mlflow.note.content"):
+        tags["mlflow.note.content"] = "\n".join(
+            [f"**{record['summary']}**", "", *(f"- {line}" for line in record["evidence"])]
+        )
+    log_to_run(
+        run_id,
+        tags=tags,
+        texts={"diagnosis.json": json.dumps(record, indent=2, default=str)},
+        artifacts={"": [page]} if page is not None else None,
+    )
+
+
+def active_or_new_run(name: str) -> tuple[str, bool]:
+    """(the active run's id, False), or a new run named `name` started now (id, True);
+    for the Keras callback inside a user's own fit."""
+    import mlflow
+
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.run_id, False
+    check_reachable(_shown_uri())
+    return mlflow.start_run(run_name=name).info.run_id, True
+
+
+def end_active_run() -> None:
+    """End the active run (one `active_or_new_run` started)."""
+    import mlflow
+
+    mlflow.end_run()
+
+
+def log_missing_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Parameters of run `run_id` that it does not hold yet (MLflow refuses to change one)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    held = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key not in held:
+            client.log_param(run_id, key, value)

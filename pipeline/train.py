@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     start_strategy(cfg, args.variant, args.fraction)
     if not distribute.is_chief():
         epochs = fitting.fit_as_worker(
-            paths, cfg.variant(args.variant), load_prepared(paths.prepared_dir), cfg.evaluate
+            paths, cfg, cfg.variant(args.variant), load_prepared(paths.prepared_dir)
         )
         print(f"worker: trained {args.variant} with the chief for {epochs} epochs; the chief "
               "writes the outputs and the MLflow run")  # fmt: skip

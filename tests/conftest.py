@@ -387,7 +387,13 @@ def init_repo(root: Path, params: dict) -> Path:
 
 
 # dvc.yaml's always-changed stages: they run on every `dvc repro` by design.
-ALWAYS_RUNS = {"source"}
+# The always_changed stages (fingerprints of things outside the repo: data.source,
+# model.builder's file): they run on every repro and change nothing downstream.
+ALWAYS_RUNS = {
+    name
+    for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()
+    if stage.get("always_changed")
+}
 
 
 def ran_stages(output: str) -> set[str]:
