@@ -165,6 +165,23 @@ def declared_knobs(fn: Callable[..., Any]) -> set[str]:
     return {name for name in KNOBS if name in params}
 
 
+def declared_in_source(path: Path, function: str) -> set[str] | None:
+    """declared_knobs read from the builder's source without importing it (None when
+    the file does not define `function` with a plain `def`, e.g. it re-exports one)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function:
+            args = node.args
+            names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+            return {name for name in KNOBS if name in names}
+    return None
+
+
 def check_variant(variant: str, model: ModelConfig, base: ModelConfig, declared: set[str]) -> None:
     """Refuse a variant a user's model cannot take, before anything trains.
 

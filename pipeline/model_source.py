@@ -10,7 +10,12 @@ the train and learning-curve stages depend on that file, so DVC retrains
 exactly when the builder's code changed. For the built-in builder and Keras
 Applications backbones the file records just the builder.
 
-Inputs: params.yaml (model.builder) and the builder's file.
+It also refuses, before anything trains, a variant that sets a knob of the
+built-in network (conv_filters, dense_units, ...) which the builder's function
+does not take (pipeline.builders.check_variant), reading its signature from
+the source without importing it.
+
+Inputs: params.yaml (model.builder, variants) and the builder's file.
 Output: models/model_source.json {"builder", "file", "sha256"}.
 """
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-from pipeline.builders import source_file
+from pipeline.builders import check_variant, declared_in_source, source_file, split_spec
 from pipeline.cli import run_stage
 from pipeline.config import load_config
 from pipeline.io import write_json_atomic
@@ -29,8 +34,15 @@ from pipeline.paths import Paths
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     paths = Paths.here()
-    builder = load_config(paths.params).model.builder
+    cfg = load_config(paths.params)
+    builder = cfg.model.builder
     source = source_file(builder, paths.root)
+    if source is not None:
+        # Refuse a variant the builder cannot take now, before anything trains.
+        declared = declared_in_source(source, split_spec(builder)[1])
+        if declared is not None:
+            for name in cfg.variants:
+                check_variant(name, cfg.variant(name).model, cfg.model, declared)
     shown = None
     if source is not None:
         inside = source.is_relative_to(paths.root.resolve())

@@ -332,3 +332,19 @@ def test_the_backbone_example_params_differ_from_params_yaml_only_in_model_and_v
     assert cfg.variant("frozen").model.freeze_backbone
     assert not cfg.variant("baseline").model.freeze_backbone  # fine-tuned
     assert cfg.model.builder.startswith("keras_applications:")
+
+
+def test_model_source_refuses_a_variant_the_builder_cannot_take_before_training(project):
+    """Read from the builder's signature in its source, nothing imported: the capacity
+    variants need a builder that takes conv_filters / dense_units."""
+    from pipeline.cli import StageError
+
+    (project.root / "nets.py").write_text(FUNCTIONAL)
+    params = small_params(model={"builder": "nets.py:build"})
+    params["variants"] = {"baseline": {}, "small": {"model": {"conv_filters": [2]}}}
+    project.write_params(params)
+    with pytest.raises(StageError, match="variant 'small' sets model.conv_filters"):
+        model_source.main([])
+    assert not project.paths.model_source_json.exists()
+    (project.root / "nets.py").write_text(FUNCTIONAL.replace("seed):", "seed, conv_filters):"))
+    assert model_source.main([]) == 0
