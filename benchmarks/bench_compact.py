@@ -1,7 +1,8 @@
 """Which network under 100K parameters reaches 0.93 test accuracy on Fashion-MNIST?
 
-A bare `model.fit` per candidate, built by the project's own builder
-(pipeline.models.build_model) from `model` settings, on Fashion-MNIST from
+A bare `model.fit` per candidate, built as the pipeline builds a variant
+(pipeline.own_models.build_any: the built-in builder or a `model.builder`) from
+`model` settings, on Fashion-MNIST from
 Debian's `dataset-fashion-mnist`: the train file split 85/15 into train and
 val (stratified, seed 42, as the pipeline's prepare does), the t10k file as
 test. Early stopping on val loss (patience --patience, best weights kept),
@@ -116,6 +117,19 @@ CANDIDATES: dict[str, dict] = {
             "flip": True,
         },
     },
+    # examples/compact_fashion.py (two convs per block, flatten into softmax: 96,938
+    # parameters) with horizontal flips
+    "vgg_flip": {
+        "builder": "examples/compact_fashion.py:build",
+        "dropout": 0.3,
+        "augmentation": {
+            "enabled": True,
+            "rotation": 0.0,
+            "zoom": 0.0,
+            "translation": 0.0,
+            "flip": True,
+        },
+    },
 }
 
 
@@ -143,15 +157,16 @@ def run(name: str, overrides: dict, data, args) -> dict:
     import numpy as np
 
     from pipeline import precision
+    from pipeline.builders import BuildContext
     from pipeline.config import ModelConfig, merge
     from pipeline.fitting import compile_model, set_determinism
-    from pipeline.models import build_model
+    from pipeline.own_models import build_any
 
     (x_tr, y_tr), (x_val, y_val), (x_test, y_test) = data
     cfg = ModelConfig(**merge(BASE, overrides))
     set_determinism(42)
     precision.apply(args.precision)
-    model = build_model(cfg, x_tr.shape[1:], 10, seed=42)
+    model = build_any(cfg, name, x_tr.shape[1:], 10, 42, BuildContext(cfg, ROOT))
     compile_model(model, args.learning_rate)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=args.patience, restore_best_weights=True

@@ -34,8 +34,9 @@ import pandas as pd
 
 from pipeline import diagnosis
 from pipeline.config import EvaluateConfig, load_evaluate_config
-from pipeline.curves import best_epoch_of
+from pipeline.curves import best_epoch_of, check_history
 from pipeline.history import METRIC_COLUMNS
+from pipeline.tracking import SECTION_CURVES
 
 # The params.yaml shipped inside the package (a link to the project's own in a source
 # checkout): its `evaluate` section is the default thresholds, declared once.
@@ -56,7 +57,7 @@ COLUMN_ALIASES = {
     "validation_accuracy": "val_accuracy",
     "lr": "learning_rate",
 }
-CURVES_PREFIX = "curves/"  # this project's MLflow metric names (pipeline.tracking)
+CURVES_PREFIX = f"{SECTION_CURVES}/"  # this project's per-epoch MLflow metric names
 
 
 def evaluate_config(params: Path | str | None = None) -> EvaluateConfig:
@@ -70,36 +71,78 @@ def history_frame(history: Any) -> pd.DataFrame:
     val_accuracy, and any other columns.
 
     Accepts a Keras `History`, a mapping of metric name to per-epoch values, a list
-    of per-epoch mappings, or a DataFrame. Column names are mapped from Keras's and MLflow's (`acc`,
-    `sparse_categorical_accuracy`, `curves/val_loss`, ...). A history numbered from
-    epoch 0 (Keras's CSVLogger, MLflow autolog's steps) is renumbered from 1.
+    of per-epoch mappings, a DataFrame, or the path of a CSV file (Keras's
+    CSVLogger, models/<variant>/history.csv). Column names are mapped from Keras's
+    and MLflow's (`acc`, `sparse_categorical_accuracy`, `curves/val_loss`, ...). A
+    history numbered from epoch 0 (Keras's CSVLogger, MLflow autolog's steps) is
+    renumbered from 1.
 
     Raises:
-        ValueError: no validation metrics, no accuracy, or an empty history; the
-            message says what to pass to `fit`.
+        ValueError: a missing curve, values that are not numbers, accuracies outside
+            0-1, lists of different lengths or an empty history; the message says what
+            to pass to `fit`.
     """
-    raw = getattr(history, "history", history)
-    if isinstance(raw, pd.DataFrame):
-        frame = raw.copy()
-    elif isinstance(raw, Mapping):
-        frame = pd.DataFrame({k: list(v) for k, v in raw.items()})
-    elif isinstance(raw, list) and all(isinstance(row, Mapping) for row in raw):
-        frame = pd.DataFrame(raw)
-    else:
-        raise TypeError(
-            "history must be a Keras History, a dict of per-epoch lists, a list of per-epoch "
-            "dicts or a DataFrame, "
-            f"not {type(history).__name__}"
-        )
+    frame = _as_frame(getattr(history, "history", history))
     frame = frame.rename(columns=_column_names(frame.columns))
+    _require_curves(frame.columns)
     if frame.empty:
         raise ValueError("the history is empty: train at least one epoch")
-    _require_curves(frame.columns)
+    for column in (c for c in (*METRIC_COLUMNS, "epoch", "learning_rate") if c in frame):
+        frame[column] = _numbers(frame[column], column)
+    for column in ("accuracy", "val_accuracy"):
+        outside = frame.index[(frame[column] < 0) | (frame[column] > 1)]
+        if len(outside):
+            raise ValueError(
+                f"{column} must be a fraction between 0 and 1, got {frame[column][outside[0]]:g} "
+                f"at row {outside[0] + 1} (percent?)"
+            )
     if "epoch" not in frame.columns:
         frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
-    elif len(frame) and int(frame["epoch"].min()) == 0:
-        frame["epoch"] = frame["epoch"].astype(int) + 1
+    if (frame["epoch"] % 1 != 0).any():
+        raise ValueError("epoch must hold whole numbers")
+    frame["epoch"] = frame["epoch"].astype(int)
+    if int(frame["epoch"].min()) == 0:
+        frame["epoch"] += 1
     return frame
+
+
+def _as_frame(raw: Any) -> pd.DataFrame:
+    if isinstance(raw, str | Path):
+        return _read_csv(Path(raw))
+    if isinstance(raw, pd.DataFrame):
+        return raw.copy()
+    if isinstance(raw, Mapping):
+        lengths = {str(k): len(v) for k, v in raw.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                "the history's lists differ in length ("
+                + ", ".join(f"{k} {n}" for k, n in lengths.items())
+                + "): validation_freq > 1 validates only some epochs, and a diagnosis "
+                "needs validation every epoch"
+            )
+        return pd.DataFrame({k: list(v) for k, v in raw.items()})
+    if isinstance(raw, list) and all(isinstance(row, Mapping) for row in raw):
+        return pd.DataFrame(raw)
+    raise TypeError(
+        "history must be a Keras History, a dict of per-epoch lists, a list of per-epoch "
+        f"dicts, a DataFrame or a CSV file's path, not {type(raw).__name__}"
+    )
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot read it as a CSV history: {exc}") from None
+
+
+def _numbers(values: pd.Series, column: str) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{column} at row {row + 1} is {values.iloc[row]!r}, not a number")
+    return numbers.astype(float)
 
 
 def _column_names(columns: Sequence[Any]) -> dict[Any, str]:
@@ -116,15 +159,16 @@ def _require_curves(columns: Sequence[str]) -> None:
     missing = [c for c in METRIC_COLUMNS if c not in set(columns)]
     if not missing:
         return
+    found = ", ".join(sorted(map(str, columns))) or "none"
     if "val_loss" in missing:
         raise ValueError(
-            "the history has no val_loss: a diagnosis compares training with validation, "
-            "so pass validation_data= (or validation_split=) to model.fit"
+            f"the history has no val_loss (columns found: {found}): a diagnosis compares "
+            "training with validation, so pass validation_data= (or validation_split=) to "
+            "model.fit"
         )
     raise ValueError(
-        f"the history has no {' or '.join(missing)}: compile the model with "
-        "metrics=['accuracy'] (columns found: "
-        f"{', '.join(sorted(map(str, columns))) or 'none'})"
+        f"the history has no {' or '.join(missing)} (columns found: {found}): compile the "
+        "model with metrics=['accuracy']"
     )
 
 
@@ -142,12 +186,21 @@ def split_scores(scores: Any, which: str, n: int) -> diagnosis.SplitScores:
             f"{which}_scores must be model.evaluate's [loss, accuracy] or a dict with "
             f"'loss' and 'accuracy', got {scores!r}"
         )
-    return diagnosis.SplitScores(accuracy=float(accuracy), loss=float(loss), n=n)
+    try:
+        accuracy, loss = float(accuracy), float(loss)
+    except (TypeError, ValueError):
+        raise ValueError(f"{which}_scores must hold numbers, got {scores!r}") from None
+    if not (0.0 <= accuracy <= 1.0 and np.isfinite(loss) and loss >= 0):
+        raise ValueError(
+            f"{which}_scores: accuracy must be a fraction between 0 and 1 and loss a finite "
+            f"number >= 0, got accuracy {accuracy:g}, loss {loss:g}"
+        )
+    return diagnosis.SplitScores(accuracy=accuracy, loss=loss, n=n)
 
 
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be the number of images in that split (>= 1), got {value!r}")
+def _count(value: Any, name: str, least: int = 1, what: str = "images in that split") -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise ValueError(f"{name} must be the number of {what} (>= {least}), got {value!r}")
     return int(value)
 
 
@@ -219,7 +272,7 @@ def diagnose(
             saying what to pass.
     """
     n_train, n_val = _count(n_train, "n_train"), _count(n_val, "n_val")
-    frame = history_frame(history)
+    frame = check_history(history_frame(history))
     known = keras_facts(history)
     n_classes = n_classes if n_classes is not None else known.get("n_classes")
     if n_classes is None:
@@ -227,6 +280,7 @@ def diagnose(
             "n_classes is needed (chance level is 1 / n_classes): pass n_classes=, or the "
             "History that model.fit returned"
         )
+    n_classes = _count(n_classes, "n_classes", 2, "classes")
     kept = kept_epoch(frame, best_epoch, restore_best_weights)
     row = frame.loc[frame["epoch"] == kept].iloc[0]
     train = (
@@ -239,18 +293,35 @@ def diagnose(
         if val_scores is not None
         else diagnosis.SplitScores(float(row["val_accuracy"]), float(row["val_loss"]), n_val)
     )
-    run = diagnosis.RunFacts(
-        best_epoch=kept,
-        stopped_early=stopped_early if stopped_early is not None else known.get("stopped_early"),
-        n_train=n_train,
-    )
+    stopped = stopped_early if stopped_early is not None else known.get("stopped_early")
+    run = diagnosis.RunFacts(best_epoch=kept, stopped_early=stopped, n_train=n_train)
     result = diagnosis.diagnose(
-        name, frame, train, val, int(n_classes), evaluate_config(params), run=run
+        name, frame, train, val, n_classes, evaluate_config(params), run=run
     )
-    if train_scores is None:
-        result.evidence.append(
-            f"train scores are the history's at epoch {kept}, averaged over the epoch while "
-            "the weights changed and with any dropout or augmentation active; pass "
-            "train_scores=model.evaluate(x_train, y_train) for the kept model's own"
+    notes = []
+    if stopped and best_epoch is None and not restore_best_weights:
+        notes.append(
+            f"judged at the last epoch ({kept}); if early stopping restored the best weights "
+            "(restore_best_weights=True), say so and the restored epoch is judged instead"
         )
+    if train_scores is None:
+        notes.append(
+            f"train scores are the history's at epoch {kept}, averaged over the epoch while "
+            "the weights changed and with any dropout or augmentation active; the kept "
+            "model's own give the truer gap (train_scores=model.evaluate(x_train, y_train); "
+            "overfit diagnose --train-scores LOSS ACCURACY)"
+        )
+    return kept_model_words(result, notes)
+
+
+def kept_model_words(result: diagnosis.Diagnosis, notes: Sequence[str]) -> diagnosis.Diagnosis:
+    """The pipeline's sentences for a run outside it: the model judged is the one the
+    user kept (the pipeline's is the saved model.keras), and the API's own notes."""
+
+    def kept(text: str) -> str:
+        return text.replace("saved model", "kept model")
+
+    result.summary = kept(result.summary)
+    result.evidence = [kept(line) for line in result.evidence] + list(notes)
+    result.training = {**result.training, "summary": kept(result.training["summary"])}
     return result

@@ -23,8 +23,10 @@ a variant that changes one of them applies to a user's model only when its
 builder takes that keyword. A variant that cannot be applied fails before
 training, naming the variant and the reason (`check_variant`).
 
-No I/O besides importing the user's module; pipeline.model_source fingerprints
-its file so that editing it retrains.
+No I/O besides importing the user's module (with its own folder on sys.path,
+so helpers beside it import). pipeline.model_source fingerprints that one file
+so that editing it retrains; a helper module it imports is not fingerprinted
+(list it as a dep of the train stages in dvc.yaml if it changes).
 """
 
 from __future__ import annotations
@@ -67,13 +69,13 @@ class BuildContext:
 
     base: ModelConfig  # params.yaml's own `model` section (what a variant changed)
     root: Path  # the project root: a builder's file or module is found from it
-    source_sha: str = ""  # sha256 of a user's builder file ("" for the others)
 
-    @classmethod
-    def of(cls, base: ModelConfig, root: Path) -> BuildContext:
-        source = source_file(base.builder, root)
-        sha = hashlib.sha256(source.read_bytes()).hexdigest() if source else ""
-        return cls(base, root, sha)
+
+def source_sha(spec: str, root: Path) -> str:
+    """sha256 of a user's builder file ("" for the built-in builder and backbones):
+    part of a training state's fingerprint, so editing the file starts afresh."""
+    source = source_file(spec, root)
+    return hashlib.sha256(source.read_bytes()).hexdigest() if source else ""
 
 
 def builder_kind(spec: str) -> str:
@@ -139,7 +141,12 @@ def load_builder(spec: str, root: Path) -> Callable[..., Any]:
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module  # dataclasses and pickling look it up
-            module_spec.loader.exec_module(module)
+            # Its own folder first, as `python file.py` would: helpers beside it import.
+            sys.path.insert(0, str(path.parent))
+            try:
+                module_spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
         else:
             sys.path.insert(0, str(root))
             try:

@@ -137,9 +137,16 @@ class Diagnosis:
     memorization: dict[str, Any]
     rules: dict[str, bool] = field(default_factory=dict)
 
+    @property
+    def answer(self) -> str:
+        """The verdict and its sentence on one line ("overfitting (mild): Yes, ...")."""
+        if self.summary.lower().startswith(self.label.lower()):
+            return self.summary  # "Too early to tell: ..." says its label already
+        return f"{self.label}: {self.summary}"
+
     def __repr__(self) -> str:
         # What a notebook shows for `diagnose(...)`: the answer, not 18 fields.
-        return f"<Diagnosis {self.label}: {self.summary}>"
+        return f"<Diagnosis {self.answer}>"
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain JSON-ready values (evaluation.json's names)."""

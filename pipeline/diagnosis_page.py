@@ -17,13 +17,30 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.cli import UserError
 from pipeline.diagnosis import Diagnosis
 from pipeline.io import write_text_atomic
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "diagnosis.html.j2"
 # Where pages go unless a path is given; `overfit report` looks here.
 PAGES_DIR = Path("overfit_reports")
+
+
+def run_facts(
+    result: Diagnosis, n_train: int, n_val: int, n_classes: int | None, scored: bool
+) -> dict[str, Any]:
+    """The page's table of the run (`scored`: the kept model's own train/val scores)."""
+    return {
+        "train images": n_train,
+        "validation images": n_val,
+        "classes": n_classes,
+        "epochs run": result.epochs_run,
+        "kept epoch": result.best_epoch,
+        "onset of overfitting": result.onset_epoch or "none",
+        "scores": "the kept model's (model.evaluate)"
+        if scored
+        else "the history's at the kept epoch",
+    }
 
 
 def render_page(
@@ -32,14 +49,12 @@ def render_page(
     """The page's HTML.
 
     Args:
-        facts: name -> value rows of the run's table (sizes, epochs, ...).
+        facts: name -> value rows of the run's table (run_facts).
         source: where the history came from, in words.
         thresholds: which params file judged it.
     """
-    import jinja2
-
     from pipeline import plots
-    from pipeline.report_context import code_spans
+    from pipeline.report_context import template_env
 
     fig = plots.learning_curves(
         history, result.variant, result.best_epoch, result.onset_epoch, result.label
@@ -48,19 +63,17 @@ def render_page(
         png = plots.png_bytes(fig)
     finally:
         plots.plt.close(fig)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["code_spans"] = code_spans
-    return env.get_template(TEMPLATE).render(
-        d=result,
-        curves_uri="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-        facts=[(name, value) for name, value in facts.items() if value is not None],
-        source=source,
-        thresholds=thresholds,
-        written=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    return (
+        template_env()
+        .get_template(TEMPLATE)
+        .render(
+            d=result,
+            curves_uri="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            facts=[(name, value) for name, value in facts.items() if value is not None],
+            source=source,
+            thresholds=thresholds,
+            written=dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        )
     )
 
 
@@ -71,10 +84,20 @@ def default_page_path(name: str) -> Path:
     return PAGES_DIR / f"{safe}-{stamp}.html"
 
 
-def write_page(html: str, path: Path) -> Path:
-    """Write the page atomically, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, html)
+def write_page(html: str, path: Path, name: str = "model") -> Path:
+    """Write the page atomically, creating its folder; a folder given as `path` gets the
+    default file name inside it.
+
+    Raises:
+        UserError: the page cannot be written there (one line naming the path).
+    """
+    if path.is_dir():
+        path = path / default_page_path(name).name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, html)
+    except OSError as exc:
+        raise UserError(f"cannot write the page to {path}: {exc.strerror or exc}") from None
     return path
 
 

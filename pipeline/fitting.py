@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import distribute, history, precision, scoring, tracking, train_input
-from pipeline.builders import BuildContext
+from pipeline.builders import BuildContext, source_sha
 from pipeline.catalog.validation import read_validation_flags
 from pipeline.cli import StageError
 from pipeline.config import Config, EvaluateConfig, VariantConfig
@@ -387,11 +387,10 @@ def fit_as_worker(paths: Paths, cfg: Config, vcfg: VariantConfig, data: Prepared
     import tempfile
 
     class_weight = class_weights_for(paths, vcfg, data)
-    context = BuildContext.of(cfg.model, paths.root)
+    context = BuildContext(cfg.model, paths.root)
+    sha = source_sha(vcfg.model.builder, paths.root)
     with tempfile.TemporaryDirectory(prefix=f"worker-{vcfg.name}-") as scratch:
-        state = open_backup(
-            Path(scratch), fingerprint_of(vcfg, data, class_weight, context.source_sha)
-        )
+        state = open_backup(Path(scratch), fingerprint_of(vcfg, data, class_weight, sha))
         result = fit_variant(
             vcfg, data, state, class_weight, False, evaluate=cfg.evaluate, context=context
         )
@@ -421,9 +420,9 @@ def tracked_fit(
     earlier run is being resumed.
     """
     class_weight = class_weights_for(paths, vcfg, data)
-    context = BuildContext.of(cfg.model, paths.root)
+    context = BuildContext(cfg.model, paths.root)
     fingerprint = {
-        **fingerprint_of(vcfg, data, class_weight, context.source_sha),
+        **fingerprint_of(vcfg, data, class_weight, source_sha(vcfg.model.builder, paths.root)),
         **(fingerprint_extra or {}),
     }
     state = open_run_backup(backup_root, fingerprint)
@@ -522,10 +521,10 @@ def train_extra_seed(
     """Train (or resume) seed train.seed + index in a child MLflow run; its seeds.json entry."""
     svcfg = seed_config(vcfg, index)
     seed = svcfg.train.seed
-    context = BuildContext.of(cfg.model, paths.root)
+    context = BuildContext(cfg.model, paths.root)
     state = open_run_backup(
         paths.backup_dir(vcfg.name, index),
-        fingerprint_of(svcfg, data, class_weight, context.source_sha),
+        fingerprint_of(svcfg, data, class_weight, source_sha(svcfg.model.builder, paths.root)),
     )
     with resumable_run(
         paths,

@@ -30,7 +30,7 @@ from typing import Any
 import keras
 
 from pipeline import api
-from pipeline.history import epoch_metrics
+from pipeline.history import METRIC_COLUMNS, epoch_metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,21 @@ class OverfittingMonitor(keras.callbacks.Callback):
         self._started_run = False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.rows = []
+        # Rows are kept across fits: a second fit from initial_epoch=k (fine-tuning after
+        # a frozen stage) continues the history; a fit from epoch 0 replaces it.
+        steps = (self.params or {}).get("steps")
+        if isinstance(steps, int) and self.n_train < steps:
+            log.warning(
+                "OverfittingMonitor: n_train=%d is below the %d steps per epoch: pass the "
+                "number of images, not of batches",
+                self.n_train,
+                steps,
+            )
         if self.use_mlflow:
             from pipeline import tracking
 
-            self.run_id, self._started_run = tracking.active_or_new_run(self._name())
+            resume = self.run_id if self._started_run else None
+            self.run_id, self._started_run = tracking.active_or_new_run(self._name(), resume)
             # The names this project's runs use, so `overfit diagnose --mlflow-run` finds them.
             sizes = {"data.n_train": self.n_train, "data.n_val": self.n_val}
             n_classes = api.keras_facts(self).get("n_classes")
@@ -91,20 +101,31 @@ class OverfittingMonitor(keras.callbacks.Callback):
             tracking.log_missing_params(self.run_id, sizes)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        named = api.history_frame({k: [v] for k, v in (logs or {}).items()}).iloc[0].to_dict()
-        row = {k: float(v) for k, v in named.items() if k != "epoch"}
+        logs = logs or {}
+        names = api._column_names(list(logs))
+        row = {names[k]: float(v) for k, v in logs.items() if _is_number(v)}
         row["epoch"] = epoch + 1
         row.setdefault("learning_rate", self._learning_rate())
-        self.rows.append(row)
+        self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
         if self.use_mlflow:
             from pipeline import tracking
 
-            finite = {k: v for k, v in epoch_metrics(row).items() if math.isfinite(v)}
+            known = {k: row.get(k, math.nan) for k in (*METRIC_COLUMNS, "learning_rate")}
+            finite = {k: v for k, v in epoch_metrics(known).items() if math.isfinite(v)}
             tracking.log_epoch(finite, epoch + 1)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        # Training is done whatever happens here: a diagnosis that cannot be made (no
+        # validation data, a NaN loss, an unwritable page) is one warning, never an
+        # exception out of the user's fit.
         try:
             self._diagnose()
+        except Exception as exc:  # noqa: BLE001 - reported, the user's script goes on
+            self.diagnosis = None
+            message = f"OverfittingMonitor could not diagnose this run: {exc}"
+            log.warning(message)
+            if self.verbose:
+                print(message)
         finally:
             if self._started_run:
                 from pipeline import tracking
@@ -112,56 +133,59 @@ class OverfittingMonitor(keras.callbacks.Callback):
                 tracking.end_active_run()
 
     def _diagnose(self) -> None:
-        if not self.rows:
-            return
+        validated = [r for r in self.rows if "val_loss" in r]  # validation_freq > 1
+        if not validated:
+            raise ValueError(
+                "no epoch has val_loss: pass validation_data= (or validation_split=) to fit"
+            )
         planned = (self.params or {}).get("epochs")
         self.diagnosis = api.diagnose(
-            self.rows,
+            validated,
             n_train=self.n_train,
             n_val=self.n_val,
             n_classes=api.keras_facts(self).get("n_classes"),
             restore_best_weights=self.restore_best_weights,
-            stopped_early=len(self.rows) < planned if isinstance(planned, int) else None,
+            stopped_early=self.rows[-1]["epoch"] < planned if isinstance(planned, int) else None,
             name=self._name(),
             params=self.params_file,
         )
         if self.report is not False:
-            self.page = self._write_page()
+            self.page = self._write_page(validated)
         if self.use_mlflow and self.run_id:
             from pipeline import tracking
 
             tracking.write_diagnosis(self.run_id, self.diagnosis.to_dict(), self.page)
         if self.verbose:
             where = f" (page: {self.page})" if self.page else ""
-            print(f"{self.diagnosis.label}: {self.diagnosis.summary}{where}")
+            print(f"{self.diagnosis.answer}{where}")
 
-    def _write_page(self) -> Path:
-        from pipeline.diagnosis_page import default_page_path, render_page, write_page
+    def _write_page(self, validated: list[dict[str, float]]) -> Path:
+        from pipeline.diagnosis_page import default_page_path, render_page, run_facts, write_page
 
-        frame = api.history_frame(self.rows)
-        facts = {
-            "train images": self.n_train,
-            "validation images": self.n_val,
-            "epochs run": self.diagnosis.epochs_run,
-            "kept epoch": self.diagnosis.best_epoch,
-            "onset of overfitting": self.diagnosis.onset_epoch or "none",
-            "scores": "the history's at the kept epoch",
-        }
+        n_classes = api.keras_facts(self).get("n_classes")
         html = render_page(
             self.diagnosis,
-            frame,
-            facts,
+            api.history_frame(validated),
+            run_facts(self.diagnosis, self.n_train, self.n_val, n_classes, scored=False),
             "OverfittingMonitor in model.fit",
             api.thresholds_source(self.params_file),
         )
-        path = Path(self.report) if self.report else default_page_path(self._name())
-        return write_page(html, path)
+        name = self._name()
+        return write_page(html, Path(self.report) if self.report else default_page_path(name), name)
 
     def _name(self) -> str:
         return self.name or getattr(self.model, "name", None) or "model"
 
-    def _learning_rate(self) -> float:
+    def _learning_rate(self) -> float:  # Keras 3 leaves it out of the logs
         try:
             return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         except (AttributeError, TypeError, ValueError):
             return float("nan")
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,5 +1,5 @@
-"""Stage `model_source`: a fingerprint of the user's model builder file, so that editing
-it retrains.
+"""Stage `model_source`: a fingerprint of the user's model builder files, so that editing
+one retrains.
 
 DVC cannot name the file in dvc.yaml: it is wherever params.yaml's
 `model.builder` points (path/to/file.py:function, or a module importable from
@@ -16,45 +16,66 @@ does not take (pipeline.builders.check_variant), reading its signature from
 the source without importing it.
 
 Inputs: params.yaml (model.builder, variants) and the builder's file.
-Output: models/model_source.json {"builder", "file", "sha256"}.
+Output: models/model_source.json {"builders": {spec: {"file", "sha256"}}}, one
+entry per builder params.yaml's `model` section and its variants name.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+from pathlib import Path
 
-from pipeline.builders import check_variant, declared_in_source, source_file, split_spec
+from pipeline.builders import (
+    check_variant,
+    declared_in_source,
+    source_file,
+    source_sha,
+    split_spec,
+)
 from pipeline.cli import run_stage
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
+
+
+def builder_record(spec: str, root: Path) -> dict[str, str | None]:
+    """Where one builder's file is and its content's hash (None for the built-in ones)."""
+    source = source_file(spec, root)
+    if source is None:
+        return {"file": None, "sha256": None}
+    inside = source.is_relative_to(root.resolve())
+    return {
+        "file": str(source.relative_to(root.resolve())) if inside else str(source),
+        "sha256": source_sha(spec, root),
+    }
+
+
+def check_variants(cfg: Config, root: Path) -> None:
+    """Refuse, before anything trains, a variant whose builder does not take a knob of the
+    built-in network the variant changes (the signature read from the source)."""
+    for name in cfg.variants:
+        model = cfg.variant(name).model
+        source = source_file(model.builder, root)
+        declared = declared_in_source(source, split_spec(model.builder)[1]) if source else None
+        if declared is not None:
+            check_variant(name, model, cfg.model, declared)
 
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     paths = Paths.here()
     cfg = load_config(paths.params)
-    builder = cfg.model.builder
-    source = source_file(builder, paths.root)
-    if source is not None:
-        # Refuse a variant the builder cannot take now, before anything trains.
-        declared = declared_in_source(source, split_spec(builder)[1])
-        if declared is not None:
-            for name in cfg.variants:
-                check_variant(name, cfg.variant(name).model, cfg.model, declared)
-    shown = None
-    if source is not None:
-        inside = source.is_relative_to(paths.root.resolve())
-        shown = str(source.relative_to(paths.root.resolve())) if inside else str(source)
-    record = {
-        "builder": builder,
-        "file": shown,
-        "sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source else None,
-    }
+    specs = dict.fromkeys(
+        [cfg.model.builder, *(cfg.variant(n).model.builder for n in cfg.variants)]
+    )
+    check_variants(cfg, paths.root)
+    record = {"builders": {spec: builder_record(spec, paths.root) for spec in specs}}
     write_json_atomic(paths.model_source_json, record)
-    where = f"{record['file']} (sha256 {record['sha256'][:12]})" if source else "built in"
-    print(f"model_source: {builder}: {where} -> {paths.model_source_json}")
+    shown = [
+        f"{spec} ({r['file']}, sha256 {r['sha256'][:12]})" if r["file"] else spec
+        for spec, r in record["builders"].items()
+    ]
+    print(f"model_source: {'; '.join(shown)} -> {paths.model_source_json}")
     return 0
 
 

@@ -36,15 +36,20 @@ import pandas as pd
 from pipeline import api
 from pipeline.cli import StageError, run_stage
 from pipeline.diagnosis import Diagnosis
-from pipeline.diagnosis_page import default_page_path, latest_page, render_page, write_page
+from pipeline.diagnosis_page import (
+    default_page_path,
+    latest_page,
+    render_page,
+    run_facts,
+    write_page,
+)
 from pipeline.history import METRIC_COLUMNS
 
-PROJECT_PREFIX = "curves/"
 # The metrics of a run that can hold a curve, under any naming api.history_frame maps.
 CURVE_NAMES = {
     *METRIC_COLUMNS,
     *api.COLUMN_ALIASES,
-    *(f"{PROJECT_PREFIX}{m}" for m in (*METRIC_COLUMNS, "learning_rate")),
+    *(f"{api.CURVES_PREFIX}{m}" for m in (*METRIC_COLUMNS, "learning_rate")),
 }
 RUN_FACTS = {"training/best_epoch", "training/stopped_epoch", "stopped_epoch", "restored_epoch"}
 EVAL_SCORES = {f"eval/{split}_{m}" for split in ("train", "val") for m in ("accuracy", "loss")}
@@ -63,6 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--restore-best-weights",
         action="store_true",
         help="the kept model holds the lowest-val-loss epoch (EarlyStopping restored it)",
+    )
+    d.add_argument(
+        "--train-scores",
+        nargs=2,
+        type=float,
+        metavar=("LOSS", "ACCURACY"),
+        help="the kept model's own train loss and accuracy (model.evaluate on the train split)",
     )
     d.add_argument("--params", type=Path, help="a params.yaml whose evaluate section judges")
     d.add_argument("--html", type=Path, help="where to write the page")
@@ -121,7 +133,11 @@ def run_arguments(
                 f"run {args.mlflow_run} does not record {key.replace('_', ' ')}: pass "
                 f"--{key.replace('_', '-')}"
             )
-    kwargs: dict[str, Any] = {**known, "name": record["tags"].get("mlflow.runName", "model")}
+    kwargs: dict[str, Any] = {
+        **known,
+        **_scores_flag(args),
+        "name": record["tags"].get("mlflow.runName", "model"),
+    }
     best = _last(h, "training/best_epoch")  # this project's runs
     stopped = _last(h, "training/stopped_epoch")
     stopped = stopped if stopped is not None else _last(h, "stopped_epoch")  # autolog's
@@ -145,6 +161,11 @@ def run_arguments(
 def diagnose_run(args: argparse.Namespace) -> tuple[Diagnosis, pd.DataFrame, dict[str, Any]]:
     from pipeline import tracking
 
+    if not tracking.local_store_exists():
+        raise StageError(
+            f"no tracking store here ({Path.cwd() / 'mlflow.db'} does not exist): set "
+            "MLFLOW_TRACKING_URI, or run from the folder that holds mlflow.db"
+        )
     wanted = CURVE_NAMES | RUN_FACTS | EVAL_SCORES
     record = tracking.read_run(args.mlflow_run, lambda key: key in wanted)
     frame = history_from_run(record["histories"])
@@ -160,11 +181,10 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Diagnosis, pd.DataFrame, dic
 
 
 def diagnose_file(args: argparse.Namespace) -> tuple[Diagnosis, pd.DataFrame, dict[str, Any]]:
+    """A CSV history; this project's models/<variant>/history.csv also reads the best
+    and stopped epochs from the metrics.json beside it."""
     path: Path = args.history
-    try:
-        frame = api.history_frame(pd.read_csv(path))
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: cannot read it as a CSV history: {exc}") from None
+    frame = api.history_frame(path)
     needed = ("n_train", "n_val", "n_classes")
     missing = [f"--{k.replace('_', '-')}" for k in needed if getattr(args, k) is None]
     if missing:
@@ -172,29 +192,30 @@ def diagnose_file(args: argparse.Namespace) -> tuple[Diagnosis, pd.DataFrame, di
             f"{path}: a history file does not say its split sizes or classes: pass "
             + " ".join(missing)
         )
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "n_train": args.n_train,
         "n_val": args.n_val,
         "n_classes": args.n_classes,
         "restore_best_weights": args.restore_best_weights,
-        "name": path.stem,
+        "name": path.stem if path.stem != "history" else path.parent.name or "model",
+        **_scores_flag(args),
+        **_metrics_beside(path),
     }
     return api.diagnose(frame, params=args.params, **kwargs), frame, kwargs
 
 
-def run_facts(result: Diagnosis, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The page's table of the run."""
-    return {
-        "train images": kwargs.get("n_train"),
-        "validation images": kwargs.get("n_val"),
-        "classes": kwargs.get("n_classes"),
-        "epochs run": result.epochs_run,
-        "kept epoch": result.best_epoch,
-        "onset of overfitting": result.onset_epoch or "none",
-        "scores": "the kept model's (model.evaluate)"
-        if "train_scores" in kwargs
-        else "the history's at the kept epoch",
-    }
+def _scores_flag(args: argparse.Namespace) -> dict[str, Any]:
+    return {"train_scores": list(args.train_scores)} if args.train_scores else {}
+
+
+def _metrics_beside(history: Path) -> dict[str, Any]:
+    """best_epoch / stopped_early from a train stage's metrics.json next to the history."""
+    try:
+        metrics = json.loads((history.parent / "metrics.json").read_text())
+        best, stopped = int(metrics["best_epoch"]), int(metrics["stopped_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {"best_epoch": best, "stopped_early": stopped > 0}
 
 
 def diagnose_command(args: argparse.Namespace) -> int:
@@ -206,11 +227,13 @@ def diagnose_command(args: argparse.Namespace) -> int:
             result, frame, kwargs = diagnose_file(args)
             source = str(args.history)
     except ValueError as exc:  # the API's own checks, phrased for the user
-        raise StageError(f"{args.mlflow_run or args.history}: {exc}") from None
-    html = render_page(
-        result, frame, run_facts(result, kwargs), source, api.thresholds_source(args.params)
+        where, message = str(args.mlflow_run or args.history), str(exc)
+        raise StageError(message if message.startswith(where) else f"{where}: {message}") from None
+    facts = run_facts(
+        result, kwargs["n_train"], kwargs["n_val"], kwargs["n_classes"], "train_scores" in kwargs
     )
-    page = write_page(html, args.html or default_page_path(result.variant))
+    html = render_page(result, frame, facts, source, api.thresholds_source(args.params))
+    page = write_page(html, args.html or default_page_path(result.variant), result.variant)
     if args.mlflow_run and not args.no_write_back:
         from pipeline import tracking
 
@@ -218,7 +241,7 @@ def diagnose_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
-    print(f"{result.label}: {result.summary}")
+    print(result.answer)
     for line in result.evidence:
         print(f"  - {line}")
     print(f"page: {page}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from pipeline import keras_private
 from pipeline.builders import (
@@ -88,7 +89,8 @@ def check_model(model: Any, spec: str, input_shape: tuple[int, ...], n_classes: 
     except (AttributeError, ValueError):
         raise BuilderError(
             f"model.builder {spec!r} returned a model without a defined input: start it "
-            "with keras.Input(shape=input_shape)"
+            "with keras.Input(shape=input_shape) (a subclassed keras.Model: call it once on "
+            "keras.Input(shape=input_shape) and return keras.Model(inputs, outputs))"
         ) from None
     if any(e is not None and e != d for e, d in zip(expects, input_shape, strict=False)) or (
         len(expects) != len(input_shape)
@@ -101,6 +103,15 @@ def check_model(model: Any, spec: str, input_shape: tuple[int, ...], n_classes: 
         raise BuilderError(
             f"model.builder {spec!r} returned a model with {gives[-1]} outputs for "
             f"{n_classes} classes: end it with Dense(n_classes, activation='softmax')"
+        )
+    # The pipeline's loss takes probabilities: logits would train, badly, and silently.
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *input_shape)).astype("float32")
+    out = np.asarray(model(probe, training=False), dtype="float64")
+    if not (np.all(out >= -1e-6) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3)):
+        raise BuilderError(
+            f"model.builder {spec!r} returned a model whose outputs are not probabilities "
+            "(they do not sum to 1): end it with activation='softmax' (the pipeline's loss "
+            "is sparse categorical cross-entropy on probabilities, not logits)"
         )
 
 

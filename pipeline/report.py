@@ -45,27 +45,13 @@ from pipeline.catalog.validation import read_validation
 from pipeline.cli import StageError, run_stage
 from pipeline.io import write_text_atomic
 from pipeline.paths import Paths
-from pipeline.report_context import build_context, code_spans
+from pipeline.report_context import build_context, template_env
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
 
 
 def render_report(context: Mapping[str, Any]) -> str:
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
-    # Differences of accuracies (gaps, deltas) are points; accuracies themselves are %.
-    env.filters["signed_pts"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f} pts"
-    env.filters["code_spans"] = code_spans
-    return env.get_template(TEMPLATE).render(**context)
+    return template_env().get_template(TEMPLATE).render(**context)
 
 
 def write_report(paths: Paths) -> Path:

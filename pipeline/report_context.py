@@ -239,6 +239,28 @@ def learning_curve_context(evaluation: Mapping[str, Any], figures_dir: Path) -> 
     }
 
 
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def template_env() -> Any:
+    """The Jinja2 environment of the project's pages (report.html, the public API's one
+    page): templates/, autoescaped, strict, with the number and code filters."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda x: "–" if x is None else f"{float(x) * 100:.1f}%"
+    # Differences of accuracies (gaps, deltas) are points; accuracies themselves are %.
+    env.filters["signed_pts"] = lambda x: "–" if x is None else f"{float(x) * 100:+.1f} pts"
+    env.filters["code_spans"] = code_spans
+    return env
+
+
 def code_spans(text: Any) -> Any:
     """Escape `text`, then show its `backticked` names as <code> (verdicts and advice use them)."""
     import re

@@ -899,9 +899,9 @@ def write_diagnosis(run_id: str, record: Mapping[str, Any], page: Path | None) -
     )
 
 
-def active_or_new_run(name: str) -> tuple[str, bool]:
-    """(the active run's id, False), or a new run named `name` started now (id, True);
-    for the Keras callback inside a user's own fit."""
+def active_or_new_run(name: str, resume: str | None = None) -> tuple[str, bool]:
+    """(the active run's id, False), or run `resume` reopened, or a new run named `name`
+    started now ((id, True) for both); for the Keras callback inside a user's own fit."""
     import mlflow
 
     for key, value in _HTTP_DEFAULTS.items():
@@ -910,7 +910,17 @@ def active_or_new_run(name: str) -> tuple[str, bool]:
     if active is not None:
         return active.info.run_id, False
     check_reachable(_shown_uri())
+    if resume:
+        return mlflow.start_run(run_id=resume).info.run_id, True
     return mlflow.start_run(run_name=name).info.run_id, True
+
+
+def local_store_exists() -> bool:
+    """Whether the tracking store MLflow would use is set explicitly or already exists
+    (MLflow would otherwise create an empty ./mlflow.db just to find nothing in it)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return True
+    return Path("mlflow.db").is_file()
 
 
 def end_active_run() -> None:

@@ -203,9 +203,10 @@ def _fit_summary(variant: str, facts: VerdictFacts, finding: Finding) -> str:
             f"model (epoch {t.best_epoch}) has a gap of {gap}{behind}."
         )
     if finding.too_early:
+        ended = "the epoch limit ended the run" if t.stopped_by == EPOCH_LIMIT else "the run ended"
         return (
-            f"Too early to tell: `{variant}` was still improving when the epoch limit ended "
-            f"the run after {t.epochs_run} epochs; train longer, then judge."
+            f"Too early to tell: `{variant}` was still improving when {ended} after "
+            f"{epochs(t.epochs_run)}; train longer, then judge."
         )
     if finding.grade == TENTATIVE:
         return (
@@ -237,19 +238,24 @@ def _behind_words(facts: VerdictFacts) -> str:
     )
 
 
+def epochs(n: int) -> str:
+    """'1 epoch', '12 epochs'."""
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def trajectory_summary(t: Trajectory, cfg: EvaluateConfig) -> str:
     """How the run behaved after its best epoch, and what ended it (the `training`
     block's `summary`)."""
     stop = {
         EARLY_STOPPING: f"Early stopping ended the run at epoch {t.epochs_run} and restored "
         f"epoch {t.best_epoch}.",
-        EPOCH_LIMIT: f"The run used all {t.epochs_run} epochs; the weights of epoch "
+        EPOCH_LIMIT: f"The run used all {epochs(t.epochs_run)}; the weights of epoch "
         f"{t.best_epoch} were kept.",
         UNKNOWN: f"Epoch {t.best_epoch} of {t.epochs_run} was kept.",
     }[t.stopped_by]
     if t.still_improving:
         return (
-            f"The val loss was still falling when the run ended after {t.epochs_run} epochs: "
+            f"The val loss was still falling when the run ended after {epochs(t.epochs_run)}: "
             f"more epochs may help. {stop}"
         )
     if t.min_epoch == t.epochs_run or (t.val_loss_rise <= 0 and t.gap_widening <= 0):

@@ -70,6 +70,8 @@ def test_the_api_gives_the_pipelines_diagnosis_of_every_recorded_run(case, varia
         load_config(REPO / "params.yaml").evaluate,
         run=assessment.run_facts(history, record["train_metrics"], meta["n_train"]),
     )
+    # Outside the pipeline the model judged is the one the user kept, not model.keras.
+    theirs = api.kept_model_words(theirs, [])
     for field in ("label", "verdict", "grade", "summary", "onset_epoch", "best_epoch", "gap"):
         assert getattr(ours, field) == getattr(theirs, field), field
     assert ours.evidence == theirs.evidence
@@ -150,7 +152,11 @@ def test_evaluate_results_are_accepted_as_list_or_dict():
 def test_repr_is_the_answer():
     meta, record, history = load_run(kt.recordings("little_data")[0], "baseline")
     result = pipeline.diagnose(history, name="my_cnn", **api_arguments(meta, record))
-    assert repr(result) == f"<Diagnosis {result.label}: {result.summary}>"
+    assert (
+        repr(result)
+        == f"<Diagnosis {result.label}: {result.summary}>"
+        == f"<Diagnosis {result.answer}>"
+    )
     assert "my_cnn" in result.summary
     assert json.loads(json.dumps(result.to_dict()))["verdict"] == result.verdict
 
@@ -199,7 +205,18 @@ def test_a_bad_argument_says_what_to_pass(history, kwargs, says):
 
 def test_not_a_history_is_a_type_error():
     with pytest.raises(TypeError, match="Keras History"):
-        pipeline.diagnose("history.csv", **BASE)
+        pipeline.diagnose(42, **BASE)
+
+
+def test_a_csv_path_is_read(tmp_path):
+    meta, record, history = load_run(kt.recordings("little_data")[0], "baseline")
+    history.to_csv(tmp_path / "log.csv", index=False)
+    kwargs = api_arguments(meta, record)
+    assert pipeline.diagnose(tmp_path / "log.csv", **kwargs).evidence == (
+        pipeline.diagnose(history, **kwargs).evidence
+    )
+    with pytest.raises(ValueError, match="missing.csv: cannot read it as a CSV history"):
+        pipeline.diagnose(tmp_path / "missing.csv", **kwargs)
 
 
 def test_thresholds_come_from_the_shipped_params_or_a_given_file(tmp_path):
@@ -238,3 +255,37 @@ def test_importing_pipeline_stays_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("history", "kwargs", "says"),
+    [
+        ({**CURVES, "val_loss": [1.1]}, BASE, "differ in length (loss 2, accuracy 2, val_loss 1"),
+        ({**CURVES, "accuracy": [50.0, 80.0]}, BASE, "between 0 and 1, got 50 at row 1 (percent?)"),
+        ({**CURVES, "loss": [1.0, float("nan")]}, BASE, "NaN or infinite values at epoch(s) [2]"),
+        ({**CURVES, "val_loss": [1.1, "abc"]}, BASE, "val_loss at row 2 is 'abc', not a number"),
+        (CURVES, {**BASE, "n_classes": 10.5}, "n_classes must be the number of classes"),
+        (CURVES, {**BASE, "train_scores": [0.1, 82.0]}, "train_scores: accuracy must be a"),
+    ],
+    ids=["ragged", "percent", "nan", "text", "classes-float", "scores-percent"],
+)  # fmt: skip
+def test_bad_values_say_where_and_what(history, kwargs, says):
+    with pytest.raises(ValueError) as err:
+        pipeline.diagnose(history, **kwargs)
+    assert says in str(err.value)
+
+
+def test_an_early_stopped_run_judged_at_its_last_epoch_says_how_to_judge_the_restored_one():
+    meta, record, history = load_run(kt.recordings("little_data")[0], "baseline")
+    kwargs = {k: v for k, v in api_arguments(meta, record).items() if k != "best_epoch"}
+    result = pipeline.diagnose(history, **kwargs)
+    assert any("restore_best_weights=True" in line for line in result.evidence)
+    restored = pipeline.diagnose(history, restore_best_weights=True, **kwargs)
+    assert not any("restore_best_weights=True" in line for line in restored.evidence)
+
+
+def test_the_api_speaks_of_the_kept_model_not_a_saved_one():
+    meta, record, history = load_run(kt.recordings("fashion_300_per_class")[0], "baseline")
+    result = pipeline.diagnose(history, **api_arguments(meta, record))
+    text = " ".join([result.summary, *result.evidence, result.training["summary"]])
+    assert "saved model" not in text and "kept model" in text

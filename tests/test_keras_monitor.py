@@ -16,6 +16,7 @@ import sysconfig
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -79,7 +80,7 @@ def test_the_monitor_diagnoses_a_plain_fit_and_logs_it(store, capsys):
         result.summary,
         result.evidence,
     )
-    assert f"{result.label}: {result.summary}" in capsys.readouterr().out
+    assert result.answer in capsys.readouterr().out
     assert monitor.page.is_file() and monitor.page.parent.name == "overfit_reports"
     client = MlflowClient()
     run = client.get_run(monitor.run_id)
@@ -176,3 +177,57 @@ def test_installed_as_a_library_the_example_runs_without_the_project(tmp_path):
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert shown.stdout.splitlines()[0] == verdict.split(" (page:")[0]
+
+
+@pytest.mark.slow
+def test_a_diagnosis_that_cannot_be_made_never_breaks_the_users_fit(store, capsys):
+    """A NaN loss at the end, or no validation data: fit returns, the script goes on,
+    the monitor says why in one line and its run is ended."""
+    import keras
+
+    from pipeline.keras import OverfittingMonitor
+
+    (x, y), (xv, yv) = digits()
+
+    class PoisonAfter2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                head = self.model.layers[-1]
+                head.kernel.assign(np.full(head.kernel.shape, np.nan, "float32"))
+
+    monitor = OverfittingMonitor(len(x), len(xv), mlflow=True)
+    wide_mlp().fit(
+        x, y, validation_data=(xv, yv), epochs=4, verbose=0, callbacks=[PoisonAfter2(), monitor]
+    )
+    assert monitor.diagnosis is None
+    assert "could not diagnose this run: history has NaN" in capsys.readouterr().out
+    assert MlflowClient().get_run(monitor.run_id).info.status == "FINISHED"
+    bare = OverfittingMonitor(len(x), len(xv), report=False)
+    wide_mlp().fit(x, y, epochs=2, verbose=0, callbacks=[bare])
+    assert "no epoch has val_loss: pass validation_data=" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_validation_every_other_epoch_and_a_second_fit_continue_one_history(store):
+    """validation_freq=2 is judged on the validated epochs; a second fit from
+    initial_epoch=k (fine-tuning after a first stage) continues the same history and
+    the same MLflow run."""
+    from pipeline.keras import OverfittingMonitor
+
+    (x, y), (xv, yv) = digits()
+    monitor = OverfittingMonitor(len(x), len(xv), mlflow=True, report=False)
+    model = wide_mlp()
+    model.fit(
+        x, y, validation_data=(xv, yv), validation_freq=2, epochs=6, verbose=0,
+        callbacks=[monitor],
+    )  # fmt: skip
+    assert monitor.diagnosis.epochs_run == 3  # epochs 2, 4, 6
+    first_run = monitor.run_id
+    model.fit(
+        x, y, validation_data=(xv, yv), initial_epoch=6, epochs=10, verbose=0,
+        callbacks=[monitor],
+    )  # fmt: skip
+    assert [r["epoch"] for r in monitor.rows] == list(range(1, 11))
+    assert monitor.run_id == first_run
+    steps = [m.step for m in MlflowClient().get_metric_history(first_run, "curves/loss")]
+    assert steps == list(range(1, 11))

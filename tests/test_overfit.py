@@ -94,10 +94,10 @@ def log_run(history: pd.DataFrame, names: str, params: dict | None = None, **met
 
 def test_a_history_file_is_diagnosed_as_the_api_does(overfit, store):
     meta, record, history = recorded()
-    history.to_csv(store / "history.csv", index=False)
+    history.to_csv(store / "run.csv", index=False)
     done = overfit(
         "diagnose",
-        "history.csv",
+        "run.csv",
         "--n-train",
         str(meta["n_train"]),
         "--n-val",
@@ -108,7 +108,7 @@ def test_a_history_file_is_diagnosed_as_the_api_does(overfit, store):
     )
     assert done.returncode == 0, done.stderr
     expected = diagnosis_of(history, meta, record)
-    assert done.stdout.splitlines()[0] == f"{expected.label}: {expected.summary}"
+    assert done.stdout.splitlines()[0] == expected.answer
     page = Path(done.stdout.split("page: ")[1].split()[0])
     html = (store / page).read_text()
     assert str(code_spans(expected.summary)) in html
@@ -124,7 +124,7 @@ def diagnosis_of(history, meta, record):
         n_train=meta["n_train"],
         n_val=record["scores"]["val"]["n"],
         n_classes=10,
-        name="history",
+        name="run",
     )
 
 
@@ -291,3 +291,72 @@ with mlflow.start_run() as run:
               epochs=40, batch_size=16, verbose=0)
 print(run.info.run_id)
 """
+
+
+def readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_the_readmes_own_model_examples_name_what_exists():
+    """Every file, builder and command the "Bring your own model" section tells users to
+    run exists; its Python snippets are valid Python with the API's real names."""
+    import ast
+    import re
+
+    import pipeline
+    from pipeline.keras import OverfittingMonitor
+
+    section = readme_section("Bring your own model")
+    repo = Path(__file__).resolve().parents[1]
+    for path in set(re.findall(r"examples/[\w\-.]+\.(?:py|yaml)", section)):
+        assert (repo / path).is_file(), path
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        ast.parse(block)
+    assert "diagnose(history, n_train=" in section and callable(pipeline.diagnose)
+    assert "OverfittingMonitor(n_train=" in section and OverfittingMonitor
+    for sub in re.findall(r"^overfit (\w+)", section, re.M):
+        assert sub in {"diagnose", "report"}
+
+
+def test_a_project_history_reads_its_metrics_and_the_page_goes_into_a_folder(overfit, store):
+    """models/<variant>/history.csv with metrics.json beside it: judged at the restored
+    epoch as evaluate judges it; --html naming a folder puts the page inside it."""
+    meta, record, history = recorded()
+    folder = store / "models" / "baseline"
+    folder.mkdir(parents=True)
+    history.to_csv(folder / "history.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(record["train_metrics"]))
+    (store / "pages").mkdir()
+    sizes = ["--n-train", str(meta["n_train"]), "--n-val", str(record["scores"]["val"]["n"])]
+    done = overfit(
+        "diagnose", "models/baseline/history.csv", *sizes, "--n-classes", "10",
+        "--html", "pages", "--json", cwd=store,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["best_epoch"] == record["train_metrics"]["best_epoch"]
+    assert got["variant"] == "baseline"
+    assert len(list((store / "pages").glob("baseline-*.html"))) == 1
+
+
+def test_train_scores_on_the_command_line_replace_the_historys(overfit, store):
+    meta, record, history = recorded("fashion_300_per_class", "dropout")
+    history.to_csv(store / "run.csv", index=False)
+    train = record["scores"]["train"]
+    args = ["diagnose", "run.csv", "--n-train", str(meta["n_train"]), "--n-val", "2000"]
+    scored = ["--train-scores", str(train["loss"]), str(train["accuracy"])]
+    done = overfit(*args, "--n-classes", "10", *scored, "--json", cwd=store)
+    got = json.loads(done.stdout)
+    last_val = history["val_accuracy"].iloc[-1]
+    assert got["gap"]["accuracy"] == pytest.approx(train["accuracy"] - last_val)
+    assert not any("history's at epoch" in line for line in got["evidence"])
+
+
+def test_no_tracking_store_here_is_one_line_and_creates_none(overfit, store, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    done = overfit("diagnose", "--mlflow-run", "feedbeef", cwd=store)
+    assert done.returncode == 2
+    assert "no tracking store here" in done.stderr
+    assert not (store / "mlflow.db").exists()

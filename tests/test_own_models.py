@@ -40,7 +40,7 @@ def build(builder: str = SEED_MODEL, variant: dict | None = None, root: Path = R
     from pipeline.own_models import build_any
 
     cfg, base = model_cfg(builder, variant, **model)
-    return build_any(cfg, "v", (8, 8, 1), 10, 0, BuildContext.of(base, root))
+    return build_any(cfg, "v", (8, 8, 1), 10, 0, BuildContext(base, root))
 
 
 def layers(model) -> list:
@@ -253,20 +253,26 @@ def test_local_backbone_weights_are_loaded(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_model_source_records_the_builders_file(project, tmp_path):
+def test_model_source_records_every_builders_file(project):
     params = small_params(model={"builder": "nets.py:build"})
+    params["variants"]["compact"] = {"model": {"builder": "other.py:build"}}
     project.write_params(params)
     (project.root / "nets.py").write_text(FUNCTIONAL)
+    (project.root / "other.py").write_text(FUNCTIONAL)
     assert model_source.main([]) == 0
-    first = json.loads(project.paths.model_source_json.read_text())
-    assert first["file"] == "nets.py" and len(first["sha256"]) == 64
-    (project.root / "nets.py").write_text(FUNCTIONAL + "# tuned\n")
+    first = json.loads(project.paths.model_source_json.read_text())["builders"]
+    assert list(first) == ["nets.py:build", "other.py:build"]
+    assert first["nets.py:build"]["file"] == "nets.py"
+    assert len(first["nets.py:build"]["sha256"]) == 64
+    (project.root / "other.py").write_text(FUNCTIONAL + "# tuned\n")
     model_source.main([])
-    assert json.loads(project.paths.model_source_json.read_text())["sha256"] != first["sha256"]
+    again = json.loads(project.paths.model_source_json.read_text())["builders"]
+    assert again["nets.py:build"] == first["nets.py:build"]
+    assert again["other.py:build"]["sha256"] != first["other.py:build"]["sha256"]
     project.write_params(small_params())
     model_source.main([])
     builtin = json.loads(project.paths.model_source_json.read_text())
-    assert builtin == {"builder": "builtin", "file": None, "sha256": None}
+    assert builtin == {"builders": {"builtin": {"file": None, "sha256": None}}}
 
 
 @pytest.mark.slow
@@ -348,3 +354,23 @@ def test_model_source_refuses_a_variant_the_builder_cannot_take_before_training(
     assert not project.paths.model_source_json.exists()
     (project.root / "nets.py").write_text(FUNCTIONAL.replace("seed):", "seed, conv_filters):"))
     assert model_source.main([]) == 0
+
+
+def test_a_builder_giving_logits_is_refused(tmp_path):
+    spec = write_builder(tmp_path, FUNCTIONAL.replace("keras.layers.Softmax()(x)", "x"))
+    with pytest.raises(BuilderError, match="not probabilities .* activation='softmax'"):
+        build(spec, root=tmp_path)
+
+
+def test_a_helper_beside_the_builder_file_imports(tmp_path):
+    sub = tmp_path / "nets"
+    sub.mkdir()
+    (sub / "widths.py").write_text("FILTERS = 6\n")
+    spec = write_builder(
+        sub,
+        FUNCTIONAL.replace("import keras", "import keras\nfrom widths import FILTERS").replace(
+            "Conv2D(4,", "Conv2D(FILTERS,"
+        ),
+    )
+    model = build(f"nets/{spec}", root=tmp_path)
+    assert model.get_layer("c1").filters == 6
