@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--open", action="store_true", help="open it in the browser")
     r.add_argument("--dir", type=Path, default=Path("."), help="project folder (default: .)")
     args = parser.parse_args(argv)
+    args.evaluated = False
     if args.command == "diagnose" and (args.history is None) == (args.mlflow_run is None):
         parser.error("give a history file or --mlflow-run RUN_ID (one of them)")
     return args
@@ -176,6 +177,8 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Diagnosis, pd.DataFrame, dic
             f"(found: {', '.join(found)}); log val_loss and val_accuracy each epoch"
         )
     kwargs = run_arguments(record, len(frame), args)
+    # This pipeline's evaluate already tagged it, comparing it with the other variants.
+    args.evaluated = record["tags"].get("evaluated") == "true"
     result = api.diagnose(frame, params=args.params, **kwargs)
     return result, frame, kwargs
 
@@ -234,7 +237,8 @@ def diagnose_command(args: argparse.Namespace) -> int:
     )
     html = render_page(result, frame, facts, source, api.thresholds_source(args.params))
     page = write_page(html, args.html or default_page_path(result.variant), result.variant)
-    if args.mlflow_run and not args.no_write_back:
+    write_back = args.mlflow_run and not args.no_write_back and not args.evaluated
+    if write_back:
         from pipeline import tracking
 
         tracking.write_diagnosis(args.mlflow_run, result.to_dict(), page)
@@ -245,8 +249,10 @@ def diagnose_command(args: argparse.Namespace) -> int:
     for line in result.evidence:
         print(f"  - {line}")
     print(f"page: {page}")
-    if args.mlflow_run and not args.no_write_back:
+    if write_back:
         print(f"written to MLflow run {args.mlflow_run}: tags verdict*, diagnosis.json")
+    elif args.mlflow_run and args.evaluated:
+        print(f"MLflow run {args.mlflow_run} left as the pipeline's evaluate tagged it")
     return 0
 
 

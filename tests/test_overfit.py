@@ -360,3 +360,16 @@ def test_no_tracking_store_here_is_one_line_and_creates_none(overfit, store, mon
     assert done.returncode == 2
     assert "no tracking store here" in done.stderr
     assert not (store / "mlflow.db").exists()
+
+
+def test_a_run_evaluate_already_judged_keeps_its_tags(overfit, store):
+    """evaluate's verdict compares the variant with the others; a lone re-diagnosis must
+    not overwrite it."""
+    meta, record, history = recorded()
+    sizes = {"data.n_train": meta["n_train"], "data.n_val": 2000, "data.n_classes": 10}
+    run_id = log_run(history, "project", sizes)
+    MlflowClient().set_tag(run_id, "evaluated", "true")
+    MlflowClient().set_tag(run_id, "verdict", "underfitting")
+    done = overfit("diagnose", "--mlflow-run", run_id, cwd=store)
+    assert done.returncode == 0 and "left as the pipeline's evaluate tagged it" in done.stdout
+    assert MlflowClient().get_run(run_id).data.tags["verdict"] == "underfitting"
