@@ -5,7 +5,7 @@ DVC cannot name the file in dvc.yaml: it is wherever params.yaml's
 `model.builder` points (path/to/file.py:function, or a module importable from
 the project root). This stage runs on every `dvc repro` (always_changed, well
 under a second: it finds and hashes the file without importing it) and rewrites
-models/model_source.json only when the file's content or the builder changes;
+data/model_source.json only when the file's content or the builder changes;
 the train and learning-curve stages depend on that file, so DVC retrains
 exactly when the builder's code changed. For the built-in builder and Keras
 Applications backbones the file records just the builder.
@@ -16,7 +16,7 @@ does not take (pipeline.builders.check_variant), reading its signature from
 the source without importing it.
 
 Inputs: params.yaml (model.builder, variants) and the builder's file.
-Output: models/model_source.json {"builders": {spec: {"file", "sha256"}}}, one
+Output: data/model_source.json {"builders": {spec: {"file", "sha256"}}}, one
 entry per builder params.yaml's `model` section and its variants name.
 """
 

@@ -47,7 +47,7 @@ class Paths:
     @property
     def model_source_json(self) -> Path:
         """The `model_source` stage's fingerprint of model.builder's file (train's dep)."""
-        return self.root / "models" / "model_source.json"
+        return self.root / "data" / "model_source.json"
 
     @property
     def source_json(self) -> Path:

@@ -156,9 +156,9 @@ def test_nan_loss_stops_with_a_clear_error_and_no_outputs(digits_prepared, monke
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    import pipeline.models
+    import pipeline.own_models
 
-    real_build = pipeline.models.build_model
+    real_build = pipeline.own_models.build_model  # what build_any calls for `builtin`
 
     def poisoned(*args, **kwargs):
         # Simulate a diverged model: an infinite weight makes the loss NaN at once.
@@ -167,7 +167,7 @@ def test_nan_loss_stops_with_a_clear_error_and_no_outputs(digits_prepared, monke
         kernel.assign(np.full(kernel.shape, np.inf, dtype="float32"))
         return model
 
-    monkeypatch.setattr(pipeline.models, "build_model", poisoned)
+    monkeypatch.setattr(pipeline.own_models, "build_model", poisoned)
     project = digits_prepared
     _write(project)
     with pytest.raises(StageError, match=r"variant 'baseline'.*epoch 1.*learning_rate"):
