@@ -374,3 +374,23 @@ def test_a_helper_beside_the_builder_file_imports(tmp_path):
     )
     model = build(f"nets/{spec}", root=tmp_path)
     assert model.get_layer("c1").filters == 6
+
+
+def test_the_compact_example_is_under_100k_parameters_at_fashion_mnists_size():
+    """examples/compact_fashion.py, the README's network under 100K parameters (0.933 on
+    Fashion-MNIST in benchmarks/bench_compact.py), builds as a variant with flips."""
+    from pipeline.own_models import build_any
+
+    flips = {"enabled": True, "rotation": 0.0, "zoom": 0.0, "translation": 0.0, "flip": True}
+    cfg, base = model_cfg(
+        "examples/compact_fashion.py:build",
+        {"model": {"dropout": 0.3, "augmentation": flips}},
+    )
+    model = build_any(cfg, "v", (28, 28, 1), 10, 0, BuildContext(base, REPO))
+    assert model.count_params() == 96_938
+    assert "dropout_before_head" in [layer.name for layer in keras_layers(model)]
+
+
+def keras_layers(model) -> list:
+    inner = [layer for layer in model.layers if hasattr(layer, "layers")]
+    return model.layers + [x for m in inner for x in m.layers]
