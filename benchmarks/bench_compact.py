@@ -50,85 +50,31 @@ BASE = {
     },
 }
 
+# Building blocks of the candidates below.
+FLAT64 = {"conv_filters": [32, 64, 64], "dense_units": 64, "batch_norm": True, "dropout": 0.3}
+# Horizontal flips only (a garment mirrored is the same garment).
+FLIPS = {"enabled": True, "rotation": 0.0, "zoom": 0.0, "translation": 0.0, "flip": True}
+
 # name -> overrides of BASE
 CANDIDATES: dict[str, dict] = {
     # three conv blocks, global average pooling, BatchNorm: ~81K parameters
-    "gap96": {
-        "conv_filters": [32, 64, 96],
-        "dense_units": 64,
-        "batch_norm": True,
-        "head": "global_average",
-        "dropout": 0.3,
-    },
+    "gap96": {**FLAT64, "conv_filters": [32, 64, 96], "head": "global_average"},
     # three conv blocks down to 3x3, flatten, BatchNorm: ~93K parameters
-    "flat64": {
-        "conv_filters": [32, 64, 64],
-        "dense_units": 64,
-        "batch_norm": True,
-        "dropout": 0.3,
-    },
+    "flat64": FLAT64,
     # two conv blocks, flatten to a narrow dense layer: ~95K parameters
-    "two_conv": {
-        "conv_filters": [32, 64],
-        "dense_units": 24,
-        "batch_norm": True,
-        "dropout": 0.3,
-    },
-    # flat64 with horizontal flips (a garment mirrored is the same garment)
-    "flat64_flip": {
-        "conv_filters": [32, 64, 64],
-        "dense_units": 64,
-        "batch_norm": True,
-        "dropout": 0.3,
-        "augmentation": {
-            "enabled": True,
-            "rotation": 0.0,
-            "zoom": 0.0,
-            "translation": 0.0,
-            "flip": True,
-        },
-    },
+    "two_conv": {**FLAT64, "conv_filters": [32, 64], "dense_units": 24},
+    # flat64 with horizontal flips
+    "flat64_flip": {**FLAT64, "augmentation": FLIPS},
     # flat64_flip plus dropout after each conv block
-    "flat64_cd_flip": {
-        "conv_filters": [32, 64, 64],
-        "dense_units": 64,
-        "batch_norm": True,
-        "dropout": 0.3,
-        "conv_dropout": 0.15,
-        "augmentation": {
-            "enabled": True,
-            "rotation": 0.0,
-            "zoom": 0.0,
-            "translation": 0.0,
-            "flip": True,
-        },
-    },
+    "flat64_cd_flip": {**FLAT64, "conv_dropout": 0.15, "augmentation": FLIPS},
     # flat64_flip plus small shifts
-    "flat64_shift_flip": {
-        "conv_filters": [32, 64, 64],
-        "dense_units": 64,
-        "batch_norm": True,
-        "dropout": 0.3,
-        "augmentation": {
-            "enabled": True,
-            "rotation": 0.0,
-            "zoom": 0.0,
-            "translation": 0.06,
-            "flip": True,
-        },
-    },
+    "flat64_shift_flip": {**FLAT64, "augmentation": {**FLIPS, "translation": 0.06}},
     # examples/compact_fashion.py (two convs per block, flatten into softmax: 96,938
-    # parameters) with horizontal flips
+    # parameters) with horizontal flips: 0.933 test accuracy (docs/performance.md)
     "vgg_flip": {
         "builder": "examples/compact_fashion.py:build",
         "dropout": 0.3,
-        "augmentation": {
-            "enabled": True,
-            "rotation": 0.0,
-            "zoom": 0.0,
-            "translation": 0.0,
-            "flip": True,
-        },
+        "augmentation": FLIPS,
     },
 }
 

@@ -122,6 +122,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     yield proj
 
 
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A bare sqlite tracking store in tmp_path, the working directory: no project, as a
+    user's own script or notebook has (the public API, the callback, `overfit`)."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return tmp_path
+
+
 # --------------------------------------------------------------------------- tiers
 
 # The quick tier (`bash scripts/test.sh --quick`, i.e. `-m "not slow"`): no training, no

@@ -50,16 +50,6 @@ def wide_mlp():
     return model
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    return tmp_path
-
-
 @pytest.mark.slow
 def test_the_monitor_diagnoses_a_plain_fit_and_logs_it(store, capsys):
     from pipeline.keras import OverfittingMonitor

@@ -35,15 +35,10 @@ def recorded(case: str = "fashion_300_per_class", variant: str = "baseline"):
     return meta, record, pd.read_csv(path / variant / "history.csv")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A sqlite tracking store in tmp_path, the working directory."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    return tmp_path
+def size_flags(meta: dict, record: dict) -> list[str]:
+    """--n-train/--n-val/--n-classes of a recorded run."""
+    n_train, n_val = meta["n_train"], record["scores"]["val"]["n"]
+    return ["--n-train", str(n_train), "--n-val", str(n_val), "--n-classes", "10"]
 
 
 def overfit_console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -95,17 +90,7 @@ def log_run(history: pd.DataFrame, names: str, params: dict | None = None, **met
 def test_a_history_file_is_diagnosed_as_the_api_does(overfit, store):
     meta, record, history = recorded()
     history.to_csv(store / "run.csv", index=False)
-    done = overfit(
-        "diagnose",
-        "run.csv",
-        "--n-train",
-        str(meta["n_train"]),
-        "--n-val",
-        str(record["scores"]["val"]["n"]),
-        "--n-classes",
-        "10",
-        cwd=store,
-    )
+    done = overfit("diagnose", "run.csv", *size_flags(meta, record), cwd=store)
     assert done.returncode == 0, done.stderr
     expected = diagnosis_of(history, meta, record)
     assert done.stdout.splitlines()[0] == expected.answer
@@ -177,17 +162,7 @@ def test_autolog_names_need_the_sizes_it_did_not_log(overfit, store):
         f"error: run {run_id} does not record n train: pass --n-train"
     ]
     done = overfit(
-        "diagnose",
-        "--mlflow-run",
-        run_id,
-        "--n-train",
-        str(meta["n_train"]),
-        "--n-val",
-        str(record["scores"]["val"]["n"]),
-        "--n-classes",
-        "10",
-        "--json",
-        cwd=store,
+        "diagnose", "--mlflow-run", run_id, *size_flags(meta, record), "--json", cwd=store
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
@@ -329,9 +304,8 @@ def test_a_project_history_reads_its_metrics_and_the_page_goes_into_a_folder(ove
     history.to_csv(folder / "history.csv", index=False)
     (folder / "metrics.json").write_text(json.dumps(record["train_metrics"]))
     (store / "pages").mkdir()
-    sizes = ["--n-train", str(meta["n_train"]), "--n-val", str(record["scores"]["val"]["n"])]
     done = overfit(
-        "diagnose", "models/baseline/history.csv", *sizes, "--n-classes", "10",
+        "diagnose", "models/baseline/history.csv", *size_flags(meta, record),
         "--html", "pages", "--json", cwd=store,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
