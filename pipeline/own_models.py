@@ -183,12 +183,16 @@ def head_index(layers: list[Any], variant: str) -> int:
     return dense[-1]
 
 
+def head_dropout(rate: float, seed: int) -> keras.layers.Dropout:
+    """The Dropout in front of a classifier head, seeded by its name like every layer."""
+    return keras.layers.Dropout(rate, seed=layer_seed(seed, HEAD_DROPOUT), name=HEAD_DROPOUT)
+
+
 def dropout_before_head(model: keras.Model, rate: float, seed: int, variant: str) -> keras.Model:
     """A functional model with Dropout(rate) in front of its classifier head."""
     layers = list(model.layers)
     head = head_index(layers, variant)
-    drop_seed = layer_seed(seed, HEAD_DROPOUT)
-    x = keras.layers.Dropout(rate, seed=drop_seed, name=HEAD_DROPOUT)(layers[head].input)
+    x = head_dropout(rate, seed)(layers[head].input)
     for layer in layers[head:]:
         x = layer(x)
     return keras.Model(model.inputs, x, name=model.name)
@@ -207,9 +211,7 @@ def rebuilt(
     when none follows) and before the head."""
     layers: list[Any] = list(model.layers)
     if "dropout" in wanted:
-        head = head_index(layers, variant)
-        drop_seed = layer_seed(seed, HEAD_DROPOUT)
-        layers.insert(head, keras.layers.Dropout(cfg.dropout, seed=drop_seed, name=HEAD_DROPOUT))
+        layers.insert(head_index(layers, variant), head_dropout(cfg.dropout, seed))
     if "conv_dropout" in wanted:
         layers = with_conv_dropout(layers, cfg.conv_dropout, seed, variant)
     if "augmentation" in wanted:
@@ -303,8 +305,7 @@ def backbone_model(
     # transfer-learning guide); a trained one updates them.
     x = backbone(x, training=False) if cfg.freeze_backbone else backbone(x)
     if cfg.dropout > 0:
-        rate, drop_seed = cfg.dropout, layer_seed(seed, HEAD_DROPOUT)
-        x = keras.layers.Dropout(rate, seed=drop_seed, name=HEAD_DROPOUT)(x)
+        x = head_dropout(cfg.dropout, seed)(x)
     outputs = keras.layers.Dense(
         n_classes,
         activation="softmax",

@@ -110,15 +110,8 @@ def log_to_variant_runs(evaluation: Mapping[str, Any], figures_dir: Path) -> Non
             v["mlflow_run_id"],
             metrics=variant_run_metrics(v),
             tags={
-                "verdict": v["verdict"],
-                "model_verdict": v["model_verdict"],
-                # The verdict as the report shows it: "overfitting (mild)", "cannot tell yet".
-                "verdict_grade": v["grade"],
-                "verdict_label": v["label"],
-                # The run's description in the MLflow UI: the answer, then its evidence.
-                "mlflow.note.content": "\n".join(
-                    [f"**{v['summary']}**", "", *(f"- {line}" for line in v["evidence"])]
-                ),
+                **tracking.verdict_tags(v),
+                tracking.NOTE_TAG: tracking.verdict_note(v),
                 "evaluated": "true",
             },
             texts={
@@ -191,10 +184,7 @@ def register_best(
         "val_accuracy": f"{v['val']['accuracy']:.6f}",
         "train_accuracy": f"{v['train']['accuracy']:.6f}",
         "gap_accuracy": f"{v['gap']['accuracy']:.6f}",
-        "verdict": v["verdict"],
-        "model_verdict": v["model_verdict"],
-        "verdict_grade": v["grade"],
-        "verdict_label": v["label"],
+        **tracking.verdict_tags(v),
         "validation_success": "true" if validation.success else "false",
         "data_version": tracking.data_version(paths),
         "repro_id": tracking.repro_id(paths, cfg),

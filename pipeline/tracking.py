@@ -874,23 +874,36 @@ def _logged_model_width(run: Any) -> int | None:
     return None
 
 
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+
+
+def verdict_tags(diagnosis: Mapping[str, Any]) -> dict[str, str]:
+    """A diagnosis (an evaluation.json variant entry, or Diagnosis.to_dict()) as the run
+    tags the UI shows beside the run: the verdicts, the grade, the label."""
+    return {
+        "verdict": diagnosis["verdict"],
+        "model_verdict": diagnosis["model_verdict"],
+        # The verdict as the report shows it: "overfitting (mild)", "cannot tell yet".
+        "verdict_grade": diagnosis["grade"],
+        "verdict_label": diagnosis["label"],
+    }
+
+
+def verdict_note(diagnosis: Mapping[str, Any]) -> str:
+    """The run's description: the answer, then its evidence (Markdown)."""
+    evidence = [f"- {line}" for line in diagnosis["evidence"]]
+    return "\n".join([f"**{diagnosis['summary']}**", "", *evidence])
+
+
 def write_diagnosis(run_id: str, record: Mapping[str, Any], page: Path | None) -> None:
     """A diagnosis onto an existing run: verdict tags (the names evaluate gives this
     project's runs), diagnosis.json, the HTML page; the run's description only when it
     has none (a user's own note stays)."""
     from mlflow.tracking import MlflowClient
 
-    tags = {
-        "verdict": record["verdict"],
-        "model_verdict": record["model_verdict"],
-        "verdict_grade": record["grade"],
-        "verdict_label": record["label"],
-        "verdict_summary": record["summary"][:4000],
-    }
-    if not MlflowClient().get_run(run_id).data.tags.get("mlflow.note.content"):
-        tags["mlflow.note.content"] = "\n".join(
-            [f"**{record['summary']}**", "", *(f"- {line}" for line in record["evidence"])]
-        )
+    tags = {**verdict_tags(record), "verdict_summary": record["summary"][:4000]}
+    if not MlflowClient().get_run(run_id).data.tags.get(NOTE_TAG):
+        tags[NOTE_TAG] = verdict_note(record)
     log_to_run(
         run_id,
         tags=tags,
