@@ -40,6 +40,8 @@ keeps the temp project (its MLflow UI, reports) and prints where it is.
 
 Run: .venv/bin/python benchmarks/bench_pipeline.py --subset 3500
      .venv/bin/python benchmarks/bench_pipeline.py --subset 7000 --set train.batch_size=256
+     .venv/bin/python benchmarks/bench_pipeline.py --subset 0 --no-bare \
+         --params examples/params-fashion.yaml --variants baseline,compact
 """
 
 from __future__ import annotations
@@ -178,13 +180,33 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def configure(project: Path, source: Path, overrides: list[str]) -> dict[str, Any]:
-    """params.yaml pointed at the Fashion-MNIST files, with --set overrides applied."""
+def configure(
+    project: Path,
+    source: Path,
+    overrides: list[str],
+    params_file: Path | None = None,
+    variants: list[str] | None = None,
+) -> dict[str, Any]:
+    """params.yaml (the project's, or `params_file`) pointed at the Fashion-MNIST files,
+    its variants cut to `variants` when given, with --set overrides applied."""
     import yaml
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yaml.safe_load((params_file or project / "params.yaml").read_text())
     params["data"].update(source=str(source), format="idx", image_size=[28, 28])
     params["validate"]["severity"]["split_leakage"] = "warning"
+    if variants:
+        unknown = sorted(set(variants) - set(params["variants"]))
+        if unknown:
+            raise SystemExit(
+                f"--variants {','.join(unknown)}: not in the params' variants "
+                f"({', '.join(params['variants'])})"
+            )
+        if params["learning_curve"]["variant"] not in variants:
+            raise SystemExit(
+                f"--variants must keep learning_curve.variant "
+                f"{params['learning_curve']['variant']!r}, which the learning-curve stages train"
+            )
+        params["variants"] = {k: v for k, v in params["variants"].items() if k in variants}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -515,7 +537,7 @@ def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
             counts = write_subset(source, args.subset, args.seed)
         else:
             source, counts = FASHION, {"train": 60_000, "t10k": 10_000}
-        configure(project, source, args.set)
+        configure(project, source, args.set, args.params, args.variants)
         subprocess.run(
             ["git", "-c", "user.name=b", "-c", "user.email=b@l", "commit", "-qam", "params"],
             cwd=project,
@@ -524,7 +546,8 @@ def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
         print(
             f"Fashion-MNIST {'subset ' + str(args.subset) if args.subset else 'all'}: "
             f"{counts['train']} from the train file, {counts['t10k']} from t10k; "
-            f"project {commit}; overrides {args.set or 'none'}"
+            f"project {commit}; params {args.params or 'params.yaml'}; "
+            f"variants {','.join(args.variants) or 'all'}; overrides {args.set or 'none'}"
         )
         print(f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {cpu['flags']}", flush=True)
         wall, samples = run_repro(project, log)
@@ -582,6 +605,8 @@ def report(args: argparse.Namespace, cpu: dict[str, Any], m: Measured) -> dict[s
     return {
         "subset": args.subset,
         "images": n_images,
+        "params": str(args.params or "params.yaml"),
+        "variants": args.variants or "all",
         "overrides": args.set,
         "commit": m.commit,
         "wall_s": round(m.wall, 1),
@@ -633,6 +658,20 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a params.yaml override, e.g. train.batch_size=256 (repeatable)",
     )
+    parser.add_argument(
+        "--params",
+        type=Path,
+        metavar="FILE",
+        help="start from this params file instead of the project's params.yaml "
+        "(e.g. examples/params-fashion.yaml); data.source is still the Fashion-MNIST files",
+    )
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [k for k in text.split(",") if k],
+        default=[],
+        metavar="NAME,NAME",
+        help="train only these variants (e.g. baseline,compact); must keep learning_curve.variant",
+    )
     parser.add_argument("--no-bare", action="store_true", help="skip the bare fits")
     parser.add_argument(
         "--bare-stages",
@@ -661,6 +700,9 @@ def main() -> int:
         return 2
     if not 0 <= args.subset <= FULL_IMAGES or 0 < args.subset < 1000:
         print(f"--subset {args.subset}: 0 (all) or 1000 to {FULL_IMAGES}", file=sys.stderr)
+        return 2
+    if args.params and not args.params.is_file():
+        print(f"--params {args.params}: no such file", file=sys.stderr)
         return 2
     cpu = cpu_info()
     line = json.dumps(report(args, cpu, measure(args, cpu)))

@@ -394,3 +394,41 @@ def test_the_compact_example_is_under_100k_parameters_at_fashion_mnists_size():
 def keras_layers(model) -> list:
     inner = [layer for layer in model.layers if hasattr(layer, "layers")]
     return model.layers + [x for m in inner for x in m.layers]
+
+
+def test_the_fashion_example_params_differ_from_params_yaml_only_where_it_says():
+    """examples/params-fashion.yaml is the README's recommended settings for data of
+    Fashion-MNIST's size plus the compact variant: every other key is the project's own,
+    and its compact variant is the one README "Performance" shows."""
+    import re
+
+    import yaml
+
+    ours = yaml.safe_load((REPO / "params.yaml").read_text())
+    example = yaml.safe_load((REPO / "examples" / "params-fashion.yaml").read_text())
+    cfg = parse_config(example)
+    changed = {
+        ("data", "source"): "/usr/share/datasets/fashion-mnist",
+        ("data", "format"): "idx",
+        ("data", "image_size"): [28, 28],
+        ("validate", "severity", "split_leakage"): "warning",
+        ("train", "precision"): "auto",
+        ("train", "batch_size"): 256,
+        ("train", "learning_rate"): 0.002,
+        ("train", "early_stopping", "patience"): 5,
+    }
+    for keys, value in changed.items():
+        node, mine = example, ours
+        for key in keys[:-1]:
+            node, mine = node[key], mine[key]
+        assert node[keys[-1]] == value, keys
+        node[keys[-1]] = mine[keys[-1]]
+    compact = example["variants"].pop("compact")
+    assert example == ours
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```yaml\n(variants:\n  compact:\n.*?)```", readme, re.S)
+    assert block, "README shows the compact variant's YAML"
+    assert yaml.safe_load(block.group(1))["variants"]["compact"] == compact
+    assert cfg.variant("compact").model.builder == "examples/compact_fashion.py:build"
+    assert cfg.variant("compact").train.early_stopping.patience == 10

@@ -1,0 +1,63 @@
+"""The benchmarks' own logic that a wrong figure could hide behind: what
+bench_pipeline hands `dvc repro` as params.yaml."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_bench_pipeline_points_the_params_at_fashion_mnist_and_keeps_the_chosen_variants(
+    project: Path,
+):
+    bench = load_bench("bench_pipeline")
+    bench.configure(
+        project,
+        Path("/data/fashion"),
+        ["train.batch_size=256", "variants.compact.train={early_stopping: {patience: 10}}"],
+        REPO / "examples" / "params-fashion.yaml",
+        ["baseline", "compact"],
+    )
+    written = yaml.safe_load((project / "params.yaml").read_text())
+    assert written["data"]["source"] == "/data/fashion"
+    assert written["data"]["format"] == "idx"
+    assert written["validate"]["severity"]["split_leakage"] == "warning"
+    assert list(written["variants"]) == ["baseline", "compact"]
+    assert written["variants"]["compact"]["model"]["builder"].endswith("compact_fashion.py:build")
+    assert written["train"]["batch_size"] == 256
+    assert written["train"]["precision"] == "auto"  # from the example, not params.yaml
+
+
+def test_bench_pipeline_refuses_unknown_variants_and_dropping_the_learning_curves_one(
+    project: Path,
+):
+    bench = load_bench("bench_pipeline")
+    before = (project / "params.yaml").read_text()
+    with pytest.raises(SystemExit, match="--variants nope: not in the params' variants"):
+        bench.configure(project, Path("/d"), [], None, ["baseline", "nope"])
+    with pytest.raises(SystemExit, match="must keep learning_curve.variant 'baseline'"):
+        bench.configure(project, Path("/d"), [], None, ["dropout"])
+    with pytest.raises(SystemExit, match="params.yaml has no section 'nosuch'"):
+        bench.configure(project, Path("/d"), ["nosuch.key=1"])
+    assert (project / "params.yaml").read_text() == before
