@@ -13,6 +13,10 @@ and the augmentation come from the variant's own knobs, as for any builder.
           builder: examples/compact_fashion.py:build
           dropout: 0.3
           augmentation: {enabled: true, rotation: 0.0, zoom: 0.0, translation: 0.0, flip: true}
+
+examples/params-fashion.yaml has it with the rest of the recommended settings. On
+all of Fashion-MNIST it scored 0.931 on the test images in a full `dvc repro`
+(96,938 parameters, 17 minutes on 2 cores; docs/performance.md).
 """
 
 import keras

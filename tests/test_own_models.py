@@ -377,8 +377,9 @@ def test_a_helper_beside_the_builder_file_imports(tmp_path):
 
 
 def test_the_compact_example_is_under_100k_parameters_at_fashion_mnists_size():
-    """examples/compact_fashion.py, the README's network under 100K parameters (0.933 on
-    Fashion-MNIST in benchmarks/bench_compact.py), builds as a variant with flips."""
+    """examples/compact_fashion.py, the README's network under 100K parameters (0.931 on
+    Fashion-MNIST's test images in a full `dvc repro`, docs/performance.md), builds as a
+    variant with flips."""
     from pipeline.own_models import build_any
 
     flips = {"enabled": True, "rotation": 0.0, "zoom": 0.0, "translation": 0.0, "flip": True}
