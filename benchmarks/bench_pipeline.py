@@ -188,25 +188,20 @@ def configure(
     variants: list[str] | None = None,
 ) -> dict[str, Any]:
     """params.yaml (the project's, or `params_file`) pointed at the Fashion-MNIST files,
-    its variants cut to `variants` when given, with --set overrides applied."""
+    with --set overrides applied, then its variants cut to `variants` when given."""
     import yaml
 
-    params = yaml.safe_load((params_file or project / "params.yaml").read_text())
+    path = params_file or project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    missing = [
+        k
+        for k in ("data", "validate", "variants", "learning_curve")
+        if not isinstance(params, dict) or not isinstance(params.get(k), dict)
+    ]
+    if missing:
+        raise SystemExit(f"{path}: not a whole params.yaml: no section {', '.join(missing)}")
     params["data"].update(source=str(source), format="idx", image_size=[28, 28])
-    params["validate"]["severity"]["split_leakage"] = "warning"
-    if variants:
-        unknown = sorted(set(variants) - set(params["variants"]))
-        if unknown:
-            raise SystemExit(
-                f"--variants {','.join(unknown)}: not in the params' variants "
-                f"({', '.join(params['variants'])})"
-            )
-        if params["learning_curve"]["variant"] not in variants:
-            raise SystemExit(
-                f"--variants must keep learning_curve.variant "
-                f"{params['learning_curve']['variant']!r}, which the learning-curve stages train"
-            )
-        params["variants"] = {k: v for k, v in params["variants"].items() if k in variants}
+    params["validate"].setdefault("severity", {})["split_leakage"] = "warning"
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -218,6 +213,20 @@ def configure(
                 raise SystemExit(f"--set {item!r}: params.yaml has no section {part!r}")
             node = node[part]
         node[leaf] = parse_value(value)
+    if variants:
+        unknown = [name for name in variants if name not in params["variants"]]
+        if unknown:
+            raise SystemExit(
+                f"--variants {', '.join(map(repr, unknown))}: not in the params' variants "
+                f"({', '.join(params['variants'])})"
+            )
+        kept = params["learning_curve"].get("variant")
+        if kept not in variants:
+            raise SystemExit(
+                f"--variants must keep learning_curve.variant {kept!r}, "
+                "which the learning-curve stages train"
+            )
+        params["variants"] = {k: v for k, v in params["variants"].items() if k in variants}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -446,6 +455,8 @@ def stage_rows(
             if key.startswith("train@") and variant in variants_metrics:
                 row["val_accuracy"] = variants_metrics[variant]["val_accuracy"]
                 row["test_accuracy"] = variants_metrics[variant]["test_accuracy"]
+                row["train_accuracy"] = variants_metrics[variant].get("train_accuracy")
+                row["gap"] = variants_metrics[variant].get("gap")
                 row["verdict"] = variants_metrics[variant].get("label")
         rows[key] = row
     return rows
@@ -523,6 +534,7 @@ class Measured:
     rows: dict[str, dict[str, Any]]
     imports: dict[str, float]
     bare: dict[str, float]
+    variants: list[str]
 
 
 def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
@@ -537,7 +549,9 @@ def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
             counts = write_subset(source, args.subset, args.seed)
         else:
             source, counts = FASHION, {"train": 60_000, "t10k": 10_000}
-        configure(project, source, args.set, args.params, args.variants)
+        variants = list(
+            configure(project, source, args.set, args.params, args.variants)["variants"]
+        )
         subprocess.run(
             ["git", "-c", "user.name=b", "-c", "user.email=b@l", "commit", "-qam", "params"],
             cwd=project,
@@ -563,7 +577,7 @@ def measure(args: argparse.Namespace, cpu: dict[str, Any]) -> Measured:
             print(f"kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return Measured(commit, wall, rows, imports, bare)
+    return Measured(commit, wall, rows, imports, bare, variants)
 
 
 def report(args: argparse.Namespace, cpu: dict[str, Any], m: Measured) -> dict[str, Any]:
@@ -606,7 +620,7 @@ def report(args: argparse.Namespace, cpu: dict[str, Any], m: Measured) -> dict[s
         "subset": args.subset,
         "images": n_images,
         "params": str(args.params or "params.yaml"),
-        "variants": args.variants or "all",
+        "variants": m.variants,
         "overrides": args.set,
         "commit": m.commit,
         "wall_s": round(m.wall, 1),
@@ -667,7 +681,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        type=lambda text: [k for k in text.split(",") if k],
+        type=lambda text: [k.strip() for k in text.split(",") if k.strip()],
         default=[],
         metavar="NAME,NAME",
         help="train only these variants (e.g. baseline,compact); must keep learning_curve.variant",
