@@ -133,8 +133,9 @@ def _split_advice(failed: Collection[str]) -> list[dict[str, str]]:
         {
             "action": "Fix the split: remove duplicate and leaked images before trusting any "
             "val/test number",
-            "reason": f"data validation failed {', '.join(which)}: identical images in "
-            "train and val/test inflate validation accuracy and hide overfitting",
+            "reason": f"data validation flagged {', '.join(which)}: images repeated within "
+            "a split, or (near-)copies shared by train and val/test, inflate validation "
+            "accuracy and hide overfitting",
             "source": "validation",
         }
     ]

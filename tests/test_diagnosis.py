@@ -589,6 +589,8 @@ def test_recommendations_ranked_and_grounded():
     recs = dg.recommend(s, eff, "augmentation", failed)
     actions = [r["action"] for r in recs]
     assert actions[0].startswith("Fix the split")
+    # A check at severity warning did not fail the run: the advice says flagged.
+    assert recs[0]["reason"].startswith("data validation flagged split_leakage:")
     assert any("class weights" in a for a in actions)
     adopt = [r for r in recs if r["action"].startswith("Adopt")]
     # Ranked by effect beyond noise on val accuracy and the gap together.
