@@ -3,23 +3,13 @@ bench_pipeline hands `dvc repro` as params.yaml."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from .conftest import REPO, load_benchmark
 
 
 @pytest.fixture
@@ -31,7 +21,7 @@ def project(tmp_path: Path) -> Path:
 def test_bench_pipeline_points_the_params_at_fashion_mnist_and_keeps_the_chosen_variants(
     project: Path,
 ):
-    bench = load_bench("bench_pipeline")
+    bench = load_benchmark("bench_pipeline")
     returned = bench.configure(
         project,
         Path("/data/fashion"),
@@ -55,7 +45,7 @@ def test_bench_pipeline_points_the_params_at_fashion_mnist_and_keeps_the_chosen_
 
 def test_bench_pipeline_cuts_the_variants_after_the_overrides(project: Path):
     """An override may name the learning curve's variant, or a variant left out."""
-    bench = load_bench("bench_pipeline")
+    bench = load_benchmark("bench_pipeline")
     written = bench.configure(
         project,
         Path("/d"),
@@ -77,7 +67,7 @@ def test_bench_pipeline_cuts_the_variants_after_the_overrides(project: Path):
 def test_bench_pipeline_refuses_unknown_variants_and_dropping_the_learning_curves_one(
     project: Path, tmp_path: Path
 ):
-    bench = load_bench("bench_pipeline")
+    bench = load_benchmark("bench_pipeline")
     before = (project / "params.yaml").read_text()
     with pytest.raises(SystemExit, match="--variants 'nope': not in the params' variants"):
         bench.configure(project, Path("/d"), [], None, ["baseline", "nope"])

@@ -9,7 +9,6 @@ what the replays say.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import statistics
 
@@ -20,7 +19,7 @@ from pipeline.diagnosis import GOOD_FIT, OVERFITTING, UNDERFITTING
 
 from . import known_truth as kt
 from . import sweep
-from .conftest import REPO, real_params
+from .conftest import REPO, load_benchmark, real_params
 
 CFG = parse_config(real_params()).evaluate
 
@@ -271,11 +270,7 @@ def test_too_early_is_not_an_answer():
 
 def test_the_calibration_table_is_what_the_replays_say():
     """docs/calibration.md's table is regenerated whenever a rule or a cell changes."""
-    spec = importlib.util.spec_from_file_location(
-        "sweep_verdicts", REPO / "benchmarks" / "sweep_verdicts.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("sweep_verdicts")
     doc = (REPO / "docs" / "calibration.md").read_text()
     written = doc.split(module.BEGIN, 1)[1].split(module.END, 1)[0].strip()
     assert written == module.table().strip(), "run: python benchmarks/sweep_verdicts.py --table"
